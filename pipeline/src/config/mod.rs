@@ -1,0 +1,698 @@
+//! Loading a pipeline file: YAML → interpolation → `--set` overrides → per-stage configs →
+//! topology checks. Every problem found is collected, so `pipe validate` reports all of them
+//! at once, each with file:line:column.
+
+pub mod diagnostic;
+pub mod interpolate;
+pub mod overrides;
+
+pub use diagnostic::{Diagnostic, Diagnostics, Location, Locator, did_you_mean};
+pub use interpolate::Env;
+
+use crate::record::KindSet;
+use crate::registry::{ErasedConfig, KindInfo, Registry};
+use crate::stage::{Produces, Role};
+use marked_yaml::types::MarkedMappingNode;
+use marked_yaml::{LoaderOptions, Node, Spanned};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const DEFAULT_CONCURRENCY: usize = 4;
+pub const DEFAULT_BUFFER: usize = 64;
+
+const TOP_LEVEL_KEYS: &[&str] = &["description", "resources", "stages"];
+const RESOURCE_SECTIONS: &[&str] = &["pools"];
+
+/// The YAML shape of one stage (its `config` is checked by the stage kind itself).
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StageHeader {
+    /// Unique name of the stage; other stages list it in `inputs`.
+    #[schemars(with = "String")]
+    pub id: Spanned<String>,
+    /// Stage kind (see `pipe list-stages`).
+    #[schemars(with = "String")]
+    pub kind: Spanned<String>,
+    /// Stages whose output this stage consumes (fan-in when several).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub inputs: Vec<Spanned<String>>,
+    /// Maximum calls in flight at once (default 4).
+    #[schemars(with = "Option<u32>")]
+    pub concurrency: Option<Spanned<usize>>,
+    /// Capacity of each input channel (default 64); a full buffer slows the producer down.
+    #[schemars(with = "Option<u32>")]
+    pub buffer: Option<Spanned<usize>>,
+    /// Emit outputs in input order even when calls finish out of order.
+    #[serde(default)]
+    pub ordered: bool,
+    /// A named concurrency pool from `resources.pools`, shared with other stages.
+    #[schemars(with = "Option<String>")]
+    pub pool: Option<Spanned<String>>,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Kind-specific settings (see `pipe list-stages`).
+    #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub config: Option<serde::de::IgnoredAny>,
+}
+
+/// A named concurrency pool: stages naming it share `max_concurrency` permits.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    pub max_concurrency: usize,
+}
+
+/// `resources:` — named things shared by several stages.
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSpec {
+    /// Named concurrency pools.
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolSpec>,
+}
+
+/// One stage, checked and ready to build.
+pub struct PlannedStage {
+    pub id: String,
+    pub kind: String,
+    pub role: Role,
+    /// Indices (into `Plan::stages`) of the stages feeding this one.
+    pub inputs: Vec<usize>,
+    /// Indices of the stages consuming this one's output.
+    pub consumers: Vec<usize>,
+    pub concurrency: usize,
+    pub buffer: usize,
+    pub ordered: bool,
+    pub pool: Option<String>,
+    pub input_kinds: KindSet,
+    pub output_kinds: KindSet,
+    pub config: Box<dyn ErasedConfig>,
+}
+
+/// A validated pipeline: stages in topological order (producers before consumers).
+pub struct Plan {
+    pub file: PathBuf,
+    pub base_dir: PathBuf,
+    pub stages: Vec<PlannedStage>,
+    pub pools: BTreeMap<String, PoolSpec>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// `--set KEY=VALUE` arguments, in order.
+    pub overrides: Vec<String>,
+    /// Variables for interpolation; `None` = process environment + `.env`.
+    pub env: Option<Env>,
+}
+
+/// Reads, checks and plans a pipeline file.
+pub fn load(path: &Path, registry: &Registry, options: &LoadOptions) -> Result<Plan, Diagnostics> {
+    let display: Arc<str> = Arc::from(path.display().to_string());
+    let locator = Locator {
+        file: display.clone(),
+        overrides: options.overrides.clone(),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Diagnostics(vec![Diagnostic::new(
+            Location::WholeFile(display.clone()),
+            format!("cannot read pipeline file: {e}"),
+        )])
+    })?;
+    let base_dir = path
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let env = match &options.env {
+        Some(env) => env.clone(),
+        None => Env::load(&base_dir).map_err(|e| {
+            Diagnostics(vec![Diagnostic::new(
+                Location::WholeFile(display.clone()),
+                e,
+            )])
+        })?,
+    };
+    let mut plan = load_str(&text, &locator, registry, &env)?;
+    plan.file = path.to_path_buf();
+    plan.base_dir = base_dir;
+    Ok(plan)
+}
+
+/// The same as [`load`] on text already read (`locator.file` names it in messages).
+pub fn load_str(
+    text: &str,
+    locator: &Locator,
+    registry: &Registry,
+    env: &Env,
+) -> Result<Plan, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let mut root = parse_yaml(text, locator)?;
+    interpolate::interpolate_tree(&mut root, env, locator, &mut diags);
+    overrides::apply_overrides(&mut root, &locator.overrides, &mut diags);
+    let Some(top) = root.as_mapping() else {
+        diags.push(Diagnostic::new(
+            locator.span(root.span()),
+            "a pipeline file is a mapping with `stages:` (and optionally `resources:`)",
+        ));
+        diags.sort();
+        return Err(diags);
+    };
+    for key in top.keys() {
+        if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+            diags.push(
+                Diagnostic::new(
+                    locator.span(key.span()),
+                    format!("unknown top-level key `{}`", key.as_str()),
+                )
+                .with_help(
+                    did_you_mean(key.as_str(), TOP_LEVEL_KEYS.iter().copied())
+                        .or_else(|| Some("expected `stages`, `resources` or `description`".into())),
+                ),
+            );
+        }
+    }
+    let resources = parse_resources(top, locator, &mut diags);
+    let parsed = parse_stages(top, locator, registry, &resources, &mut diags);
+    let stages = plan_topology(parsed, registry, locator, &mut diags);
+    diags.into_result(Plan {
+        file: PathBuf::from(locator.file.as_ref()),
+        base_dir: PathBuf::from("."),
+        stages,
+        pools: resources.pools,
+    })
+}
+
+fn parse_yaml(text: &str, locator: &Locator) -> Result<Node, Diagnostics> {
+    use marked_yaml::LoadError;
+    let options = LoaderOptions::default().error_on_duplicate_keys(true);
+    marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| {
+        let (marker, message) = match &e {
+            LoadError::TopLevelMustBeMapping(m) => (
+                Some(*m),
+                "a pipeline file is a mapping with `stages:` (and optionally `resources:`)"
+                    .to_string(),
+            ),
+            LoadError::TopLevelMustBeSequence(m) => (Some(*m), e.to_string()),
+            LoadError::UnexpectedAnchor(m) => (
+                Some(*m),
+                "YAML anchors and aliases are not supported".to_string(),
+            ),
+            LoadError::MappingKeyMustBeScalar(m) => {
+                (Some(*m), "mapping keys must be plain strings".to_string())
+            }
+            LoadError::UnexpectedTag(m) => (Some(*m), "YAML tags are not supported".to_string()),
+            LoadError::ScanError(m, err) => (Some(*m), format!("invalid YAML: {}", err.info())),
+            LoadError::DuplicateKey(inner) => (
+                inner.key.span().start().copied(),
+                format!("duplicate key `{}`", inner.key.as_str()),
+            ),
+        };
+        // Empty files have no marker: point at the file itself.
+        let location = match marker {
+            Some(m) => locator.marker(Some(&m)),
+            None => Location::WholeFile(locator.file.clone()),
+        };
+        Diagnostics(vec![Diagnostic::new(location, message)])
+    })
+}
+
+fn parse_resources(
+    top: &MarkedMappingNode,
+    locator: &Locator,
+    diags: &mut Diagnostics,
+) -> ResourcesSpec {
+    let Some(node) = top.get_node("resources") else {
+        return ResourcesSpec::default();
+    };
+    if let Some(map) = node.as_mapping() {
+        for key in map.keys() {
+            if !RESOURCE_SECTIONS.contains(&key.as_str()) {
+                diags.push(
+                    Diagnostic::new(
+                        locator.span(key.span()),
+                        format!("unknown resource section `{}`", key.as_str()),
+                    )
+                    .with_help(
+                        did_you_mean(key.as_str(), RESOURCE_SECTIONS.iter().copied())
+                            .or_else(|| Some("expected `pools`".into())),
+                    ),
+                );
+            }
+        }
+        if map.keys().any(|k| !RESOURCE_SECTIONS.contains(&k.as_str())) {
+            return ResourcesSpec::default();
+        }
+    }
+    match marked_yaml::from_node::<ResourcesSpec>(node) {
+        Ok(spec) => {
+            for (name, pool) in &spec.pools {
+                if pool.max_concurrency == 0 {
+                    let at = node
+                        .as_mapping()
+                        .and_then(|m| m.get_mapping("pools"))
+                        .and_then(|p| p.get_node(name))
+                        .map(|n| locator.span(n.span()))
+                        .unwrap_or_else(|| locator.span(node.span()));
+                    diags.push(Diagnostic::new(
+                        at,
+                        format!("pool `{name}`: max_concurrency must be at least 1"),
+                    ));
+                }
+            }
+            spec
+        }
+        Err(e) => {
+            diags.push(diagnostic::from_node_error(locator, e));
+            ResourcesSpec::default()
+        }
+    }
+}
+
+/// A stage as written, before the topology is known.
+struct ParsedStage {
+    header: StageHeader,
+    info: KindInfo,
+    config: Box<dyn ErasedConfig>,
+}
+
+fn parse_stages(
+    top: &MarkedMappingNode,
+    locator: &Locator,
+    registry: &Registry,
+    resources: &ResourcesSpec,
+    diags: &mut Diagnostics,
+) -> Vec<ParsedStage> {
+    let Some(stages_node) = top.get_node("stages") else {
+        diags.push(Diagnostic::new(
+            locator.span(top.span()),
+            "missing `stages:` (a list of stages, each with `id` and `kind`)",
+        ));
+        return Vec::new();
+    };
+    let Some(list) = stages_node.as_sequence() else {
+        diags.push(Diagnostic::new(
+            locator.span(stages_node.span()),
+            "`stages` must be a list of stages, each with `id` and `kind`",
+        ));
+        return Vec::new();
+    };
+    if list.is_empty() {
+        diags.push(Diagnostic::new(
+            locator.span(stages_node.span()),
+            "`stages` is empty",
+        ));
+    }
+    let mut parsed = Vec::new();
+    for entry in list.iter() {
+        let header = match marked_yaml::from_node::<StageHeader>(entry) {
+            Ok(h) => h,
+            Err(e) => {
+                diags.push(diagnostic::from_node_error(locator, e));
+                continue;
+            }
+        };
+        let mut header_ok = true;
+        for (field, value) in [
+            ("concurrency", &header.concurrency),
+            ("buffer", &header.buffer),
+        ] {
+            if let Some(v) = value {
+                if **v == 0 {
+                    diags.push(Diagnostic::new(
+                        locator.span(v.span()),
+                        format!("`{field}` must be at least 1"),
+                    ));
+                    header_ok = false;
+                }
+            }
+        }
+        if let Some(pool) = &header.pool {
+            if !resources.pools.contains_key(pool.as_str()) {
+                diags.push(
+                    Diagnostic::new(
+                        locator.span(pool.span()),
+                        format!(
+                            "unknown pool `{}` (declare it under `resources.pools`)",
+                            pool.as_str()
+                        ),
+                    )
+                    .with_help(did_you_mean(
+                        pool.as_str(),
+                        resources.pools.keys().map(String::as_str),
+                    )),
+                );
+                header_ok = false;
+            }
+        }
+        let Some(kind) = registry.get(header.kind.as_str()) else {
+            diags.push(
+                Diagnostic::new(
+                    locator.span(header.kind.span()),
+                    format!("unknown stage kind `{}`", header.kind.as_str()),
+                )
+                .with_help(
+                    did_you_mean(header.kind.as_str(), registry.kinds().map(|k| k.kind))
+                        .or_else(|| Some("see `pipe list-stages`".into())),
+                ),
+            );
+            continue;
+        };
+        let empty;
+        let config_node = match entry.as_mapping().and_then(|m| m.get_node("config")) {
+            Some(node) => node,
+            None => {
+                empty = Node::Mapping(MarkedMappingNode::new_empty(*entry.span()));
+                &empty
+            }
+        };
+        let config = match kind.parse(config_node) {
+            Ok(c) => c,
+            Err(e) => {
+                let mut d = diagnostic::from_node_error(locator, e);
+                d.message = format!("stage `{}`: {}", header.id.as_str(), d.message);
+                diags.push(d);
+                continue;
+            }
+        };
+        for issue in config.validate() {
+            let at = find_field(config_node, &issue.field).unwrap_or(config_node);
+            diags.push(Diagnostic::new(
+                locator.span(at.span()),
+                format!(
+                    "stage `{}`: `{}` {}",
+                    header.id.as_str(),
+                    issue.field,
+                    issue.message
+                ),
+            ));
+        }
+        if header_ok {
+            parsed.push(ParsedStage {
+                header,
+                info: kind.info().clone(),
+                config,
+            });
+        }
+    }
+    parsed
+}
+
+fn find_field<'a>(node: &'a Node, dotted: &str) -> Option<&'a Node> {
+    dotted
+        .split('.')
+        .try_fold(node, |n, key| n.as_mapping()?.get_node(key))
+}
+
+fn plan_topology(
+    parsed: Vec<ParsedStage>,
+    registry: &Registry,
+    locator: &Locator,
+    diags: &mut Diagnostics,
+) -> Vec<PlannedStage> {
+    let _ = registry;
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut duplicate = vec![false; parsed.len()];
+    for (i, stage) in parsed.iter().enumerate() {
+        let id = stage.header.id.as_str();
+        if let Some(&first) = index.get(id) {
+            let first_at = locator.span(parsed[first].header.id.span());
+            diags.push(Diagnostic::new(
+                locator.span(stage.header.id.span()),
+                format!("duplicate stage id `{id}` (first defined at {first_at})"),
+            ));
+            duplicate[i] = true;
+        } else {
+            index.insert(id, i);
+        }
+    }
+    let ids: Vec<&str> = parsed.iter().map(|s| s.header.id.as_str()).collect();
+
+    // Resolve inputs; check roles.
+    let mut inputs: Vec<Vec<usize>> = vec![Vec::new(); parsed.len()];
+    let mut broken = vec![false; parsed.len()];
+    for (i, stage) in parsed.iter().enumerate() {
+        let h = &stage.header;
+        let role = stage.info.role;
+        if role == Role::Source && !h.inputs.is_empty() {
+            diags.push(Diagnostic::new(
+                locator.span(h.inputs[0].span()),
+                format!(
+                    "stage `{}` is a source (kind `{}`) and takes no inputs",
+                    h.id.as_str(),
+                    h.kind.as_str()
+                ),
+            ));
+            broken[i] = true;
+            continue;
+        }
+        if role != Role::Source && h.inputs.is_empty() {
+            diags.push(Diagnostic::new(
+                locator.span(h.id.span()),
+                format!(
+                    "stage `{}` ({} `{}`) needs `inputs:` naming the stages it reads from",
+                    h.id.as_str(),
+                    role.name(),
+                    h.kind.as_str()
+                ),
+            ));
+            broken[i] = true;
+            continue;
+        }
+        for input in &h.inputs {
+            match index.get(input.as_str()) {
+                None => {
+                    diags.push(
+                        Diagnostic::new(
+                            locator.span(input.span()),
+                            format!(
+                                "stage `{}` reads from `{}`, which is not defined",
+                                h.id.as_str(),
+                                input.as_str()
+                            ),
+                        )
+                        .with_help(did_you_mean(input.as_str(), ids.iter().copied())),
+                    );
+                    broken[i] = true;
+                }
+                Some(&j) if j == i => {
+                    diags.push(Diagnostic::new(
+                        locator.span(input.span()),
+                        format!("stage `{}` lists itself as an input", h.id.as_str()),
+                    ));
+                    broken[i] = true;
+                }
+                Some(&j) if parsed[j].info.role == Role::Sink => {
+                    diags.push(Diagnostic::new(
+                        locator.span(input.span()),
+                        format!(
+                            "stage `{}` reads from `{}`, a sink (kind `{}`), which emits no records",
+                            h.id.as_str(),
+                            input.as_str(),
+                            parsed[j].header.kind.as_str()
+                        ),
+                    ));
+                    broken[i] = true;
+                }
+                Some(&j) => {
+                    if inputs[i].contains(&j) {
+                        diags.push(Diagnostic::new(
+                            locator.span(input.span()),
+                            format!(
+                                "stage `{}` lists input `{}` twice",
+                                h.id.as_str(),
+                                input.as_str()
+                            ),
+                        ));
+                    } else {
+                        inputs[i].push(j);
+                    }
+                }
+            }
+        }
+    }
+
+    // Topological order (Kahn); what is left over sits on a cycle.
+    let n = parsed.len();
+    let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, ins) in inputs.iter().enumerate() {
+        for &j in ins {
+            consumers[j].push(i);
+        }
+    }
+    let mut pending: Vec<usize> = inputs.iter().map(Vec::len).collect();
+    let mut ready: Vec<usize> = (0..n).filter(|&i| pending[i] == 0).rev().collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop() {
+        order.push(i);
+        for &c in consumers[i].iter().rev() {
+            pending[c] -= 1;
+            if pending[c] == 0 {
+                ready.push(c);
+            }
+        }
+    }
+    if order.len() < n {
+        report_cycles(&parsed, &inputs, &order, locator, diags);
+    }
+
+    // Payload kinds along every edge.
+    let mut output_kinds = vec![KindSet::EMPTY; n];
+    let mut input_kinds = vec![KindSet::EMPTY; n];
+    for &i in &order {
+        let stage = &parsed[i];
+        let incoming = inputs[i]
+            .iter()
+            .fold(KindSet::EMPTY, |acc, &j| acc.union(output_kinds[j]));
+        input_kinds[i] = incoming;
+        output_kinds[i] = match stage.info.produces {
+            Produces::Nothing => KindSet::EMPTY,
+            Produces::Kinds(k) => k,
+            Produces::SameAsInput => incoming,
+        };
+        for (pos, &j) in inputs[i].iter().enumerate() {
+            let produced = output_kinds[j];
+            if !produced.is_empty() && !produced.is_subset_of(stage.info.accepts) {
+                let at = stage
+                    .header
+                    .inputs
+                    .iter()
+                    .find(|s| s.as_str() == parsed[j].header.id.as_str())
+                    .map(|s| locator.span(s.span()))
+                    .unwrap_or_else(|| {
+                        locator.span(
+                            stage.header.inputs[pos.min(stage.header.inputs.len() - 1)].span(),
+                        )
+                    });
+                diags.push(Diagnostic::new(
+                    at,
+                    format!(
+                        "type mismatch: stage `{}` (kind `{}`) accepts {}, but its input `{}` (kind `{}`) produces {}",
+                        stage.header.id.as_str(),
+                        stage.header.kind.as_str(),
+                        stage.info.accepts,
+                        parsed[j].header.id.as_str(),
+                        parsed[j].header.kind.as_str(),
+                        produced
+                    ),
+                ));
+            }
+        }
+    }
+
+    // Output nobody consumes would be thrown away: refuse rather than drop records silently.
+    for (i, stage) in parsed.iter().enumerate() {
+        if stage.info.role != Role::Sink && consumers[i].is_empty() && !broken[i] && !duplicate[i] {
+            diags.push(
+                Diagnostic::new(
+                    locator.span(stage.header.id.span()),
+                    format!(
+                        "the output of stage `{}` is not consumed by any stage, so its records would be lost",
+                        stage.header.id.as_str()
+                    ),
+                )
+                .with_help(Some("add a sink (e.g. `kind: jsonl`) with this stage in its `inputs`".into())),
+            );
+        }
+    }
+
+    if !diags.is_empty() {
+        return Vec::new();
+    }
+    // Renumber into topological order.
+    let mut new_index = vec![0; n];
+    for (pos, &i) in order.iter().enumerate() {
+        new_index[i] = pos;
+    }
+    let mut slots: Vec<Option<ParsedStage>> = parsed.into_iter().map(Some).collect();
+    order
+        .iter()
+        .filter_map(|&i| {
+            let stage = slots[i].take()?;
+            let h = stage.header;
+            Some(PlannedStage {
+                id: h.id.as_str().to_string(),
+                kind: h.kind.as_str().to_string(),
+                role: stage.info.role,
+                inputs: inputs[i].iter().map(|&j| new_index[j]).collect(),
+                consumers: consumers[i].iter().map(|&j| new_index[j]).collect(),
+                concurrency: h.concurrency.map(|c| *c).unwrap_or(DEFAULT_CONCURRENCY),
+                buffer: h.buffer.map(|b| *b).unwrap_or(DEFAULT_BUFFER),
+                ordered: h.ordered,
+                pool: h.pool.map(|p| p.as_str().to_string()),
+                input_kinds: input_kinds[i],
+                output_kinds: output_kinds[i],
+                config: stage.config,
+            })
+        })
+        .collect()
+}
+
+/// One diagnostic per cycle, at the first stage of the cycle in file order.
+fn report_cycles(
+    parsed: &[ParsedStage],
+    inputs: &[Vec<usize>],
+    ordered: &[usize],
+    locator: &Locator,
+    diags: &mut Diagnostics,
+) {
+    let n = parsed.len();
+    let mut done = vec![false; n];
+    for &i in ordered {
+        done[i] = true;
+    }
+    for start in 0..n {
+        if done[start] {
+            continue;
+        }
+        // Walk back along inputs that are themselves unresolved until a stage repeats.
+        let mut path = vec![start];
+        let mut current = start;
+        let cycle = loop {
+            let Some(&next) = inputs[current].iter().find(|&&j| !done[j]) else {
+                break None;
+            };
+            if let Some(pos) = path.iter().position(|&p| p == next) {
+                break Some(path[pos..].to_vec());
+            }
+            path.push(next);
+            current = next;
+        };
+        let Some(mut cycle) = cycle else {
+            done[start] = true;
+            continue;
+        };
+        // Read it in data-flow direction, starting at the earliest stage in the file.
+        cycle.reverse();
+        let first = cycle
+            .iter()
+            .enumerate()
+            .min_by_key(|&(_, &s)| s)
+            .map(|(p, _)| p)
+            .unwrap_or(0);
+        cycle.rotate_left(first);
+        let names: Vec<&str> = cycle
+            .iter()
+            .map(|&s| parsed[s].header.id.as_str())
+            .collect();
+        let head = cycle[0];
+        diags.push(Diagnostic::new(
+            locator.span(parsed[head].header.id.span()),
+            format!("stages form a cycle: {} → {}", names.join(" → "), names[0]),
+        ));
+        for &s in &path {
+            done[s] = true;
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The registry of stage kinds: built-ins are added by one explicit list in the `stages` crate,
+//! and an outside crate adds its own with `register::<MyConfig>()`.
+
+use crate::error::StageError;
+use crate::record::KindSet;
+use crate::stage::{BuildContext, BuiltStage, ConfigIssue, Produces, Role, StageConfig};
+use async_trait::async_trait;
+use marked_yaml::{FromNodeError, Node};
+use schemars::{Schema, generate::SchemaGenerator};
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// Static facts about a kind, for validation, `list-stages` and `schema`.
+#[derive(Clone, Debug)]
+pub struct KindInfo {
+    pub kind: &'static str,
+    pub description: &'static str,
+    pub role: Role,
+    pub accepts: KindSet,
+    pub produces: Produces,
+}
+
+/// A parsed, type-erased stage config.
+#[async_trait]
+pub trait ErasedConfig: Send + Sync {
+    fn validate(&self) -> Vec<ConfigIssue>;
+    async fn build(&self, ctx: &BuildContext) -> Result<BuiltStage, StageError>;
+}
+
+#[async_trait]
+impl<T: StageConfig> ErasedConfig for T {
+    fn validate(&self) -> Vec<ConfigIssue> {
+        StageConfig::validate(self)
+    }
+    async fn build(&self, ctx: &BuildContext) -> Result<BuiltStage, StageError> {
+        StageConfig::build(self, ctx).await
+    }
+}
+
+pub(crate) trait ErasedKind: Send + Sync {
+    fn info(&self) -> &KindInfo;
+    fn parse(&self, node: &Node) -> Result<Box<dyn ErasedConfig>, FromNodeError>;
+    fn schema_ref(&self, generator: &mut SchemaGenerator) -> Schema;
+    fn schema(&self) -> Schema;
+}
+
+struct Kind<T> {
+    info: KindInfo,
+    _config: PhantomData<fn() -> T>,
+}
+
+impl<T: StageConfig> ErasedKind for Kind<T> {
+    fn info(&self) -> &KindInfo {
+        &self.info
+    }
+    fn parse(&self, node: &Node) -> Result<Box<dyn ErasedConfig>, FromNodeError> {
+        let config: T = marked_yaml::from_node(node)?;
+        Ok(Box::new(config))
+    }
+    fn schema_ref(&self, generator: &mut SchemaGenerator) -> Schema {
+        generator.subschema_for::<T>()
+    }
+    fn schema(&self) -> Schema {
+        schemars::schema_for!(T)
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn ErasedKind>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// Adds a stage kind. A later registration of the same `KIND` replaces the earlier one, so
+    /// an outside crate can override a built-in.
+    pub fn register<T: StageConfig>(&mut self) -> &mut Self {
+        let info = KindInfo {
+            kind: T::KIND,
+            description: T::DESCRIPTION,
+            role: T::ROLE,
+            accepts: T::accepts(),
+            produces: T::produces(),
+        };
+        self.kinds.insert(
+            T::KIND,
+            Arc::new(Kind::<T> {
+                info,
+                _config: PhantomData,
+            }),
+        );
+        self
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = &KindInfo> {
+        self.kinds.values().map(|k| k.info())
+    }
+
+    pub fn info(&self, kind: &str) -> Option<&KindInfo> {
+        self.kinds.get(kind).map(|k| k.info())
+    }
+
+    pub(crate) fn get(&self, kind: &str) -> Option<&Arc<dyn ErasedKind>> {
+        self.kinds.get(kind)
+    }
+
+    /// JSON Schema of one kind's `config`.
+    pub fn config_schema(&self, kind: &str) -> Option<Schema> {
+        self.kinds.get(kind).map(|k| k.schema())
+    }
+
+    pub(crate) fn schema_refs(
+        &self,
+        generator: &mut SchemaGenerator,
+    ) -> Vec<(&'static str, Schema)> {
+        self.kinds
+            .values()
+            .map(|k| (k.info().kind, k.schema_ref(generator)))
+            .collect()
+    }
+}

@@ -1,0 +1,173 @@
+//! The stage traits. A stage kind is a config type (`StageConfig`) that builds one of four
+//! runtime shapes: a `Source`, a `Processor`, a `Sink`, or a stream-to-stream `Transform`.
+
+use crate::error::{Rejected, StageError};
+use crate::record::{KindSet, Record};
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::de::DeserializeOwned;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Emits records. The runtime stops pulling (and drops the stream) on Ctrl-C or `--limit`.
+pub trait Source: Send + Sync + 'static {
+    /// The records; an `Err` item is something that could not become a record (an unreadable
+    /// file): it is dead-lettered and counted, and the stream goes on.
+    fn records(self: Arc<Self>) -> BoxStream<'static, Result<Record, Rejected>>;
+
+    /// How many items the stream will yield, when known up front (for progress and ETA).
+    fn size_hint(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// One record in, zero or more out. Called concurrently (up to the stage's `concurrency`), so it
+/// takes `&self`; state shared between calls needs its own synchronisation.
+#[async_trait]
+pub trait Processor: Send + Sync + 'static {
+    async fn process(&self, record: &Record) -> Result<Vec<Record>, StageError>;
+
+    /// CPU-heavy processors return true so that their calls are spread over worker threads
+    /// instead of being interleaved on the stage's own task.
+    fn cpu_bound(&self) -> bool {
+        false
+    }
+}
+
+/// Receives records in batches (whatever is ready, up to `batch_size`).
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    fn batch_size(&self) -> usize {
+        100
+    }
+
+    /// Writes a batch. On error the whole batch is dead-lettered with the error, so a sink that
+    /// can tell which record was bad should write the others and fail only that one.
+    async fn write(&self, batch: &[Record]) -> Result<(), StageError>;
+
+    /// Called once after the last batch (normal end and Ctrl-C drain): flush, commit, close.
+    async fn finish(&self) -> Result<(), StageError> {
+        Ok(())
+    }
+}
+
+/// Escape hatch for stages that need the whole stream (windowing, dedupe, reordering).
+pub trait Transform: Send + Sync + 'static {
+    fn transform(
+        self: Arc<Self>,
+        input: BoxStream<'static, Record>,
+    ) -> BoxStream<'static, Result<Record, Rejected>>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Source,
+    Processor,
+    Sink,
+    Transform,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Processor => "processor",
+            Role::Sink => "sink",
+            Role::Transform => "transform",
+        }
+    }
+}
+
+/// What a stage emits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Produces {
+    Nothing,
+    Kinds(KindSet),
+    /// Passes its input kinds through (filters, dedupe, no-ops).
+    SameAsInput,
+}
+
+pub enum BuiltStage {
+    Source(Arc<dyn Source>),
+    Processor(Arc<dyn Processor>),
+    Sink(Arc<dyn Sink>),
+    Transform(Arc<dyn Transform>),
+}
+
+impl BuiltStage {
+    pub fn role(&self) -> Role {
+        match self {
+            BuiltStage::Source(_) => Role::Source,
+            BuiltStage::Processor(_) => Role::Processor,
+            BuiltStage::Sink(_) => Role::Sink,
+            BuiltStage::Transform(_) => Role::Transform,
+        }
+    }
+}
+
+/// What a stage may use while it is built.
+#[derive(Clone, Debug)]
+pub struct BuildContext {
+    pub stage_id: String,
+    /// Directory of the pipeline file: relative paths in stage configs resolve against it.
+    pub base_dir: PathBuf,
+    /// `.pipe/` (or `--state-dir`): caches, journals.
+    pub state_dir: PathBuf,
+    /// `.pipe/runs/<run-id>/`: this run's report and dead letters.
+    pub run_dir: PathBuf,
+}
+
+impl BuildContext {
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        let p = PathBuf::from(path);
+        if p.is_absolute() {
+            p
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+/// A problem `validate()` found, naming the field (dotted path inside the stage's `config`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigIssue {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigIssue {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A stage kind: its YAML `config` type. Write `#[serde(deny_unknown_fields)]` on it, doc
+/// comments on its fields (they become `pipe list-stages` and `pipe schema` text), and register
+/// it with `registry.register::<MyConfig>()`.
+#[async_trait]
+pub trait StageConfig: DeserializeOwned + schemars::JsonSchema + Send + Sync + 'static {
+    /// The `kind:` name in YAML.
+    const KIND: &'static str;
+    /// One line for `pipe list-stages`.
+    const DESCRIPTION: &'static str;
+    const ROLE: Role;
+
+    /// Payload kinds it accepts (ignored for sources).
+    fn accepts() -> KindSet {
+        KindSet::EMPTY
+    }
+
+    fn produces() -> Produces;
+
+    /// Pure checks (no I/O) beyond what the types say; run by `pipe validate`.
+    fn validate(&self) -> Vec<ConfigIssue> {
+        Vec::new()
+    }
+
+    /// May do I/O: open files, connect, create collections, health-check.
+    async fn build(&self, ctx: &BuildContext) -> Result<BuiltStage, StageError>;
+}

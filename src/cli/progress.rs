@@ -1,0 +1,148 @@
+//! Progress: one indicatif bar per stage on a terminal (done, in flight, queued, rate, ETA),
+//! plain periodic lines otherwise, nothing with `--quiet`.
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pipeline::Role;
+use pipeline::runtime::{RunStats, StageStats};
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken as Stop;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Bars,
+    Lines(Duration),
+    Off,
+}
+
+pub struct Progress {
+    stop: Stop,
+    task: Option<JoinHandle<()>>,
+    bars: Option<MultiProgress>,
+}
+
+impl Progress {
+    pub fn bars_target(mode: Mode) -> Option<MultiProgress> {
+        (mode == Mode::Bars)
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)))
+    }
+
+    pub fn start(mode: Mode, stats: Arc<RunStats>, bars: Option<MultiProgress>) -> Progress {
+        let stop = Stop::new();
+        let task = match (mode, bars.clone()) {
+            (Mode::Bars, Some(multi)) => Some(tokio::spawn(run_bars(multi, stats, stop.clone()))),
+            (Mode::Lines(every), _) => Some(tokio::spawn(run_lines(every, stats, stop.clone()))),
+            _ => None,
+        };
+        Progress { stop, task, bars }
+    }
+
+    pub async fn finish(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        if let Some(bars) = &self.bars {
+            let _ = bars.clear();
+        }
+    }
+}
+
+fn line_for(s: &StageStats, elapsed: f64) -> String {
+    let done = s.done();
+    let rate = if elapsed > 0.0 {
+        done as f64 / elapsed
+    } else {
+        0.0
+    };
+    let mut line = match s.role {
+        Role::Source => format!("out {}", s.emitted.load(Relaxed)),
+        _ => format!(
+            "in {} out {} in-flight {} queued {}",
+            s.received.load(Relaxed),
+            s.emitted.load(Relaxed),
+            s.in_flight.load(Relaxed).max(0),
+            s.queued()
+        ),
+    };
+    line.push_str(&format!(" · {rate:.1}/s"));
+    let failed = s.failed.load(Relaxed);
+    let dead = s.dead_lettered.load(Relaxed);
+    if failed > 0 || dead > 0 {
+        line.push_str(&format!(" · failed {failed} · dead-lettered {dead}"));
+    }
+    line
+}
+
+async fn run_lines(every: Duration, stats: Arc<RunStats>, stop: Stop) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let elapsed = stats.started.elapsed().as_secs_f64();
+        let mut out = String::new();
+        for s in &stats.stages {
+            out.push_str(&format!(
+                "[{elapsed:>7.1}s] {:<14} {}\n",
+                s.id,
+                line_for(s, elapsed)
+            ));
+        }
+        let _ = std::io::stderr().write_all(out.as_bytes());
+    }
+}
+
+async fn run_bars(multi: MultiProgress, stats: Arc<RunStats>, stop: Stop) {
+    let width = stats
+        .stages
+        .iter()
+        .map(|s| s.id.len())
+        .max()
+        .unwrap_or(8)
+        .min(24);
+    let known = ProgressStyle::with_template(&format!(
+        "{{prefix:>{width}.bold}} [{{bar:24.cyan/blue}}] {{pos}}/{{len}} {{msg}} · ETA {{eta}}"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let unknown = ProgressStyle::with_template(&format!(
+        "{{prefix:>{width}.bold}} {{spinner}} {{pos}} done · {{msg}}"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let bars: Vec<ProgressBar> = stats
+        .stages
+        .iter()
+        .map(|s| {
+            let expected = s.expected.load(Relaxed);
+            let bar = if expected > 0 {
+                ProgressBar::new(expected).with_style(known.clone())
+            } else {
+                ProgressBar::new_spinner().with_style(unknown.clone())
+            };
+            multi.add(bar.with_prefix(s.id.clone()))
+        })
+        .collect();
+    let mut ticker = tokio::time::interval(Duration::from_millis(125));
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = ticker.tick() => false,
+        };
+        let elapsed = stats.started.elapsed().as_secs_f64();
+        for (s, bar) in stats.stages.iter().zip(&bars) {
+            bar.set_position(s.done());
+            bar.set_message(line_for(s, elapsed));
+            if s.finished_after().is_some() && !bar.is_finished() {
+                bar.finish();
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}

@@ -1,0 +1,5 @@
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    pipe::cli::main_with(stages::builtin_registry())
+}

@@ -1,0 +1,26 @@
+//! Built-in stages of `pipe`, one folder per kind. `register_builtin` is the one list of them.
+
+pub mod blackhole;
+pub mod chunk;
+pub mod files;
+pub mod generate;
+pub mod jsonl;
+
+use pipeline::Registry;
+
+/// Adds every built-in stage kind to a registry.
+pub fn register_builtin(registry: &mut Registry) {
+    registry
+        .register::<files::FilesConfig>()
+        .register::<generate::GenerateConfig>()
+        .register::<chunk::ChunkConfig>()
+        .register::<jsonl::JsonlConfig>()
+        .register::<blackhole::BlackholeConfig>();
+}
+
+/// A registry with the built-in stages.
+pub fn builtin_registry() -> Registry {
+    let mut registry = Registry::new();
+    register_builtin(&mut registry);
+    registry
+}
