@@ -87,6 +87,12 @@ pub fn config_fields(registry: &Registry, kind: &str) -> Vec<FieldDoc> {
 }
 
 fn type_name(prop: &Value, root: &Value) -> String {
+    if let Some(c) = prop.get("const") {
+        return c
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| c.to_string());
+    }
     if let Some(r) = prop.get("$ref").and_then(Value::as_str) {
         let name = r.rsplit('/').next().unwrap_or(r);
         let target = &root["$defs"][name];

@@ -151,11 +151,17 @@ pub fn did_you_mean<'a>(
 /// fields and unknown enum variants.
 pub fn from_node_error(locator: &Locator, err: marked_yaml::FromNodeError) -> Diagnostic {
     use marked_yaml::Error;
+    // The field path ("config.tokenizer"), so messages about a value name the field.
+    let path = err.path().map(str::to_string);
     let err = err.into_inner();
     let location = locator.marker(err.start_mark().as_ref());
+    let field = |message: String| match &path {
+        Some(p) if !p.is_empty() && p != "." => format!("`{p}`: {message}"),
+        _ => message,
+    };
     match err {
-        Error::UnknownFieldError(field, expected, _) => {
-            let help = did_you_mean(&field, expected.iter().copied()).or_else(|| {
+        Error::UnknownFieldError(name, expected, _) => {
+            let help = did_you_mean(&name, expected.iter().copied()).or_else(|| {
                 Some(format!(
                     "expected one of {}",
                     expected
@@ -165,18 +171,21 @@ pub fn from_node_error(locator: &Locator, err: marked_yaml::FromNodeError) -> Di
                         .join(", ")
                 ))
             });
-            Diagnostic::new(location, format!("unknown field `{field}`")).with_help(help)
+            Diagnostic::new(location, format!("unknown field `{name}`")).with_help(help)
         }
-        Error::NotBoolean(_) => Diagnostic::new(location, "expected `true` or `false`"),
-        Error::IntegerParseFailure(e, _) => {
-            Diagnostic::new(location, format!("expected a whole number: {e}"))
+        Error::NotBoolean(_) => {
+            Diagnostic::new(location, field("expected `true` or `false`".into()))
         }
-        Error::FloatParseFailure(e, _) => {
-            Diagnostic::new(location, format!("expected a number: {e}"))
+        Error::IntegerParseFailure(_, _) => Diagnostic::new(
+            location,
+            field("expected a whole number (0 or more)".into()),
+        ),
+        Error::FloatParseFailure(_, _) => {
+            Diagnostic::new(location, field("expected a number".into()))
         }
         Error::Other(message, _) => {
             let help = unknown_variant_help(&message);
-            Diagnostic::new(location, message).with_help(help)
+            Diagnostic::new(location, field(message)).with_help(help)
         }
     }
 }

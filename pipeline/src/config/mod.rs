@@ -13,7 +13,7 @@ use crate::record::KindSet;
 use crate::registry::{ErasedConfig, KindInfo, Registry};
 use crate::stage::{Produces, Role};
 use marked_yaml::types::MarkedMappingNode;
-use marked_yaml::{LoaderOptions, Node, Spanned};
+use marked_yaml::{LoaderOptions, Node, Span, Spanned};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -185,7 +185,7 @@ pub fn load_str(
     }
     let resources = parse_resources(top, locator, &mut diags);
     let parsed = parse_stages(top, locator, registry, &resources, &mut diags);
-    let stages = plan_topology(parsed, registry, locator, &mut diags);
+    let stages = plan_topology(parsed, locator, &mut diags);
     diags.into_result(Plan {
         file: PathBuf::from(locator.file.as_ref()),
         base_dir: PathBuf::from("."),
@@ -233,58 +233,98 @@ fn parse_resources(
     locator: &Locator,
     diags: &mut Diagnostics,
 ) -> ResourcesSpec {
+    let mut spec = ResourcesSpec::default();
     let Some(node) = top.get_node("resources") else {
-        return ResourcesSpec::default();
+        return spec;
     };
-    if let Some(map) = node.as_mapping() {
-        for key in map.keys() {
-            if !RESOURCE_SECTIONS.contains(&key.as_str()) {
-                diags.push(
-                    Diagnostic::new(
-                        locator.span(key.span()),
-                        format!("unknown resource section `{}`", key.as_str()),
-                    )
-                    .with_help(
-                        did_you_mean(key.as_str(), RESOURCE_SECTIONS.iter().copied())
-                            .or_else(|| Some("expected `pools`".into())),
-                    ),
-                );
-            }
+    let Some(map) = node.as_mapping() else {
+        diags.push(Diagnostic::new(
+            locator.span(node.span()),
+            "`resources` must be a mapping (e.g. `pools:`)",
+        ));
+        return spec;
+    };
+    for (key, section) in map.iter() {
+        if key.as_str() != "pools" {
+            diags.push(
+                Diagnostic::new(
+                    locator.span(key.span()),
+                    format!("unknown resource section `{}`", key.as_str()),
+                )
+                .with_help(
+                    did_you_mean(key.as_str(), RESOURCE_SECTIONS.iter().copied())
+                        .or_else(|| Some("expected `pools`".into())),
+                ),
+            );
+            continue;
         }
-        if map.keys().any(|k| !RESOURCE_SECTIONS.contains(&k.as_str())) {
-            return ResourcesSpec::default();
-        }
-    }
-    match marked_yaml::from_node::<ResourcesSpec>(node) {
-        Ok(spec) => {
-            for (name, pool) in &spec.pools {
-                if pool.max_concurrency == 0 {
-                    let at = node
+        let Some(pools) = section.as_mapping() else {
+            diags.push(Diagnostic::new(
+                locator.span(section.span()),
+                "`pools` must map pool names to `{ max_concurrency: N }`",
+            ));
+            continue;
+        };
+        // One pool at a time, so one bad pool neither hides the others nor their own errors.
+        for (name, pool_node) in pools.iter() {
+            match marked_yaml::from_node::<PoolSpec>(pool_node) {
+                Ok(pool) if pool.max_concurrency == 0 => {
+                    let at = pool_node
                         .as_mapping()
-                        .and_then(|m| m.get_mapping("pools"))
-                        .and_then(|p| p.get_node(name))
-                        .map(|n| locator.span(n.span()))
-                        .unwrap_or_else(|| locator.span(node.span()));
+                        .and_then(|m| m.get_node("max_concurrency"))
+                        .unwrap_or(pool_node);
                     diags.push(Diagnostic::new(
-                        at,
-                        format!("pool `{name}`: max_concurrency must be at least 1"),
+                        locator.span(at.span()),
+                        format!(
+                            "pool `{}`: `max_concurrency` must be at least 1",
+                            name.as_str()
+                        ),
                     ));
                 }
+                Ok(pool) => {
+                    spec.pools.insert(name.as_str().to_string(), pool);
+                }
+                Err(e) => {
+                    let mut d = diagnostic::from_node_error(locator, e);
+                    d.message = format!("pool `{}`: {}", name.as_str(), d.message);
+                    diags.push(d);
+                    // Declared, even if malformed: stages naming it should not also be flagged.
+                    spec.pools
+                        .insert(name.as_str().to_string(), PoolSpec { max_concurrency: 1 });
+                }
             }
-            spec
-        }
-        Err(e) => {
-            diags.push(diagnostic::from_node_error(locator, e));
-            ResourcesSpec::default()
         }
     }
+    spec
 }
 
-/// A stage as written, before the topology is known.
+/// A stage as written, before the topology is known. `planned` is `None` when the stage has
+/// an error of its own (already reported): it stays in the graph as a placeholder, so its
+/// neighbours are not blamed for its absence.
 struct ParsedStage {
-    header: StageHeader,
-    info: KindInfo,
-    config: Box<dyn ErasedConfig>,
+    id: String,
+    id_span: Span,
+    kind: String,
+    inputs: Vec<(String, Span)>,
+    info: Option<KindInfo>,
+    planned: Option<(StageHeader, Box<dyn ErasedConfig>)>,
+}
+
+fn raw_scalar(entry: &Node, key: &str) -> Option<(String, Span)> {
+    let s = entry.as_mapping()?.get_scalar(key)?;
+    Some((s.as_str().to_string(), *s.span()))
+}
+
+fn raw_inputs(entry: &Node) -> Vec<(String, Span)> {
+    entry
+        .as_mapping()
+        .and_then(|m| m.get_sequence("inputs"))
+        .map(|seq| {
+            seq.iter()
+                .filter_map(|n| n.as_scalar().map(|s| (s.as_str().to_string(), *s.span())))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn parse_stages(
@@ -296,7 +336,7 @@ fn parse_stages(
 ) -> Vec<ParsedStage> {
     let Some(stages_node) = top.get_node("stages") else {
         diags.push(Diagnostic::new(
-            locator.span(top.span()),
+            Location::WholeFile(locator.file.clone()),
             "missing `stages:` (a list of stages, each with `id` and `kind`)",
         ));
         return Vec::new();
@@ -316,57 +356,82 @@ fn parse_stages(
     }
     let mut parsed = Vec::new();
     for entry in list.iter() {
-        let header = match marked_yaml::from_node::<StageHeader>(entry) {
-            Ok(h) => h,
-            Err(e) => {
+        // id, kind and inputs are read raw first, so the graph can be checked even when the
+        // rest of the stage is broken.
+        let Some((id, id_span)) = raw_scalar(entry, "id") else {
+            if let Err(e) = marked_yaml::from_node::<StageHeader>(entry) {
                 diags.push(diagnostic::from_node_error(locator, e));
-                continue;
+            } else {
+                diags.push(Diagnostic::new(
+                    locator.span(entry.span()),
+                    "a stage needs an `id`",
+                ));
+            }
+            continue;
+        };
+        let (kind, kind_span) =
+            raw_scalar(entry, "kind").unwrap_or_else(|| (String::new(), *entry.span()));
+        let mut stage = ParsedStage {
+            id: id.clone(),
+            id_span,
+            kind: kind.clone(),
+
+            inputs: raw_inputs(entry),
+            info: registry.info(&kind).cloned(),
+            planned: None,
+        };
+        let header = match marked_yaml::from_node::<StageHeader>(entry) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                let mut d = diagnostic::from_node_error(locator, e);
+                d.message = format!("stage `{id}`: {}", d.message);
+                diags.push(d);
+                None
             }
         };
-        let mut header_ok = true;
-        for (field, value) in [
-            ("concurrency", &header.concurrency),
-            ("buffer", &header.buffer),
-        ] {
-            if let Some(v) = value {
-                if **v == 0 {
+        let mut ok = header.is_some();
+        if let Some(h) = &header {
+            for (field, value) in [("concurrency", &h.concurrency), ("buffer", &h.buffer)] {
+                if let Some(v) = value
+                    && **v == 0
+                {
                     diags.push(Diagnostic::new(
                         locator.span(v.span()),
-                        format!("`{field}` must be at least 1"),
+                        format!("stage `{id}`: `{field}` must be at least 1"),
                     ));
-                    header_ok = false;
+                    ok = false;
                 }
             }
-        }
-        if let Some(pool) = &header.pool {
-            if !resources.pools.contains_key(pool.as_str()) {
+            if let Some(pool) = &h.pool
+                && !resources.pools.contains_key(pool.as_str())
+            {
                 diags.push(
                     Diagnostic::new(
                         locator.span(pool.span()),
-                        format!(
-                            "unknown pool `{}` (declare it under `resources.pools`)",
-                            pool.as_str()
-                        ),
+                        format!("stage `{id}`: unknown pool `{}`", pool.as_str()),
                     )
-                    .with_help(did_you_mean(
-                        pool.as_str(),
-                        resources.pools.keys().map(String::as_str),
-                    )),
+                    .with_help(
+                        did_you_mean(pool.as_str(), resources.pools.keys().map(String::as_str))
+                            .or_else(|| Some("declare it under `resources.pools`".into())),
+                    ),
                 );
-                header_ok = false;
+                ok = false;
             }
         }
-        let Some(kind) = registry.get(header.kind.as_str()) else {
-            diags.push(
-                Diagnostic::new(
-                    locator.span(header.kind.span()),
-                    format!("unknown stage kind `{}`", header.kind.as_str()),
-                )
-                .with_help(
-                    did_you_mean(header.kind.as_str(), registry.kinds().map(|k| k.kind))
-                        .or_else(|| Some("see `pipe list-stages`".into())),
-                ),
-            );
+        let Some(kind_def) = registry.get(&kind) else {
+            if !kind.is_empty() {
+                diags.push(
+                    Diagnostic::new(
+                        locator.span(&kind_span),
+                        format!("stage `{id}`: unknown stage kind `{kind}`"),
+                    )
+                    .with_help(
+                        did_you_mean(&kind, registry.kinds().map(|k| k.kind))
+                            .or_else(|| Some("see `pipe list-stages`".into())),
+                    ),
+                );
+            }
+            parsed.push(stage);
             continue;
         };
         let empty;
@@ -377,34 +442,29 @@ fn parse_stages(
                 &empty
             }
         };
-        let config = match kind.parse(config_node) {
-            Ok(c) => c,
+        let config = match kind_def.parse(config_node) {
+            Ok(c) => Some(c),
             Err(e) => {
                 let mut d = diagnostic::from_node_error(locator, e);
-                d.message = format!("stage `{}`: {}", header.id.as_str(), d.message);
+                d.message = format!("stage `{id}`: config: {}", d.message);
                 diags.push(d);
-                continue;
+                None
             }
         };
-        for issue in config.validate() {
-            let at = find_field(config_node, &issue.field).unwrap_or(config_node);
-            diags.push(Diagnostic::new(
-                locator.span(at.span()),
-                format!(
-                    "stage `{}`: `{}` {}",
-                    header.id.as_str(),
-                    issue.field,
-                    issue.message
-                ),
-            ));
+        if let Some(config) = &config {
+            for issue in config.validate() {
+                let at = find_field(config_node, &issue.field).unwrap_or(config_node);
+                diags.push(Diagnostic::new(
+                    locator.span(at.span()),
+                    format!("stage `{id}`: `{}` {}", issue.field, issue.message),
+                ));
+                ok = false;
+            }
         }
-        if header_ok {
-            parsed.push(ParsedStage {
-                header,
-                info: kind.info().clone(),
-                config,
-            });
+        if let (true, Some(header), Some(config)) = (ok, header, config) {
+            stage.planned = Some((header, config));
         }
+        parsed.push(stage);
     }
     parsed
 }
@@ -417,90 +477,90 @@ fn find_field<'a>(node: &'a Node, dotted: &str) -> Option<&'a Node> {
 
 fn plan_topology(
     parsed: Vec<ParsedStage>,
-    registry: &Registry,
     locator: &Locator,
     diags: &mut Diagnostics,
 ) -> Vec<PlannedStage> {
-    let _ = registry;
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut duplicate = vec![false; parsed.len()];
     for (i, stage) in parsed.iter().enumerate() {
-        let id = stage.header.id.as_str();
-        if let Some(&first) = index.get(id) {
-            let first_at = locator.span(parsed[first].header.id.span());
+        if let Some(&first) = index.get(stage.id.as_str()) {
+            let first_at = locator.span(&parsed[first].id_span);
             diags.push(Diagnostic::new(
-                locator.span(stage.header.id.span()),
-                format!("duplicate stage id `{id}` (first defined at {first_at})"),
+                locator.span(&stage.id_span),
+                format!(
+                    "duplicate stage id `{}` (first defined at {first_at})",
+                    stage.id
+                ),
             ));
             duplicate[i] = true;
         } else {
-            index.insert(id, i);
+            index.insert(stage.id.as_str(), i);
         }
     }
-    let ids: Vec<&str> = parsed.iter().map(|s| s.header.id.as_str()).collect();
+    let role = |i: usize| parsed[i].info.as_ref().map(|info| info.role);
 
-    // Resolve inputs; check roles.
+    // Resolve inputs; check roles (only where the stage's own definition is sound).
     let mut inputs: Vec<Vec<usize>> = vec![Vec::new(); parsed.len()];
-    let mut broken = vec![false; parsed.len()];
+    let mut broken: Vec<bool> = parsed.iter().map(|s| s.planned.is_none()).collect();
     for (i, stage) in parsed.iter().enumerate() {
-        let h = &stage.header;
-        let role = stage.info.role;
-        if role == Role::Source && !h.inputs.is_empty() {
-            diags.push(Diagnostic::new(
-                locator.span(h.inputs[0].span()),
-                format!(
-                    "stage `{}` is a source (kind `{}`) and takes no inputs",
-                    h.id.as_str(),
-                    h.kind.as_str()
-                ),
-            ));
-            broken[i] = true;
-            continue;
+        let id = &stage.id;
+        match role(i) {
+            Some(Role::Source) if !stage.inputs.is_empty() => {
+                diags.push(Diagnostic::new(
+                    locator.span(&stage.inputs[0].1),
+                    format!(
+                        "stage `{id}` is a source (kind `{}`) and takes no inputs",
+                        stage.kind
+                    ),
+                ));
+                broken[i] = true;
+                continue;
+            }
+            Some(r) if r != Role::Source && stage.inputs.is_empty() && stage.planned.is_some() => {
+                diags.push(Diagnostic::new(
+                    locator.span(&stage.id_span),
+                    format!(
+                        "stage `{id}` (kind `{}`) is a {} and needs `inputs:` naming the stages it reads from",
+                        stage.kind,
+                        r.name()
+                    ),
+                ));
+                broken[i] = true;
+                continue;
+            }
+            _ => {}
         }
-        if role != Role::Source && h.inputs.is_empty() {
-            diags.push(Diagnostic::new(
-                locator.span(h.id.span()),
-                format!(
-                    "stage `{}` ({} `{}`) needs `inputs:` naming the stages it reads from",
-                    h.id.as_str(),
-                    role.name(),
-                    h.kind.as_str()
-                ),
-            ));
-            broken[i] = true;
-            continue;
-        }
-        for input in &h.inputs {
+        for (input, span) in &stage.inputs {
             match index.get(input.as_str()) {
                 None => {
+                    // Suggest only stages that could feed this one: not itself, not sinks.
+                    let candidates = parsed
+                        .iter()
+                        .enumerate()
+                        .filter(|&(j, _)| j != i && role(j) != Some(Role::Sink))
+                        .map(|(_, s)| s.id.as_str());
                     diags.push(
                         Diagnostic::new(
-                            locator.span(input.span()),
-                            format!(
-                                "stage `{}` reads from `{}`, which is not defined",
-                                h.id.as_str(),
-                                input.as_str()
-                            ),
+                            locator.span(span),
+                            format!("stage `{id}` reads from `{input}`, which is not defined"),
                         )
-                        .with_help(did_you_mean(input.as_str(), ids.iter().copied())),
+                        .with_help(did_you_mean(input, candidates)),
                     );
                     broken[i] = true;
                 }
                 Some(&j) if j == i => {
                     diags.push(Diagnostic::new(
-                        locator.span(input.span()),
-                        format!("stage `{}` lists itself as an input", h.id.as_str()),
+                        locator.span(span),
+                        format!("stage `{id}` lists itself as an input"),
                     ));
                     broken[i] = true;
                 }
-                Some(&j) if parsed[j].info.role == Role::Sink => {
+                Some(&j) if role(j) == Some(Role::Sink) => {
                     diags.push(Diagnostic::new(
-                        locator.span(input.span()),
+                        locator.span(span),
                         format!(
-                            "stage `{}` reads from `{}`, a sink (kind `{}`), which emits no records",
-                            h.id.as_str(),
-                            input.as_str(),
-                            parsed[j].header.kind.as_str()
+                            "stage `{id}` reads from `{input}`, a sink (kind `{}`), which emits no records",
+                            parsed[j].kind
                         ),
                     ));
                     broken[i] = true;
@@ -508,12 +568,8 @@ fn plan_topology(
                 Some(&j) => {
                     if inputs[i].contains(&j) {
                         diags.push(Diagnostic::new(
-                            locator.span(input.span()),
-                            format!(
-                                "stage `{}` lists input `{}` twice",
-                                h.id.as_str(),
-                                input.as_str()
-                            ),
+                            locator.span(span),
+                            format!("stage `{id}` lists input `{input}` twice"),
                         ));
                     } else {
                         inputs[i].push(j);
@@ -547,7 +603,7 @@ fn plan_topology(
         report_cycles(&parsed, &inputs, &order, locator, diags);
     }
 
-    // Payload kinds along every edge.
+    // Payload kinds along every edge; a broken stage's output is unknown and not checked.
     let mut output_kinds = vec![KindSet::EMPTY; n];
     let mut input_kinds = vec![KindSet::EMPTY; n];
     for &i in &order {
@@ -556,50 +612,43 @@ fn plan_topology(
             .iter()
             .fold(KindSet::EMPTY, |acc, &j| acc.union(output_kinds[j]));
         input_kinds[i] = incoming;
-        output_kinds[i] = match stage.info.produces {
+        let Some(info) = &stage.info else { continue };
+        output_kinds[i] = match info.produces {
             Produces::Nothing => KindSet::EMPTY,
             Produces::Kinds(k) => k,
             Produces::SameAsInput => incoming,
         };
-        for (pos, &j) in inputs[i].iter().enumerate() {
+        for &j in &inputs[i] {
             let produced = output_kinds[j];
-            if !produced.is_empty() && !produced.is_subset_of(stage.info.accepts) {
-                let at = stage
-                    .header
-                    .inputs
-                    .iter()
-                    .find(|s| s.as_str() == parsed[j].header.id.as_str())
-                    .map(|s| locator.span(s.span()))
-                    .unwrap_or_else(|| {
-                        locator.span(
-                            stage.header.inputs[pos.min(stage.header.inputs.len() - 1)].span(),
-                        )
-                    });
-                diags.push(Diagnostic::new(
-                    at,
-                    format!(
-                        "type mismatch: stage `{}` (kind `{}`) accepts {}, but its input `{}` (kind `{}`) produces {}",
-                        stage.header.id.as_str(),
-                        stage.header.kind.as_str(),
-                        stage.info.accepts,
-                        parsed[j].header.id.as_str(),
-                        parsed[j].header.kind.as_str(),
-                        produced
-                    ),
-                ));
+            if produced.is_empty() || produced.is_subset_of(info.accepts) {
+                continue;
             }
+            let span = stage
+                .inputs
+                .iter()
+                .find(|(name, _)| *name == parsed[j].id)
+                .map(|(_, span)| span)
+                .unwrap_or(&stage.id_span);
+            diags.push(Diagnostic::new(
+                locator.span(span),
+                format!(
+                    "type mismatch: stage `{}` (kind `{}`) accepts {}, but its input `{}` (kind `{}`) produces {}",
+                    stage.id, stage.kind, info.accepts, parsed[j].id, parsed[j].kind, produced
+                ),
+            ));
         }
     }
 
     // Output nobody consumes would be thrown away: refuse rather than drop records silently.
     for (i, stage) in parsed.iter().enumerate() {
-        if stage.info.role != Role::Sink && consumers[i].is_empty() && !broken[i] && !duplicate[i] {
+        let sound = !broken[i] && !duplicate[i];
+        if sound && role(i) != Some(Role::Sink) && consumers[i].is_empty() {
             diags.push(
                 Diagnostic::new(
-                    locator.span(stage.header.id.span()),
+                    locator.span(&stage.id_span),
                     format!(
                         "the output of stage `{}` is not consumed by any stage, so its records would be lost",
-                        stage.header.id.as_str()
+                        stage.id
                     ),
                 )
                 .with_help(Some("add a sink (e.g. `kind: jsonl`) with this stage in its `inputs`".into())),
@@ -610,7 +659,7 @@ fn plan_topology(
     if !diags.is_empty() {
         return Vec::new();
     }
-    // Renumber into topological order.
+    // Renumber into topological order. No diagnostics means every stage is sound.
     let mut new_index = vec![0; n];
     for (pos, &i) in order.iter().enumerate() {
         new_index[i] = pos;
@@ -620,11 +669,12 @@ fn plan_topology(
         .iter()
         .filter_map(|&i| {
             let stage = slots[i].take()?;
-            let h = stage.header;
+            let (h, config) = stage.planned?;
+            let info = stage.info?;
             Some(PlannedStage {
-                id: h.id.as_str().to_string(),
-                kind: h.kind.as_str().to_string(),
-                role: stage.info.role,
+                id: stage.id,
+                kind: stage.kind,
+                role: info.role,
                 inputs: inputs[i].iter().map(|&j| new_index[j]).collect(),
                 consumers: consumers[i].iter().map(|&j| new_index[j]).collect(),
                 concurrency: h.concurrency.map(|c| *c).unwrap_or(DEFAULT_CONCURRENCY),
@@ -633,7 +683,7 @@ fn plan_topology(
                 pool: h.pool.map(|p| p.as_str().to_string()),
                 input_kinds: input_kinds[i],
                 output_kinds: output_kinds[i],
-                config: stage.config,
+                config,
             })
         })
         .collect()
@@ -682,13 +732,10 @@ fn report_cycles(
             .map(|(p, _)| p)
             .unwrap_or(0);
         cycle.rotate_left(first);
-        let names: Vec<&str> = cycle
-            .iter()
-            .map(|&s| parsed[s].header.id.as_str())
-            .collect();
+        let names: Vec<&str> = cycle.iter().map(|&s| parsed[s].id.as_str()).collect();
         let head = cycle[0];
         diags.push(Diagnostic::new(
-            locator.span(parsed[head].header.id.span()),
+            locator.span(&parsed[head].id_span),
             format!("stages form a cycle: {} → {}", names.join(" → "), names[0]),
         ));
         for &s in &path {

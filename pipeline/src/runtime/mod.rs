@@ -79,11 +79,11 @@ struct Control {
 
 impl Control {
     fn fail(&self, message: String) {
-        if let Ok(mut fatal) = self.fatal.lock() {
-            if fatal.is_none() {
-                tracing::error!("{message}");
-                *fatal = Some(message);
-            }
+        if let Ok(mut fatal) = self.fatal.lock()
+            && fatal.is_none()
+        {
+            tracing::error!("{message}");
+            *fatal = Some(message);
         }
         self.abort.cancel();
         self.stop.cancel();
@@ -206,6 +206,8 @@ pub async fn prepare(plan: Plan, options: RunOptions) -> Result<PreparedRun, Run
     let run_dir = options.state_dir.join("runs").join(&options.run_id);
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| RunError::Io(format!("cannot create {}: {e}", run_dir.display())))?;
+    // Absolute, so paths in the report work from any directory.
+    let run_dir = std::path::absolute(&run_dir).unwrap_or(run_dir);
     let dead_letters = Arc::new(DeadLetters::new(&run_dir.join("dead_letters.jsonl")));
     let control = Arc::new(Control {
         stop: options.stop.clone(),

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use splitter::{SplitOptions, Tokenizer, TranscriptMode, split};
 use std::sync::Arc;
 
-#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenizerName {
     /// OpenAI gpt-4 / gpt-3.5 / text-embedding-3 tokenizer.
@@ -22,12 +22,14 @@ pub enum TokenizerName {
     O200kBase,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum TranscriptSetting {
     /// Transcript handling when the text looks like one (speaker labels on many lines).
     Auto,
+    /// Always pack whole speaker turns.
     On,
+    /// Plain token-aware splitting.
     Off,
 }
 
@@ -40,6 +42,7 @@ pub struct ChunkConfig {
     /// Tokens of context repeated from the end of the previous chunk.
     #[serde(default = "default_overlap")]
     pub overlap: usize,
+    /// Tokenizer that counts `max_tokens` and `overlap`.
     #[serde(default = "default_tokenizer")]
     pub tokenizer: TokenizerName,
     /// Keep speaker turns whole (`auto` detects transcripts).

@@ -1,0 +1,498 @@
+//! The real `pipe` binary on the real corpus: chunking guarantees, reports, --limit, --set,
+//! --state-dir, unreadable files, JSON field mapping, list-stages, schema, Ctrl-C drain.
+
+use serde_json::Value;
+use stages::chunk::splitter::Tokenizer;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const PIPE: &str = env!("CARGO_BIN_EXE_pipe");
+
+fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/apollo13")
+}
+
+fn pipe(args: &[&str], dir: &Path) -> Output {
+    Command::new(PIPE)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run pipe")
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn only_report(state: &Path) -> Value {
+    let runs: Vec<_> = std::fs::read_dir(state.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "one run directory: {runs:?}");
+    serde_json::from_str(&std::fs::read_to_string(runs[0].join("report.json")).unwrap()).unwrap()
+}
+
+fn stage<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap()
+}
+
+fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn chunk_pipeline(dir: &Path, max_tokens: usize, overlap: usize) -> PathBuf {
+    let yaml = format!(
+        r#"
+stages:
+  - id: read
+    kind: files
+    config: {{ path: "{}", glob: "*.txt" }}
+  - id: chunk
+    kind: chunk
+    inputs: [read]
+    config: {{ max_tokens: {max_tokens}, overlap: {overlap} }}
+  - id: out
+    kind: jsonl
+    inputs: [chunk]
+    config: {{ path: out/chunks.jsonl }}
+"#,
+        corpus().join("transcripts").display()
+    );
+    write(dir, "pipeline.yaml", &yaml)
+}
+
+/// Per document (source path): its text and its chunks in order.
+fn chunks_by_document(chunks: &[Value]) -> Vec<(String, Vec<&Value>)> {
+    let mut docs: Vec<(String, Vec<&Value>)> = Vec::new();
+    for c in chunks {
+        let path = c["provenance"]["source_path"].as_str().unwrap().to_string();
+        match docs.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, list)) => list.push(c),
+            None => docs.push((path, vec![c])),
+        }
+    }
+    for (_, list) in &mut docs {
+        list.sort_by_key(|c| c["provenance"]["chunk_index"].as_u64().unwrap());
+    }
+    docs.sort_by(|a, b| a.0.cmp(&b.0));
+    docs
+}
+
+#[test]
+fn apollo_chunks_keep_every_utterance_whole_and_within_max_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1000 tokens: larger than the longest utterance (866), so every utterance can stay whole.
+    let file = chunk_pipeline(dir.path(), 1000, 0);
+    let out = pipe(
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--state-dir",
+            "state",
+            "--quiet",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let chunks = read_jsonl(&dir.path().join("out/chunks.jsonl"));
+    assert!(!dir.path().join("out/chunks.jsonl.partial").exists());
+    let docs = chunks_by_document(&chunks);
+    assert_eq!(docs.len(), 6);
+    let tokenizer = Tokenizer::Cl100kBase;
+    let mut utterances = 0;
+    for (path, list) in &docs {
+        let text = std::fs::read_to_string(corpus().join("transcripts").join(path)).unwrap();
+        let chars: Vec<char> = text.chars().collect();
+        for c in list {
+            let body = c["payload"]["text"].as_str().unwrap();
+            assert!(
+                tokenizer.count(body) <= 1000,
+                "{path}: chunk over max_tokens"
+            );
+            assert_eq!(
+                c["payload"]["tokens"].as_u64().unwrap() as usize,
+                tokenizer.count(body)
+            );
+            // The char span points at exactly this text, and it starts and ends on turn boundaries.
+            let span = c["provenance"]["char_span"].as_array().unwrap();
+            let (start, end) = (
+                span[0].as_u64().unwrap() as usize,
+                span[1].as_u64().unwrap() as usize,
+            );
+            assert_eq!(chars[start..end].iter().collect::<String>(), body);
+            assert!(
+                start == 0 || chars[start - 1] == '\n',
+                "{path}: chunk starts mid-turn at {start}"
+            );
+            assert!(
+                end == chars.len() || chars[end] == '\n',
+                "{path}: chunk ends mid-turn at {end}"
+            );
+            assert!(
+                body.starts_with('['),
+                "{path}: chunk starts with a turn's timestamp"
+            );
+        }
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let holders = list
+                .iter()
+                .filter(|c| c["payload"]["text"].as_str().unwrap().contains(line))
+                .count();
+            assert_eq!(holders, 1, "{path}: utterance in {holders} chunks: {line}");
+            utterances += 1;
+        }
+    }
+    assert_eq!(
+        utterances, 10_876,
+        "every utterance of the corpus was checked"
+    );
+    let report = only_report(&dir.path().join("state"));
+    assert_eq!(report["status"], "completed");
+    assert_eq!(stage(&report, "read")["out"], 6);
+    assert_eq!(
+        stage(&report, "chunk")["out"].as_u64().unwrap(),
+        chunks.len() as u64
+    );
+    assert_eq!(
+        stage(&report, "out")["in"].as_u64().unwrap(),
+        chunks.len() as u64
+    );
+    assert_eq!(report["dead_letters"]["count"], 0);
+}
+
+#[test]
+fn overlapping_chunks_cover_every_utterance() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = chunk_pipeline(dir.path(), 800, 100);
+    let out = pipe(
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--state-dir",
+            "state",
+            "--quiet",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let chunks = read_jsonl(&dir.path().join("out/chunks.jsonl"));
+    let tokenizer = Tokenizer::Cl100kBase;
+    let mut overlapping = 0;
+    for (path, list) in chunks_by_document(&chunks) {
+        let mut previous_end = 0;
+        for (i, c) in list.iter().enumerate() {
+            assert!(tokenizer.count(c["payload"]["text"].as_str().unwrap()) <= 800);
+            let span = c["provenance"]["char_span"].as_array().unwrap();
+            let (start, end) = (span[0].as_u64().unwrap(), span[1].as_u64().unwrap());
+            if i > 0 && start < previous_end {
+                overlapping += 1;
+            }
+            previous_end = end;
+        }
+        let text = std::fs::read_to_string(corpus().join("transcripts").join(&path)).unwrap();
+        let joined: String = list
+            .iter()
+            .map(|c| c["payload"]["text"].as_str().unwrap())
+            .collect::<Vec<_>>()
+            .join("\n");
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            // A turn longer than max_tokens is split into pieces; all others appear whole.
+            if tokenizer.count(line) <= 800 {
+                assert!(joined.contains(line), "{path}: utterance missing: {line}");
+            }
+        }
+    }
+    assert!(overlapping > 100, "chunks overlap: {overlapping}");
+}
+
+#[test]
+fn limit_set_and_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = chunk_pipeline(dir.path(), 800, 0);
+    let out = pipe(
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--limit",
+            "2",
+            "--set",
+            "stages.chunk.config.max_tokens=300",
+            "--set",
+            "stages.out.config.path=out/limited.jsonl",
+            "--state-dir",
+            "elsewhere",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("completed"), "{stdout}");
+    assert!(stdout.contains("report: elsewhere/runs/"), "{stdout}");
+    assert!(
+        !dir.path().join(".pipe").exists(),
+        "--state-dir moves .pipe/"
+    );
+    let report = only_report(&dir.path().join("elsewhere"));
+    assert_eq!(report["limit"], 2);
+    assert_eq!(stage(&report, "read")["out"], 2);
+    let chunks = read_jsonl(&dir.path().join("out/limited.jsonl"));
+    let files: std::collections::BTreeSet<&str> = chunks
+        .iter()
+        .map(|c| c["provenance"]["source_path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        files.into_iter().collect::<Vec<_>>(),
+        ["day01.txt", "day02.txt"]
+    );
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["payload"]["tokens"].as_u64().unwrap() <= 300)
+    );
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["payload"]["tokens"].as_u64().unwrap() > 250),
+        "the override took effect"
+    );
+}
+
+#[test]
+fn unreadable_files_are_dead_lettered_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(input.join("good.txt"), "CDR: Hello Houston.\nCC: Roger.\n").unwrap();
+    std::fs::write(input.join("latin1.txt"), b"caf\xe9 au lait").unwrap();
+    std::fs::write(input.join("image.png"), b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").unwrap();
+    std::fs::write(
+        input.join("data.jsonl"),
+        "{\"text\": \"one\"}\nnot json\n{\"text\": \"three\"}\n",
+    )
+    .unwrap();
+    let file = write(
+        dir.path(),
+        "p.yaml",
+        "stages:\n  - { id: read, kind: files, config: { path: in } }\n  - { id: out, kind: jsonl, inputs: [read], config: { path: docs.jsonl } }\n",
+    );
+    let out = pipe(
+        &["run", file.to_str().unwrap(), "--state-dir", "s", "--quiet"],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = read_jsonl(&dir.path().join("docs.jsonl"));
+    let texts: Vec<&str> = docs
+        .iter()
+        .map(|d| d["payload"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["one", "three", "CDR: Hello Houston.\nCC: Roger.\n"]);
+    assert_eq!(docs[1]["provenance"]["line"], 3);
+    let report = only_report(&dir.path().join("s"));
+    assert_eq!(stage(&report, "read")["out"], 3);
+    assert_eq!(stage(&report, "read")["dead_lettered"], 3);
+    assert_eq!(report["dead_letters"]["count"], 3);
+    let letters = read_jsonl(Path::new(report["dead_letters"]["path"].as_str().unwrap()));
+    let reasons: Vec<String> = letters
+        .iter()
+        .map(|l| l["error"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.starts_with("data.jsonl: line 2:")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("image.png:") && r.contains("binary")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("latin1.txt:") && r.contains("UTF-8")),
+        "{reasons:?}"
+    );
+    assert!(letters.iter().all(|l| l["stage"] == "read"));
+}
+
+#[test]
+fn json_field_mapping_reads_the_apollo_transcript() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "stages:\n  - id: read\n    kind: files\n    config: {{ path: \"{}\", glob: \"*.json\", text_field: \"transcript[].text\", speaker_field: \"transcript[].speaker\" }}\n  - {{ id: out, kind: jsonl, inputs: [read], config: {{ path: doc.jsonl }} }}\n",
+        corpus().display()
+    );
+    let file = write(dir.path(), "p.yaml", &yaml);
+    let out = pipe(
+        &["run", file.to_str().unwrap(), "--state-dir", "s", "--quiet"],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = read_jsonl(&dir.path().join("doc.jsonl"));
+    assert_eq!(docs.len(), 1);
+    let text = docs[0]["payload"]["text"].as_str().unwrap();
+    assert_eq!(text.lines().count(), 10_876);
+    assert!(text.starts_with("CDR: The clock is running.\n"));
+    assert_eq!(docs[0]["payload"]["format"], "json");
+}
+
+#[test]
+fn list_stages_and_schema_describe_every_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pipe(&["list-stages"], dir.path());
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for kind in [
+        "files (source)",
+        "chunk (processor)",
+        "jsonl (sink)",
+        "generate (source)",
+        "blackhole (sink)",
+    ] {
+        assert!(text.contains(kind), "{kind} missing from:\n{text}");
+    }
+    assert!(
+        text.contains("max_tokens") && text.contains("default 800"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tokenizer") && text.contains("cl100k_base|o200k_base"),
+        "{text}"
+    );
+
+    let out = pipe(&["schema"], dir.path());
+    assert!(out.status.success());
+    let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["required"], serde_json::json!(["stages"]));
+    let stage = &schema["$defs"]["Stage"];
+    let kinds: Vec<&str> = stage["properties"]["kind"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["blackhole", "chunk", "files", "generate", "jsonl"]);
+    assert_eq!(stage["additionalProperties"], false);
+    // Each kind's config is tied to its own schema.
+    let chunk_rule = stage["allOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["if"]["properties"]["kind"]["const"] == "chunk")
+        .unwrap();
+    let reference = chunk_rule["then"]["properties"]["config"]["$ref"]
+        .as_str()
+        .unwrap();
+    let def = reference.trim_start_matches("#/$defs/");
+    assert!(schema["$defs"][def]["properties"]["max_tokens"].is_object());
+}
+
+#[test]
+fn ctrl_c_drains_in_flight_records_and_exits_zero() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "p.yaml",
+        r#"
+stages:
+  - { id: gen, kind: generate, config: { interval_ms: 1 } }
+  - { id: chunk, kind: chunk, inputs: [gen], config: { max_tokens: 16, overlap: 0 } }
+  - { id: out, kind: jsonl, inputs: [chunk], buffer: 8, config: { path: out.jsonl, batch: 4 } }
+"#,
+    );
+    let child = Command::new(PIPE)
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--state-dir",
+            "s",
+            "--progress-interval",
+            "0.2",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until records are flowing (the sink writes its .partial file).
+    let partial = dir.path().join("out.jsonl.partial");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&partial)
+        .map(|m| m.len() == 0)
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pipeline never started writing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(stderr.contains("draining"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("interrupted (drained)"));
+    let report = only_report(&dir.path().join("s"));
+    assert_eq!(report["status"], "interrupted");
+    // Nothing in flight was lost: every generated document was chunked, every chunk written.
+    let written = read_jsonl(&dir.path().join("out.jsonl"));
+    assert!(!partial.exists(), "the sink was finished and renamed");
+    let generated = stage(&report, "gen")["out"].as_u64().unwrap();
+    assert!(generated > 0);
+    assert_eq!(stage(&report, "chunk")["in"].as_u64().unwrap(), generated);
+    assert_eq!(
+        stage(&report, "out")["in"].as_u64().unwrap(),
+        written.len() as u64
+    );
+    assert_eq!(
+        stage(&report, "chunk")["out"].as_u64().unwrap(),
+        written.len() as u64
+    );
+    let docs: std::collections::BTreeSet<&str> = written
+        .iter()
+        .map(|c| c["provenance"]["document_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        docs.len() as u64,
+        generated,
+        "every generated document reached the sink"
+    );
+    assert_eq!(report["dead_letters"]["count"], 0);
+}
