@@ -24,6 +24,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+// The same allocator as the `pipe` binary, so the bench measures what users run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Records per run (default; `PIPE_BENCH_RECORDS` overrides it, e.g. for a short run under a
 /// profiler).
 const DEFAULT_RECORDS: u64 = 200_000;

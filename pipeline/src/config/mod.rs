@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub const DEFAULT_CONCURRENCY: usize = 4;
-pub const DEFAULT_BUFFER: usize = 64;
+pub const DEFAULT_BUFFER: usize = 256;
 
 const TOP_LEVEL_KEYS: &[&str] = &["description", "resources", "stages"];
 const RESOURCE_SECTIONS: &[&str] = &["pools"];
@@ -43,7 +43,7 @@ pub struct StageHeader {
     /// Maximum calls in flight at once (default 4).
     #[schemars(with = "Option<u32>")]
     pub concurrency: Option<Spanned<usize>>,
-    /// Capacity of each input channel (default 64); a full buffer slows the producer down.
+    /// Records this stage's input edge may hold (default 256); a full edge slows the producer down.
     #[schemars(with = "Option<u32>")]
     pub buffer: Option<Spanned<usize>>,
     /// Emit outputs in input order even when calls finish out of order.

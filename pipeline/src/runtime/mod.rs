@@ -1,11 +1,15 @@
 //! The runtime: one task per stage, connected by bounded channels.
 //!
-//! Every consumer stage owns one input channel of capacity `buffer`; each producer holds a
-//! sender to it (fan-in), and sends a copy to every consumer (fan-out). A full channel makes its
-//! producer wait, so a slow sink slows the source and the records alive at any moment stay
-//! below the sum of buffers plus what the stages hold in flight. Each stage runs at most
-//! `concurrency` calls at once (`ordered: true` keeps input order). Nothing is dropped: a failed
-//! record goes to the dead-letter file and is counted.
+//! Every consumer stage owns one input channel; each producer holds a sender to it (fan-in), and
+//! sends a copy to every consumer (fan-out). Records travel in small batches — staged per edge
+//! and flushed when full or as soon as the producer would otherwise wait — so a hop costs one
+//! channel operation per batch, not per record, while a trickle of records is never held back.
+//! An edge holds at most `buffer` records in all (the producer's staged batch, the channel, and
+//! the batch the consumer is taking apart), so a full edge makes its producer wait: a slow sink
+//! slows the source, and the records alive at any moment stay below the sum of buffers plus
+//! what the stages hold in flight. Each stage runs at most `concurrency` calls at once
+//! (`ordered: true` keeps input order). Nothing is dropped: a failed record goes to the
+//! dead-letter file and is counted.
 
 pub mod dead_letter;
 pub mod report;
@@ -20,12 +24,12 @@ use crate::error::{ErrorClass, Rejected, StageError};
 use crate::record::Record;
 use crate::stage::{BuildContext, BuiltStage, Processor, Sink, Source, Transform};
 use futures::FutureExt;
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::StreamExt;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc};
@@ -72,8 +76,10 @@ pub fn new_run_id() -> String {
 /// Shared stop/abort state of one run.
 struct Control {
     stop: CancellationToken,
+    /// Mirrors `stop`, cheap enough to read once per record.
+    stopping: AtomicBool,
     /// Set with the first run-fatal error; processors stop calling and dead-letter what is left.
-    abort: CancellationToken,
+    aborted: AtomicBool,
     fatal: Mutex<Option<String>>,
 }
 
@@ -85,7 +91,8 @@ impl Control {
             tracing::error!("{message}");
             *fatal = Some(message);
         }
-        self.abort.cancel();
+        self.aborted.store(true, Relaxed);
+        self.stopping.store(true, Relaxed);
         self.stop.cancel();
     }
 
@@ -135,47 +142,102 @@ impl StageCtx {
     }
 }
 
+/// Records per batch on an edge into a consumer with this `buffer`, and the channel capacity in
+/// batches, chosen so that staged batch + channel + the batch being taken apart <= `buffer`
+/// (exact for buffer >= 3; smaller buffers behave as 3).
+fn edge_shape(buffer: usize) -> (usize, usize) {
+    let batch = (buffer / 4).clamp(1, 128);
+    let capacity = (buffer.saturating_sub(2 * batch) / batch).max(1);
+    (batch, capacity)
+}
+
+/// One edge: the records staged for a consumer, and its channel.
+struct Edge {
+    tx: mpsc::Sender<Vec<Record>>,
+    to: Arc<StageStats>,
+    staged: Vec<Record>,
+    batch: usize,
+}
+
 /// Senders into every consumer of one stage.
 struct Outputs {
-    targets: Vec<(mpsc::Sender<Record>, Arc<StageStats>)>,
+    edges: Vec<Edge>,
+    /// Records pushed since the count was last published (once per batch, not per record).
+    unpublished: u64,
 }
 
 impl Outputs {
-    /// Sends one record to every consumer (a clone to all but the last), waiting while a
-    /// consumer's buffer is full: this wait is the backpressure.
-    async fn send(&self, record: Record, ctx: &StageCtx) {
-        let Some(((last_tx, last_stats), rest)) = self.targets.split_last() else {
+    /// Stages one record for every consumer (a clone for all but the last); sends a batch when
+    /// it is full, waiting while the consumer's channel is full: this wait is the backpressure.
+    async fn push(&mut self, record: Record, ctx: &StageCtx) {
+        let Some((last, rest)) = self.edges.split_last_mut() else {
             return;
         };
-        for (tx, stats) in rest {
-            Self::send_one(tx, stats, record.clone(), ctx).await;
+        for edge in rest {
+            edge.staged.push(record.clone());
+            if edge.staged.len() >= edge.batch {
+                edge.send(ctx).await;
+            }
         }
-        Self::send_one(last_tx, last_stats, record, ctx).await;
-        ctx.stats.emitted.fetch_add(1, Relaxed);
+        last.staged.push(record);
+        self.unpublished += 1;
+        if last.staged.len() >= last.batch {
+            ctx.stats
+                .emitted
+                .fetch_add(std::mem::take(&mut self.unpublished), Relaxed);
+            last.send(ctx).await;
+        }
     }
 
-    async fn send_one(
-        tx: &mpsc::Sender<Record>,
-        to: &Arc<StageStats>,
-        record: Record,
-        ctx: &StageCtx,
-    ) {
-        to.enqueued.fetch_add(1, Relaxed);
-        match tx.send(record).await {
-            Ok(()) => {
-                let depth = (tx.max_capacity() - tx.capacity()) as u64;
-                to.max_queue_depth.fetch_max(depth, Relaxed);
-            }
-            Err(mpsc::error::SendError(record)) => {
-                to.enqueued.fetch_sub(1, Relaxed);
-                let error = StageError::record(format!(
-                    "downstream stage `{}` is no longer running",
-                    to.id
-                ));
-                ctx.dead_letter_record(&error, &record);
+    /// Sends whatever is staged. Called whenever the stage is about to wait for work, so a
+    /// staged record never waits for a batch to fill.
+    async fn flush(&mut self, ctx: &StageCtx) {
+        ctx.stats
+            .emitted
+            .fetch_add(std::mem::take(&mut self.unpublished), Relaxed);
+        for edge in &mut self.edges {
+            if !edge.staged.is_empty() {
+                edge.send(ctx).await;
             }
         }
     }
+}
+
+impl Edge {
+    async fn send(&mut self, ctx: &StageCtx) {
+        let batch = std::mem::replace(&mut self.staged, Vec::with_capacity(self.batch));
+        let n = batch.len() as u64;
+        let enqueued = self.to.enqueued.fetch_add(n, Relaxed) + n;
+        match self.tx.send(batch).await {
+            Ok(()) => {
+                let depth = enqueued.saturating_sub(self.to.received.load(Relaxed));
+                self.to.max_queue_depth.fetch_max(depth, Relaxed);
+            }
+            Err(mpsc::error::SendError(batch)) => {
+                self.to.enqueued.fetch_sub(n, Relaxed);
+                let error = StageError::record(format!(
+                    "downstream stage `{}` is no longer running",
+                    self.to.id
+                ));
+                for record in &batch {
+                    ctx.dead_letter_record(&error, record);
+                }
+            }
+        }
+    }
+}
+
+/// A stage's input: batches from its channel, taken apart into records (counted per batch).
+fn input_records(
+    rx: mpsc::Receiver<Vec<Record>>,
+    stats: Arc<StageStats>,
+) -> impl futures::Stream<Item = Record> + Send {
+    ReceiverStream::new(rx)
+        .map(move |batch| {
+            stats.received.fetch_add(batch.len() as u64, Relaxed);
+            futures::stream::iter(batch)
+        })
+        .flatten()
 }
 
 struct BuiltNode {
@@ -211,7 +273,8 @@ pub async fn prepare(plan: Plan, options: RunOptions) -> Result<PreparedRun, Run
     let dead_letters = Arc::new(DeadLetters::new(&run_dir.join("dead_letters.jsonl")));
     let control = Arc::new(Control {
         stop: options.stop.clone(),
-        abort: CancellationToken::new(),
+        stopping: AtomicBool::new(false),
+        aborted: AtomicBool::new(false),
         fatal: Mutex::new(None),
     });
     let pools: BTreeMap<String, Arc<Semaphore>> = plan
@@ -302,26 +365,45 @@ impl PreparedRun {
             started_at,
         } = self;
         // One input channel per consuming stage.
-        let mut senders: Vec<Option<mpsc::Sender<Record>>> = Vec::with_capacity(nodes.len());
-        let mut receivers: Vec<Option<mpsc::Receiver<Record>>> = Vec::with_capacity(nodes.len());
+        let mut senders: Vec<Option<(mpsc::Sender<Vec<Record>>, usize)>> =
+            Vec::with_capacity(nodes.len());
+        let mut receivers: Vec<Option<mpsc::Receiver<Vec<Record>>>> =
+            Vec::with_capacity(nodes.len());
         for node in &nodes {
             if matches!(node.stage, BuiltStage::Source(_)) {
                 senders.push(None);
                 receivers.push(None);
             } else {
-                let (tx, rx) = mpsc::channel(node.buffer);
-                senders.push(Some(tx));
+                let (batch, capacity) = edge_shape(node.buffer);
+                let (tx, rx) = mpsc::channel(capacity);
+                senders.push(Some((tx, batch)));
                 receivers.push(Some(rx));
             }
         }
+        let stop_watch = {
+            let control = control.clone();
+            tokio::spawn(async move {
+                control.stop.cancelled().await;
+                control.stopping.store(true, Relaxed);
+            })
+        };
         let mut tasks = Vec::with_capacity(nodes.len());
         for (i, node) in nodes.into_iter().enumerate() {
             let outputs = Outputs {
-                targets: node
+                edges: node
                     .consumers
                     .iter()
-                    .filter_map(|&c| Some((senders[c].clone()?, stats.stages[c].clone())))
+                    .filter_map(|&c| {
+                        let (tx, batch) = senders[c].clone()?;
+                        Some(Edge {
+                            tx,
+                            to: stats.stages[c].clone(),
+                            staged: Vec::with_capacity(batch),
+                            batch,
+                        })
+                    })
                     .collect(),
+                unpublished: 0,
             };
             let input = receivers[i].take();
             let started = stats.started;
@@ -362,6 +444,7 @@ impl PreparedRun {
                 control.fail(format!("a stage task crashed: {e}"));
             }
         }
+        stop_watch.abort();
         if let Err(e) = dead_letters.flush() {
             control.fail(format!(
                 "cannot flush dead letters to {}: {e}",
@@ -401,23 +484,35 @@ impl PreparedRun {
     }
 }
 
-async fn run_source(source: Arc<dyn Source>, outputs: Outputs, ctx: StageCtx, limit: Option<u64>) {
+async fn run_source(
+    source: Arc<dyn Source>,
+    mut outputs: Outputs,
+    ctx: StageCtx,
+    limit: Option<u64>,
+) {
     let mut stream = source.records();
     let mut emitted: u64 = 0;
     loop {
-        if limit.is_some_and(|l| emitted >= l) {
+        if limit.is_some_and(|l| emitted >= l) || ctx.control.stopping.load(Relaxed) {
             break;
         }
-        let item = tokio::select! {
-            biased;
-            _ = ctx.control.stop.cancelled() => break,
-            item = stream.next() => item,
+        // Take what is ready; before waiting for more, send what is staged.
+        let item = match stream.next().now_or_never() {
+            Some(item) => item,
+            None => {
+                outputs.flush(&ctx).await;
+                tokio::select! {
+                    biased;
+                    _ = ctx.control.stop.cancelled() => break,
+                    item = stream.next() => item,
+                }
+            }
         };
         let Some(item) = item else { break };
         ctx.stats.received.fetch_add(1, Relaxed);
         match item {
             Ok(record) => {
-                outputs.send(record, &ctx).await;
+                outputs.push(record, &ctx).await;
                 emitted += 1;
             }
             Err(Rejected { subject, error }) => {
@@ -426,16 +521,19 @@ async fn run_source(source: Arc<dyn Source>, outputs: Outputs, ctx: StageCtx, li
             }
         }
     }
+    drop(stream);
+    outputs.flush(&ctx).await;
 }
 
 /// Runs one call, turning a panic into a record error (the record is dead-lettered, the run
 /// goes on). CPU-bound stages run on a worker thread of their own.
 async fn call_processor(
-    processor: Arc<dyn Processor>,
+    processor: &Arc<dyn Processor>,
     record: &Record,
 ) -> Result<Vec<Record>, StageError> {
     if processor.cpu_bound() {
         let owned = record.clone();
+        let processor = processor.clone();
         let handle = tokio::spawn(async move { processor.process(&owned).await });
         return handle
             .await
@@ -459,78 +557,161 @@ fn panic_error(panic: Option<Box<dyn std::any::Any + Send>>) -> StageError {
     StageError::record(format!("stage panicked: {message}"))
 }
 
+/// Calls in progress: completion order, or input order for `ordered: true`.
+enum Pending<F: std::future::Future> {
+    Unordered(futures::stream::FuturesUnordered<F>),
+    Ordered(futures::stream::FuturesOrdered<F>),
+}
+
+impl<F: std::future::Future> Pending<F> {
+    fn len(&self) -> usize {
+        match self {
+            Pending::Unordered(p) => p.len(),
+            Pending::Ordered(p) => p.len(),
+        }
+    }
+
+    fn push(&mut self, future: F) {
+        match self {
+            Pending::Unordered(p) => p.push(future),
+            Pending::Ordered(p) => p.push_back(future),
+        }
+    }
+
+    /// A call that finishes on its first poll may skip the queue, unless order must be kept
+    /// behind calls still running.
+    fn may_complete_inline(&self) -> bool {
+        matches!(self, Pending::Unordered(_)) || self.len() == 0
+    }
+
+    async fn next(&mut self) -> Option<F::Output> {
+        match self {
+            Pending::Unordered(p) => p.next().await,
+            Pending::Ordered(p) => p.next().await,
+        }
+    }
+}
+
+enum Event<T> {
+    Done(Option<T>),
+    Input(Option<Record>),
+}
+
+async fn deliver(
+    done: (Record, Result<Vec<Record>, StageError>),
+    outputs: &mut Outputs,
+    ctx: &StageCtx,
+) {
+    let (record, result) = done;
+    match result {
+        Ok(out) => {
+            for r in out {
+                outputs.push(r, ctx).await;
+            }
+        }
+        Err(error) => {
+            ctx.failed(&error);
+            ctx.dead_letter_record(&error, &record);
+        }
+    }
+}
+
 async fn run_processor(
     processor: Arc<dyn Processor>,
-    rx: mpsc::Receiver<Record>,
-    outputs: Outputs,
+    rx: mpsc::Receiver<Vec<Record>>,
+    mut outputs: Outputs,
     ctx: StageCtx,
     concurrency: usize,
     ordered: bool,
     pool: Option<Arc<Semaphore>>,
 ) {
-    let calls = ReceiverStream::new(rx).map(|record| {
-        ctx.stats.received.fetch_add(1, Relaxed);
-        let processor = processor.clone();
-        let ctx = ctx.clone();
-        let pool = pool.clone();
-        async move {
-            if ctx.control.abort.is_cancelled() {
-                let reason = ctx.control.fatal().unwrap_or_default();
-                return (
-                    record,
-                    Err(StageError::record(format!(
-                        "not processed: the run was stopped ({reason})"
-                    ))),
-                );
+    // The per-record futures borrow the stage's state instead of cloning Arcs for each record.
+    let (processor, ctx_ref, pool) = (&processor, &ctx, &pool);
+    let call = move |record: Record| {
+        Box::pin(async move {
+            if ctx_ref.control.aborted.load(Relaxed) {
+                let reason = ctx_ref.control.fatal().unwrap_or_default();
+                let error =
+                    StageError::record(format!("not processed: the run was stopped ({reason})"));
+                return (record, Err(error));
             }
             let _permit = match pool {
-                Some(pool) => pool.acquire_owned().await.ok(),
+                Some(pool) => pool.clone().acquire_owned().await.ok(),
                 None => None,
             };
-            ctx.stats.in_flight.fetch_add(1, Relaxed);
             let result = call_processor(processor, &record).await;
-            ctx.stats.in_flight.fetch_sub(1, Relaxed);
             (record, result)
-        }
-    });
-    let mut results: BoxStream<'_, (Record, Result<Vec<Record>, StageError>)> = if ordered {
-        calls.buffered(concurrency).boxed()
-    } else {
-        calls.buffer_unordered(concurrency).boxed()
+        })
     };
-    while let Some((record, result)) = results.next().await {
-        match result {
-            Ok(out) => {
-                for r in out {
-                    outputs.send(r, &ctx).await;
+    let mut input = input_records(rx, ctx.stats.clone()).boxed();
+    let mut input_done = false;
+    let mut pending = if ordered {
+        Pending::Ordered(Default::default())
+    } else {
+        Pending::Unordered(Default::default())
+    };
+    loop {
+        // Start calls while there is room and input is ready right now.
+        while !input_done && pending.len() < concurrency {
+            match input.next().now_or_never() {
+                None => break,
+                Some(None) => input_done = true,
+                Some(Some(record)) => {
+                    let mut future = call(record);
+                    if pending.may_complete_inline()
+                        && let Some(done) = future.as_mut().now_or_never()
+                    {
+                        deliver(done, &mut outputs, &ctx).await;
+                        continue;
+                    }
+                    pending.push(future);
                 }
             }
-            Err(error) => {
-                ctx.failed(&error);
-                ctx.dead_letter_record(&error, &record);
+        }
+        if pending.len() > 0 {
+            if let Some(Some(done)) = pending.next().now_or_never() {
+                deliver(done, &mut outputs, &ctx).await;
+                continue;
             }
+        } else if input_done {
+            break;
+        }
+        // Nothing ready: send what is staged, then wait for a call to finish or, if there is
+        // room, for more input. (The in-flight gauge is refreshed here, not per call.)
+        ctx.stats.in_flight.store(pending.len() as i64, Relaxed);
+        outputs.flush(&ctx).await;
+        let room = !input_done && pending.len() < concurrency;
+        let event = tokio::select! {
+            done = pending.next(), if pending.len() > 0 => Event::Done(done),
+            record = input.next(), if room => Event::Input(record),
+        };
+        match event {
+            Event::Done(Some(done)) => deliver(done, &mut outputs, &ctx).await,
+            Event::Done(None) => {}
+            Event::Input(None) => input_done = true,
+            Event::Input(Some(record)) => pending.push(call(record)),
         }
     }
+    ctx.stats.in_flight.store(0, Relaxed);
+    outputs.flush(&ctx).await;
 }
 
 async fn run_sink(
     sink: Arc<dyn Sink>,
-    rx: mpsc::Receiver<Record>,
+    rx: mpsc::Receiver<Vec<Record>>,
     ctx: StageCtx,
     concurrency: usize,
     pool: Option<Arc<Semaphore>>,
 ) {
     let batch_size = sink.batch_size().max(1);
-    let writes = ReceiverStream::new(rx)
+    let (sink, ctx_ref, pool) = (&sink, &ctx, &pool);
+    let writes = input_records(rx, ctx.stats.clone())
         .ready_chunks(batch_size)
-        .map(|batch| {
-            ctx.stats.received.fetch_add(batch.len() as u64, Relaxed);
-            let sink = sink.clone();
-            let ctx = ctx.clone();
-            let pool = pool.clone();
+        .map(move |batch| {
+            let ctx = ctx_ref;
             async move {
                 let _permit = match pool {
-                    Some(pool) => pool.acquire_owned().await.ok(),
+                    Some(pool) => pool.clone().acquire_owned().await.ok(),
                     None => None,
                 };
                 ctx.stats.in_flight.fetch_add(batch.len() as i64, Relaxed);
@@ -566,24 +747,48 @@ async fn run_sink(
 
 async fn run_transform(
     transform: Arc<dyn Transform>,
-    rx: mpsc::Receiver<Record>,
-    outputs: Outputs,
+    rx: mpsc::Receiver<Vec<Record>>,
+    mut outputs: Outputs,
     ctx: StageCtx,
 ) {
-    let counter = ctx.stats.clone();
-    let input = ReceiverStream::new(rx)
-        .inspect(move |_| {
-            counter.received.fetch_add(1, Relaxed);
-        })
-        .boxed();
+    let input = input_records(rx, ctx.stats.clone()).boxed();
     let mut output = transform.transform(input);
-    while let Some(item) = output.next().await {
+    loop {
+        let item = match output.next().now_or_never() {
+            Some(item) => item,
+            None => {
+                outputs.flush(&ctx).await;
+                output.next().await
+            }
+        };
+        let Some(item) = item else { break };
         match item {
-            Ok(record) => outputs.send(record, &ctx).await,
+            Ok(record) => outputs.push(record, &ctx).await,
             Err(Rejected { subject, error }) => {
                 ctx.failed(&error);
                 ctx.dead_letter(&error, subject);
             }
         }
+    }
+    drop(output);
+    outputs.flush(&ctx).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edge_shape;
+
+    #[test]
+    fn an_edge_never_holds_more_than_its_buffer() {
+        for buffer in 3..=4096 {
+            let (batch, capacity) = edge_shape(buffer);
+            // Staged batch + channel + the batch the consumer is taking apart.
+            assert!(
+                batch + capacity * batch + batch <= buffer,
+                "buffer {buffer}: {batch} x {capacity}"
+            );
+            assert!(batch >= 1 && capacity >= 1);
+        }
+        assert_eq!(edge_shape(64), (16, 2));
     }
 }

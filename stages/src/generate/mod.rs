@@ -71,17 +71,14 @@ impl GenerateSource {
         }
     }
 
-    fn make(&self, i: u64) -> Record {
-        let mut text = format!("document {i} ");
-        let filler = "lorem ipsum dolor sit amet ";
-        while text.len() < self.text_bytes {
-            text.push_str(filler);
+    fn make(&self, i: u64, filler: &str) -> Record {
+        use std::fmt::Write;
+        let mut text = String::with_capacity(self.text_bytes.max(24));
+        let _ = write!(text, "document {i} ");
+        // `filler` is ASCII and text_bytes long, so any cut is a char boundary.
+        if text.len() < self.text_bytes {
+            text.push_str(&filler[..self.text_bytes - text.len()]);
         }
-        let mut cut = self.text_bytes.min(text.len());
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
         let id = record::stable_id(&[b"generate", &i.to_le_bytes()]);
         Record::new(
             id.clone(),
@@ -105,7 +102,12 @@ impl Source for GenerateSource {
     fn records(self: Arc<Self>) -> BoxStream<'static, Result<Record, Rejected>> {
         let end = self.count.unwrap_or(u64::MAX);
         let interval = self.interval;
-        let items = stream::iter(0..end).map(move |i| Ok(self.make(i)));
+        let filler: String = "lorem ipsum dolor sit amet "
+            .chars()
+            .cycle()
+            .take(self.text_bytes)
+            .collect();
+        let items = stream::iter(0..end).map(move |i| Ok(self.make(i, &filler)));
         if interval.is_zero() {
             items.boxed()
         } else {
