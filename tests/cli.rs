@@ -21,6 +21,25 @@ fn pipe(args: &[&str], dir: &Path) -> Output {
         .expect("run pipe")
 }
 
+/// `pipe run FILE --state-dir STATE --quiet` in `dir`, which must succeed.
+fn run_quiet(file: &Path, dir: &Path, state: &str) {
+    let out = pipe(
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--state-dir",
+            state,
+            "--quiet",
+        ],
+        dir,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -96,21 +115,7 @@ fn apollo_chunks_keep_every_utterance_whole_and_within_max_tokens() {
     let dir = tempfile::tempdir().unwrap();
     // 1000 tokens: larger than the longest utterance (866), so every utterance can stay whole.
     let file = chunk_pipeline(dir.path(), 1000, 0);
-    let out = pipe(
-        &[
-            "run",
-            file.to_str().unwrap(),
-            "--state-dir",
-            "state",
-            "--quiet",
-        ],
-        dir.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_quiet(&file, dir.path(), "state");
     let chunks = read_jsonl(&dir.path().join("out/chunks.jsonl"));
     assert!(!dir.path().join("out/chunks.jsonl.partial").exists());
     let docs = chunks_by_document(&chunks);
@@ -181,21 +186,7 @@ fn apollo_chunks_keep_every_utterance_whole_and_within_max_tokens() {
 fn overlapping_chunks_cover_every_utterance() {
     let dir = tempfile::tempdir().unwrap();
     let file = chunk_pipeline(dir.path(), 800, 100);
-    let out = pipe(
-        &[
-            "run",
-            file.to_str().unwrap(),
-            "--state-dir",
-            "state",
-            "--quiet",
-        ],
-        dir.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_quiet(&file, dir.path(), "state");
     let chunks = read_jsonl(&dir.path().join("out/chunks.jsonl"));
     let tokenizer = Tokenizer::Cl100kBase;
     let mut overlapping = 0;
@@ -300,15 +291,7 @@ fn unreadable_files_are_dead_lettered_not_fatal() {
         "p.yaml",
         "stages:\n  - { id: read, kind: files, config: { path: in } }\n  - { id: out, kind: jsonl, inputs: [read], config: { path: docs.jsonl } }\n",
     );
-    let out = pipe(
-        &["run", file.to_str().unwrap(), "--state-dir", "s", "--quiet"],
-        dir.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_quiet(&file, dir.path(), "s");
     let docs = read_jsonl(&dir.path().join("docs.jsonl"));
     let texts: Vec<&str> = docs
         .iter()
@@ -352,15 +335,7 @@ fn json_field_mapping_reads_the_apollo_transcript() {
         corpus().display()
     );
     let file = write(dir.path(), "p.yaml", &yaml);
-    let out = pipe(
-        &["run", file.to_str().unwrap(), "--state-dir", "s", "--quiet"],
-        dir.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_quiet(&file, dir.path(), "s");
     let docs = read_jsonl(&dir.path().join("doc.jsonl"));
     assert_eq!(docs.len(), 1);
     let text = docs[0]["payload"]["text"].as_str().unwrap();
@@ -495,4 +470,91 @@ stages:
         "every generated document reached the sink"
     );
     assert_eq!(report["dead_letters"]["count"], 0);
+}
+
+#[test]
+fn json_log_file_and_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "p.yaml",
+        "stages:\n  - { id: gen, kind: generate, config: { count: 10 } }\n  - { id: out, kind: blackhole, inputs: [gen] }\n",
+    );
+    let out = pipe(
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--state-dir",
+            "s",
+            "--quiet",
+            "--log-file",
+            "run.log",
+            "--log-format",
+            "json",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "--quiet prints no summary");
+    assert!(out.stderr.is_empty(), "--quiet prints no progress");
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON log line"))
+        .collect();
+    let start = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "starting run")
+        .expect("a `starting run` event");
+    let report = only_report(&dir.path().join("s"));
+    assert_eq!(start["fields"]["run_id"], report["run_id"]);
+    assert_eq!(start["level"], "INFO");
+}
+
+#[test]
+fn plain_progress_lines_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "p.yaml",
+        "stages:\n  - { id: gen, kind: generate, config: { count: 40, interval_ms: 10 } }\n  - { id: sink, kind: blackhole, inputs: [gen] }\n",
+    );
+    let out = pipe(
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--state-dir",
+            "s",
+            "--progress-interval",
+            "0.1",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let gen_lines = stderr
+        .lines()
+        .filter(|l| l.contains("] gen ") && l.contains("out "))
+        .count();
+    let sink_lines = stderr
+        .lines()
+        .filter(|l| l.contains("] sink ") && l.contains("in-flight"))
+        .count();
+    assert!(
+        gen_lines >= 2 && sink_lines >= 2,
+        "periodic per-stage lines:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no terminal escapes in plain mode"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("completed") && stdout.contains("report: s/runs/"),
+        "{stdout}"
+    );
 }

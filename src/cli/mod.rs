@@ -240,8 +240,10 @@ async fn run_plan(
         if tokio::signal::ctrl_c().await.is_err() {
             return;
         }
-        eprintln!("\nstopping: sources closed, draining what is in flight (Ctrl-C again to abort)");
-        tracing::info!("interrupt: draining");
+        // Through tracing, so it is printed above the progress bars rather than under them.
+        tracing::warn!(
+            "stopping: sources closed, draining what is in flight (Ctrl-C again to abort)"
+        );
         stop.cancel();
         if tokio::signal::ctrl_c().await.is_ok() {
             eprintln!("aborted");

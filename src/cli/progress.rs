@@ -21,7 +21,6 @@ pub enum Mode {
 pub struct Progress {
     stop: Stop,
     task: Option<JoinHandle<()>>,
-    bars: Option<MultiProgress>,
 }
 
 impl Progress {
@@ -37,16 +36,13 @@ impl Progress {
             (Mode::Lines(every), _) => Some(tokio::spawn(run_lines(every, stats, stop.clone()))),
             _ => None,
         };
-        Progress { stop, task, bars }
+        Progress { stop, task }
     }
 
     pub async fn finish(mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             let _ = task.await;
-        }
-        if let Some(bars) = &self.bars {
-            let _ = bars.clear();
         }
     }
 }
@@ -138,10 +134,14 @@ async fn run_bars(multi: MultiProgress, stats: Arc<RunStats>, stop: Stop) {
             bar.set_position(s.done());
             bar.set_message(line_for(s, elapsed));
             if s.finished_after().is_some() && !bar.is_finished() {
-                bar.finish();
+                bar.abandon();
             }
         }
         if stopping {
+            // Leave every bar in its final state above the summary.
+            for bar in &bars {
+                bar.abandon();
+            }
             return;
         }
     }
