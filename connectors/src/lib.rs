@@ -1,1 +1,9 @@
+//! Clients for the outside world (LLM providers, embeddings, stores) and the one place where
+//! their failures are classified. Nothing here knows pipeline types: stages translate a
+//! [`Failure`] into the runtime's error class.
 
+pub mod failure;
+pub mod ratelimit;
+
+pub use failure::{Failure, FailureClass, classify_status};
+pub use ratelimit::{RateLimitSnapshot, parse_duration, retry_after};
