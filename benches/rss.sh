@@ -24,8 +24,8 @@ n_large=$((n_small * 10))
 # stage takes ~15k documents/s, so a blackhole with `delay_ms: 1, batch: 64` and the default 4
 # concurrent writes (~170k records/s) would leave the chunker as the bottleneck. One write at a
 # time of 64 records every 5 ms caps the sink at ~12k records/s, below the chunker, and keeps
-# the 10N run at about 90 s. The report's sink `max queue` at its buffer size (64) shows
-# the sink really was the bottleneck.
+# the 10N run at about 90 s. The report's sink `max queue` at its channel budget (128 records
+# for the default buffer of 256) shows the sink really was the bottleneck.
 sink_delay_ms=5
 sink_batch=64
 sink_concurrency=1

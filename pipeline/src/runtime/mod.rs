@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -142,18 +141,21 @@ impl StageCtx {
     }
 }
 
-/// Records per batch on an edge into a consumer with this `buffer`, and the channel capacity in
-/// batches, chosen so that staged batch + channel + the batch being taken apart <= `buffer`
-/// (exact for buffer >= 3; smaller buffers behave as 3).
+/// Records per batch on an edge into a consumer with this `buffer`, and the record permits of
+/// its channel, chosen so that staged batch + channel + the batch being taken apart <= `buffer`
+/// (exact for buffer >= 3; smaller buffers behave as 3). The budget is in records, not
+/// batches: a producer that flushes one record at a time still gets the whole buffer.
 fn edge_shape(buffer: usize) -> (usize, usize) {
     let batch = (buffer / 4).clamp(1, 128);
-    let capacity = (buffer.saturating_sub(2 * batch) / batch).max(1);
-    (batch, capacity)
+    let permits = buffer.saturating_sub(2 * batch).max(batch);
+    (batch, permits)
 }
 
-/// One edge: the records staged for a consumer, and its channel.
+/// One edge: the records staged for a consumer, and its channel. The channel itself is
+/// unbounded; `permits` (one per record) is what bounds it.
 struct Edge {
-    tx: mpsc::Sender<Vec<Record>>,
+    tx: mpsc::UnboundedSender<Vec<Record>>,
+    permits: Arc<Semaphore>,
     to: Arc<StageStats>,
     staged: Vec<Record>,
     batch: usize,
@@ -207,37 +209,69 @@ impl Edge {
     async fn send(&mut self, ctx: &StageCtx) {
         let batch = std::mem::replace(&mut self.staged, Vec::with_capacity(self.batch));
         let n = batch.len() as u64;
-        let enqueued = self.to.enqueued.fetch_add(n, Relaxed) + n;
-        match self.tx.send(batch).await {
-            Ok(()) => {
-                let depth = enqueued.saturating_sub(self.to.received.load(Relaxed));
-                self.to.max_queue_depth.fetch_max(depth, Relaxed);
-            }
-            Err(mpsc::error::SendError(batch)) => {
-                self.to.enqueued.fetch_sub(n, Relaxed);
-                let error = StageError::record(format!(
-                    "downstream stage `{}` is no longer running",
-                    self.to.id
-                ));
-                for record in &batch {
-                    ctx.dead_letter_record(&error, record);
+        // Waiting here for room is the backpressure. The consumer returns the permits when it
+        // takes the batch; it closes the semaphore if it goes away, so this never hangs.
+        let delivered = match self.permits.acquire_many(n as u32).await {
+            Ok(permit) => {
+                permit.forget();
+                let enqueued = self.to.enqueued.fetch_add(n, Relaxed) + n;
+                match self.tx.send(batch) {
+                    Ok(()) => {
+                        let depth = enqueued.saturating_sub(self.to.received.load(Relaxed));
+                        self.to.max_queue_depth.fetch_max(depth, Relaxed);
+                        None
+                    }
+                    Err(mpsc::error::SendError(batch)) => {
+                        self.to.enqueued.fetch_sub(n, Relaxed);
+                        Some(batch)
+                    }
                 }
+            }
+            Err(_) => Some(batch),
+        };
+        if let Some(batch) = delivered {
+            let error = StageError::record(format!(
+                "downstream stage `{}` is no longer running",
+                self.to.id
+            ));
+            for record in &batch {
+                ctx.dead_letter_record(&error, record);
             }
         }
     }
 }
 
+/// The receiving end of an edge: returns permits as batches are taken, and closes them when
+/// the consumer stops, so producers fail fast instead of waiting forever.
+struct Inbox {
+    rx: mpsc::UnboundedReceiver<Vec<Record>>,
+    permits: Arc<Semaphore>,
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.permits.close();
+    }
+}
+
 /// A stage's input: batches from its channel, taken apart into records (counted per batch).
 fn input_records(
-    rx: mpsc::Receiver<Vec<Record>>,
+    inbox: Inbox,
     stats: Arc<StageStats>,
 ) -> impl futures::Stream<Item = Record> + Send {
-    ReceiverStream::new(rx)
-        .map(move |batch| {
-            stats.received.fetch_add(batch.len() as u64, Relaxed);
-            futures::stream::iter(batch)
-        })
-        .flatten()
+    let mut inbox = inbox;
+    futures::stream::poll_fn(move |cx| {
+        let polled = inbox.rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(batch)) = &polled {
+            inbox.permits.add_permits(batch.len());
+        }
+        polled
+    })
+    .map(move |batch| {
+        stats.received.fetch_add(batch.len() as u64, Relaxed);
+        futures::stream::iter(batch)
+    })
+    .flatten()
 }
 
 struct BuiltNode {
@@ -365,19 +399,19 @@ impl PreparedRun {
             started_at,
         } = self;
         // One input channel per consuming stage.
-        let mut senders: Vec<Option<(mpsc::Sender<Vec<Record>>, usize)>> =
-            Vec::with_capacity(nodes.len());
-        let mut receivers: Vec<Option<mpsc::Receiver<Vec<Record>>>> =
-            Vec::with_capacity(nodes.len());
+        type Entry = (mpsc::UnboundedSender<Vec<Record>>, Arc<Semaphore>, usize);
+        let mut senders: Vec<Option<Entry>> = Vec::with_capacity(nodes.len());
+        let mut receivers: Vec<Option<Inbox>> = Vec::with_capacity(nodes.len());
         for node in &nodes {
             if matches!(node.stage, BuiltStage::Source(_)) {
                 senders.push(None);
                 receivers.push(None);
             } else {
-                let (batch, capacity) = edge_shape(node.buffer);
-                let (tx, rx) = mpsc::channel(capacity);
-                senders.push(Some((tx, batch)));
-                receivers.push(Some(rx));
+                let (batch, permits) = edge_shape(node.buffer);
+                let permits = Arc::new(Semaphore::new(permits));
+                let (tx, rx) = mpsc::unbounded_channel();
+                senders.push(Some((tx, permits.clone(), batch)));
+                receivers.push(Some(Inbox { rx, permits }));
             }
         }
         let stop_watch = {
@@ -394,9 +428,10 @@ impl PreparedRun {
                     .consumers
                     .iter()
                     .filter_map(|&c| {
-                        let (tx, batch) = senders[c].clone()?;
+                        let (tx, permits, batch) = senders[c].clone()?;
                         Some(Edge {
                             tx,
+                            permits,
                             to: stats.stages[c].clone(),
                             staged: Vec::with_capacity(batch),
                             batch,
@@ -618,7 +653,7 @@ async fn deliver(
 
 async fn run_processor(
     processor: Arc<dyn Processor>,
-    rx: mpsc::Receiver<Vec<Record>>,
+    rx: Inbox,
     mut outputs: Outputs,
     ctx: StageCtx,
     concurrency: usize,
@@ -698,7 +733,7 @@ async fn run_processor(
 
 async fn run_sink(
     sink: Arc<dyn Sink>,
-    rx: mpsc::Receiver<Vec<Record>>,
+    rx: Inbox,
     ctx: StageCtx,
     concurrency: usize,
     pool: Option<Arc<Semaphore>>,
@@ -747,7 +782,7 @@ async fn run_sink(
 
 async fn run_transform(
     transform: Arc<dyn Transform>,
-    rx: mpsc::Receiver<Vec<Record>>,
+    rx: Inbox,
     mut outputs: Outputs,
     ctx: StageCtx,
 ) {
@@ -781,14 +816,15 @@ mod tests {
     #[test]
     fn an_edge_never_holds_more_than_its_buffer() {
         for buffer in 3..=4096 {
-            let (batch, capacity) = edge_shape(buffer);
+            let (batch, permits) = edge_shape(buffer);
             // Staged batch + channel + the batch the consumer is taking apart.
             assert!(
-                batch + capacity * batch + batch <= buffer,
-                "buffer {buffer}: {batch} x {capacity}"
+                batch + permits + batch <= buffer,
+                "buffer {buffer}: {batch} + {permits}"
             );
-            assert!(batch >= 1 && capacity >= 1);
+            // A full batch always fits in the channel, or its producer would wait forever.
+            assert!(batch >= 1 && permits >= batch, "buffer {buffer}");
         }
-        assert_eq!(edge_shape(64), (16, 2));
+        assert_eq!(edge_shape(256), (64, 128));
     }
 }
