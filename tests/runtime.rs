@@ -252,3 +252,41 @@ stages:
     assert!((4..=16).contains(&depth), "sink queue depth {depth}");
     p.collected.lock().unwrap().clear();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_transform_windows_records_and_its_rejections_are_dead_lettered() {
+    let (report, _state) = run_yaml(
+        r#"
+stages:
+  - { id: src, kind: numbers, config: { count: 10, probe: win-src } }
+  - { id: win, kind: window, inputs: [src], config: { size: 3, reject: "4" } }
+  - { id: out, kind: collect, inputs: [win], config: { probe: win-out } }
+"#,
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Completed);
+    let got = probe("win-out").collected.lock().unwrap().clone();
+    let groups: Vec<serde_json::Value> = got
+        .iter()
+        .map(|r| match &r.payload {
+            pipeline::Payload::Json { value } => value["ids"].clone(),
+            other => panic!("expected Json, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            serde_json::json!(["0", "1", "2"]),
+            serde_json::json!(["3", "5"]),
+            serde_json::json!(["6", "7", "8"]),
+            serde_json::json!(["9"]),
+        ]
+    );
+    let win = stage(&report, "win");
+    assert_eq!((win.received, win.out, win.dead_lettered), (10, 4, 1));
+    let letters = std::fs::read_to_string(report.dead_letters.path.unwrap()).unwrap();
+    assert!(
+        letters.contains("rejected by window") && letters.contains(r#""id":"4""#),
+        "{letters}"
+    );
+}

@@ -243,7 +243,8 @@ pub fn registry() -> Registry {
     registry
         .register::<NumbersConfig>()
         .register::<ProbeConfig>()
-        .register::<CollectConfig>();
+        .register::<CollectConfig>()
+        .register::<WindowConfig>();
     registry
 }
 
@@ -273,4 +274,85 @@ pub fn stage<'a>(report: &'a RunReport, id: &str) -> &'a pipeline::runtime::Stag
         .iter()
         .find(|s| s.id == id)
         .unwrap_or_else(|| panic!("no stage {id}"))
+}
+
+/// `window`: a stream-to-stream transform grouping `size` records into one Json record listing
+/// their ids; a record whose id is `reject` comes out as a rejection instead.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    pub size: usize,
+    #[serde(default)]
+    pub reject: Option<String>,
+}
+
+#[async_trait]
+impl StageConfig for WindowConfig {
+    const KIND: &'static str = "window";
+    const DESCRIPTION: &'static str = "test transform";
+    const ROLE: Role = Role::Transform;
+    fn accepts() -> KindSet {
+        KindSet::ANY
+    }
+    fn produces() -> Produces {
+        Produces::Kinds(KindSet::of(&[PayloadKind::Json]))
+    }
+    async fn build(&self, _: &BuildContext) -> Result<BuiltStage, StageError> {
+        Ok(BuiltStage::Transform(Arc::new(Window {
+            size: self.size,
+            reject: self.reject.clone(),
+        })))
+    }
+}
+
+struct Window {
+    size: usize,
+    reject: Option<String>,
+}
+
+impl pipeline::Transform for Window {
+    fn transform(
+        self: Arc<Self>,
+        input: BoxStream<'static, Record>,
+    ) -> BoxStream<'static, Result<Record, Rejected>> {
+        let this = self.clone();
+        let rejected = input.map(move |r| {
+            if this.reject.as_deref() == Some(r.id.as_str()) {
+                Err(Rejected::new(
+                    serde_json::json!({ "id": r.id }),
+                    StageError::record("rejected by window"),
+                ))
+            } else {
+                Ok(r)
+            }
+        });
+        let size = self.size;
+        rejected
+            .chunks(size)
+            .flat_map(|items| {
+                let mut out: Vec<Result<Record, Rejected>> = Vec::new();
+                let mut ids = Vec::new();
+                for item in items {
+                    match item {
+                        Ok(r) => ids.push(r.id),
+                        Err(e) => out.push(Err(e)),
+                    }
+                }
+                if !ids.is_empty() {
+                    let id = ids.join("+");
+                    out.push(Ok(Record::new(
+                        id.clone(),
+                        Provenance {
+                            document_id: id,
+                            ..Default::default()
+                        },
+                        Payload::Json {
+                            value: serde_json::json!({ "ids": ids }),
+                        },
+                    )));
+                }
+                stream::iter(out)
+            })
+            .boxed()
+    }
 }

@@ -173,6 +173,10 @@ impl Outputs {
     /// it is full, waiting while the consumer's channel is full: this wait is the backpressure.
     async fn push(&mut self, record: Record, ctx: &StageCtx) {
         let Some((last, rest)) = self.edges.split_last_mut() else {
+            // Validation refuses unconsumed outputs; should one slip through, it is still not
+            // dropped silently.
+            let error = StageError::record("stage has no consumers for its output");
+            ctx.dead_letter_record(&error, &record);
             return;
         };
         for edge in rest {
