@@ -3,7 +3,9 @@
 //! [`Failure`] into the runtime's error class.
 
 pub mod failure;
+pub mod openai;
 pub mod ratelimit;
 
 pub use failure::{Failure, FailureClass, classify_status};
+pub use openai::{ApiKey, ChatMessage, ChatRequest, Completion, Embeddings, OpenAiClient, Usage};
 pub use ratelimit::{RateLimitSnapshot, parse_duration, retry_after};

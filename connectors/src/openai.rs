@@ -1,0 +1,242 @@
+//! OpenAI-compatible HTTP API: chat completions (with JSON-schema structured output) and
+//! embeddings. Works with OpenAI and anything that speaks its wire format through `base_url`
+//! (Ollama, vLLM, llama.cpp server, LiteLLM proxy).
+//!
+//! The client makes exactly one attempt per call and classifies what went wrong; retries,
+//! rate limits and timeouts belong to the pipeline's policy layer, not here.
+
+use crate::failure::{Failure, FailureClass, classify_status};
+use crate::ratelimit::{RateLimitSnapshot, retry_after};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+/// An API key. Its `Debug` never shows it, and failure messages have it scrubbed, so it cannot
+/// leak into logs, reports or dead letters by accident.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        ApiKey(key.into())
+    }
+
+    fn scrub(&self, text: &str) -> String {
+        if self.0.len() >= 4 {
+            text.replace(&self.0, "<redacted>")
+        } else {
+            text.to_string()
+        }
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// Tokens as billed, parsed from every response.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Input tokens served from the provider's prompt cache (billed at the cached rate).
+    pub cached_input_tokens: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn system(content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: "system".into(),
+            content: content.into(),
+        }
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: "user".into(),
+            content: content.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    /// Structured output: (schema name, JSON Schema); the answer must be JSON of that shape.
+    pub json_schema: Option<(String, Value)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    pub content: String,
+    pub finish_reason: Option<String>,
+    pub usage: Usage,
+    pub rate_limit: RateLimitSnapshot,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub usage: Usage,
+    pub rate_limit: RateLimitSnapshot,
+}
+
+#[derive(Clone, Debug)]
+pub struct OpenAiClient {
+    http: reqwest::Client,
+    base_url: String,
+    key: ApiKey,
+}
+
+impl OpenAiClient {
+    /// `base_url` up to and including the version, e.g. `https://api.openai.com/v1`.
+    pub fn new(base_url: &str, key: ApiKey) -> Result<Self, Failure> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Failure {
+                class: FailureClass::Run,
+                status: None,
+                message: format!("cannot build HTTP client: {e}"),
+            })?;
+        Ok(OpenAiClient {
+            http,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            key,
+        })
+    }
+
+    pub async fn chat(&self, request: &ChatRequest) -> Result<Completion, Failure> {
+        let mut body = json!({ "model": request.model, "messages": request.messages });
+        if let Some(max) = request.max_tokens {
+            body["max_tokens"] = json!(max);
+        }
+        if let Some(t) = request.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some((name, schema)) = &request.json_schema {
+            body["response_format"] = json!({
+                "type": "json_schema",
+                "json_schema": { "name": name, "schema": schema, "strict": true }
+            });
+        }
+        let (value, rate_limit) = self.post("chat/completions", &body).await?;
+        let choice = &value["choices"][0];
+        let content = choice["message"]["content"]
+            .as_str()
+            .ok_or_else(|| malformed("chat completion without choices[0].message.content"))?
+            .to_string();
+        Ok(Completion {
+            content,
+            finish_reason: choice["finish_reason"].as_str().map(str::to_string),
+            usage: Usage {
+                input_tokens: value["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+                output_tokens: value["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+                cached_input_tokens: value["usage"]["prompt_tokens_details"]["cached_tokens"]
+                    .as_u64()
+                    .unwrap_or(0),
+            },
+            rate_limit,
+        })
+    }
+
+    pub async fn embed(&self, model: &str, inputs: &[String]) -> Result<Embeddings, Failure> {
+        let body = json!({ "model": model, "input": inputs, "encoding_format": "float" });
+        let (value, rate_limit) = self.post("embeddings", &body).await?;
+        let data = value["data"]
+            .as_array()
+            .ok_or_else(|| malformed("embeddings response without data"))?;
+        let mut vectors = vec![Vec::new(); inputs.len()];
+        for item in data {
+            let index = item["index"].as_u64().unwrap_or(0) as usize;
+            let vector: Vec<f32> = item["embedding"]
+                .as_array()
+                .ok_or_else(|| malformed("embedding is not an array of numbers"))?
+                .iter()
+                .map(|x| x.as_f64().map(|f| f as f32))
+                .collect::<Option<_>>()
+                .ok_or_else(|| malformed("embedding is not an array of numbers"))?;
+            let slot = vectors
+                .get_mut(index)
+                .ok_or_else(|| malformed("embedding index out of range"))?;
+            *slot = vector;
+        }
+        if vectors.iter().any(Vec::is_empty) {
+            return Err(malformed("fewer embeddings than inputs"));
+        }
+        Ok(Embeddings {
+            vectors,
+            usage: Usage {
+                input_tokens: value["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+                ..Usage::default()
+            },
+            rate_limit,
+        })
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<(Value, RateLimitSnapshot), Failure> {
+        let url = format!("{}/{path}", self.base_url);
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.key.0)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.transport_failure(&e))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let rate_limit = RateLimitSnapshot::from_openai(header);
+        let wait = retry_after(header, SystemTime::now());
+        let text = response
+            .text()
+            .await
+            .map_err(|e| self.transport_failure(&e))?;
+        if !(200..300).contains(&status) {
+            let detail = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| text.chars().take(200).collect());
+            return Err(Failure {
+                class: classify_status(status, wait),
+                status: Some(status),
+                message: self
+                    .key
+                    .scrub(&format!("HTTP {status} from {path}: {detail}")),
+            });
+        }
+        let value = serde_json::from_str(&text)
+            .map_err(|e| malformed(&format!("response is not JSON: {e}")))?;
+        Ok((value, rate_limit))
+    }
+
+    fn transport_failure(&self, e: &reqwest::Error) -> Failure {
+        // Connection refused/reset, timeouts and cut-off bodies are worth another try.
+        Failure {
+            class: FailureClass::Retryable { retry_after: None },
+            status: None,
+            message: self.key.scrub(&format!("request failed: {e}")),
+        }
+    }
+}
+
+/// A 200 whose body is not what the API promises: a transient server fault, worth a retry.
+fn malformed(what: &str) -> Failure {
+    Failure {
+        class: FailureClass::Retryable { retry_after: None },
+        status: Some(200),
+        message: format!("malformed response: {what}"),
+    }
+}

@@ -1,0 +1,180 @@
+//! The OpenAI-compatible client against the API simulator, over real HTTP: what it parses, and
+//! how every kind of failure is classified.
+
+use connectors::{ApiKey, ChatMessage, ChatRequest, FailureClass, OpenAiClient};
+use pipe_simulator::SimConfig;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const KEY: &str = "sk-test-secret-0123456789";
+
+async fn simulator(config: SimConfig) -> String {
+    let (addr, _server) = pipe_simulator::spawn(config).await;
+    format!("http://{addr}")
+}
+
+fn client(base: &str, key: &str) -> OpenAiClient {
+    OpenAiClient::new(&format!("{base}/v1"), ApiKey::new(key)).unwrap()
+}
+
+fn extraction_request(text: &str) -> ChatRequest {
+    ChatRequest {
+        model: "gpt-4o-mini".into(),
+        messages: vec![
+            ChatMessage::system("Extract entities and relations as JSON."),
+            ChatMessage::user(text),
+        ],
+        max_tokens: Some(300),
+        temperature: Some(0.0),
+        json_schema: Some(("extraction".into(), json!({ "type": "object" }))),
+    }
+}
+
+async fn stats(base: &str) -> Value {
+    reqwest::get(format!("{base}/_sim/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn chat_parses_content_usage_and_rate_limit_headers() {
+    let base = simulator(SimConfig {
+        rpm: Some(600),
+        tpm: Some(600_000),
+        api_keys: vec![KEY.into()],
+        ..Default::default()
+    })
+    .await;
+    let c = client(&base, KEY);
+    let done = c
+        .chat(&extraction_request(
+            "CDR: Houston, we have a problem with the O2 TANK.",
+        ))
+        .await
+        .unwrap();
+    let answer: Value = serde_json::from_str(&done.content).expect("structured output is JSON");
+    assert!(
+        answer["entities"].as_array().is_some_and(|e| !e.is_empty()),
+        "{answer}"
+    );
+    let billed = stats(&base).await;
+    assert_eq!(
+        done.usage.input_tokens,
+        billed["tokens"]["prompt"].as_u64().unwrap()
+    );
+    assert_eq!(
+        done.usage.output_tokens,
+        billed["tokens"]["completion"].as_u64().unwrap()
+    );
+    assert!(done.usage.output_tokens > 0);
+    assert_eq!(done.rate_limit.limit_requests, Some(600));
+    assert_eq!(done.rate_limit.limit_tokens, Some(600_000));
+    assert!(done.rate_limit.reset_requests.is_some());
+}
+
+#[tokio::test]
+async fn embeddings_come_back_in_input_order() {
+    let base = simulator(SimConfig {
+        embedding_dim: 16,
+        ..Default::default()
+    })
+    .await;
+    let c = client(&base, KEY);
+    let inputs = vec![
+        "Aquarius".to_string(),
+        "Odyssey".to_string(),
+        "Aquarius".to_string(),
+    ];
+    let out = c.embed("text-embedding-3-small", &inputs).await.unwrap();
+    assert_eq!(out.vectors.len(), 3);
+    assert!(out.vectors.iter().all(|v| v.len() == 16));
+    assert_eq!(out.vectors[0], out.vectors[2]);
+    assert_ne!(out.vectors[0], out.vectors[1]);
+    assert!(out.usage.input_tokens > 0);
+}
+
+#[tokio::test]
+async fn rate_limit_429_is_retryable_with_the_servers_wait() {
+    // 60 rpm = one request per second: the second request at once is refused.
+    let base = simulator(SimConfig {
+        rpm: Some(60),
+        ..Default::default()
+    })
+    .await;
+    let c = client(&base, KEY);
+    c.chat(&extraction_request("first")).await.unwrap();
+    let refused = c.chat(&extraction_request("second")).await.unwrap_err();
+    assert_eq!(refused.status, Some(429));
+    match refused.class {
+        FailureClass::Retryable {
+            retry_after: Some(wait),
+        } => assert!(wait >= Duration::from_millis(500), "{wait:?}"),
+        other => panic!("expected retryable with retry-after, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn auth_failures_stop_the_run_and_never_show_the_key() {
+    let base = simulator(SimConfig {
+        api_keys: vec!["sk-the-right-one".into()],
+        ..Default::default()
+    })
+    .await;
+    let c = client(&base, KEY);
+    let failure = c.chat(&extraction_request("hello")).await.unwrap_err();
+    assert_eq!(failure.status, Some(401));
+    assert_eq!(failure.class, FailureClass::Run);
+    assert!(!failure.message.contains(KEY), "{}", failure.message);
+    assert!(!format!("{failure:?} {c:?}").contains(KEY));
+}
+
+#[tokio::test]
+async fn bad_requests_fail_the_record_and_server_errors_are_retryable() {
+    let base = simulator(SimConfig {
+        models: vec!["gpt-4o-mini".into()],
+        ..Default::default()
+    })
+    .await;
+    let c = client(&base, KEY);
+    let mut unknown = extraction_request("hello");
+    unknown.model = "gpt-nonexistent".into();
+    let failure = c.chat(&unknown).await.unwrap_err();
+    assert_eq!(
+        (failure.status, failure.class),
+        (Some(404), FailureClass::Record)
+    );
+
+    let base = simulator(SimConfig {
+        fault_500: 1.0,
+        ..Default::default()
+    })
+    .await;
+    let failure = client(&base, KEY)
+        .chat(&extraction_request("hello"))
+        .await
+        .unwrap_err();
+    assert_eq!(failure.status, Some(500));
+    assert!(matches!(failure.class, FailureClass::Retryable { .. }));
+}
+
+#[tokio::test]
+async fn a_server_that_is_not_there_is_retryable() {
+    // Bind and drop a listener: nothing accepts on that port any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let failure = client(&format!("http://127.0.0.1:{port}"), KEY)
+        .chat(&extraction_request("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(failure.status, None);
+    assert!(
+        matches!(failure.class, FailureClass::Retryable { .. }),
+        "{failure:?}"
+    );
+}
