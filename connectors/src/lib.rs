@@ -2,10 +2,14 @@
 //! their failures are classified. Nothing here knows pipeline types: stages translate a
 //! [`Failure`] into the runtime's error class.
 
+pub mod anthropic;
 pub mod failure;
+mod http;
 pub mod openai;
 pub mod ratelimit;
 
+pub use anthropic::{AnthropicClient, Block, MessagesRequest};
 pub use failure::{Failure, FailureClass, classify_status};
-pub use openai::{ApiKey, ChatMessage, ChatRequest, Completion, Embeddings, OpenAiClient, Usage};
+pub use http::ApiKey;
+pub use openai::{ChatMessage, ChatRequest, Completion, Embeddings, OpenAiClient, Usage};
 pub use ratelimit::{RateLimitSnapshot, parse_duration, retry_after};

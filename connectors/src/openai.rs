@@ -5,37 +5,11 @@
 //! The client makes exactly one attempt per call and classifies what went wrong; retries,
 //! rate limits and timeouts belong to the pipeline's policy layer, not here.
 
-use crate::failure::{Failure, FailureClass, classify_status};
-use crate::ratelimit::{RateLimitSnapshot, retry_after};
+use crate::failure::Failure;
+use crate::http::{self, ApiKey, header, malformed};
+use crate::ratelimit::RateLimitSnapshot;
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::fmt;
-use std::time::{Duration, SystemTime};
-
-/// An API key. Its `Debug` never shows it, and failure messages have it scrubbed, so it cannot
-/// leak into logs, reports or dead letters by accident.
-#[derive(Clone)]
-pub struct ApiKey(String);
-
-impl ApiKey {
-    pub fn new(key: impl Into<String>) -> Self {
-        ApiKey(key.into())
-    }
-
-    fn scrub(&self, text: &str) -> String {
-        if self.0.len() >= 4 {
-            text.replace(&self.0, "<redacted>")
-        } else {
-            text.to_string()
-        }
-    }
-}
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
-    }
-}
 
 /// Tokens as billed, parsed from every response.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -44,6 +18,8 @@ pub struct Usage {
     pub output_tokens: u64,
     /// Input tokens served from the provider's prompt cache (billed at the cached rate).
     pub cached_input_tokens: u64,
+    /// Input tokens written to the provider's prompt cache (Anthropic bills them at a premium).
+    pub cache_write_tokens: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -102,16 +78,8 @@ pub struct OpenAiClient {
 impl OpenAiClient {
     /// `base_url` up to and including the version, e.g. `https://api.openai.com/v1`.
     pub fn new(base_url: &str, key: ApiKey) -> Result<Self, Failure> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| Failure {
-                class: FailureClass::Run,
-                status: None,
-                message: format!("cannot build HTTP client: {e}"),
-            })?;
         Ok(OpenAiClient {
-            http,
+            http: http::client()?,
             base_url: base_url.trim_end_matches('/').to_string(),
             key,
         })
@@ -146,6 +114,7 @@ impl OpenAiClient {
                 cached_input_tokens: value["usage"]["prompt_tokens_details"]["cached_tokens"]
                     .as_u64()
                     .unwrap_or(0),
+                cache_write_tokens: 0,
             },
             rate_limit,
         })
@@ -186,57 +155,12 @@ impl OpenAiClient {
     }
 
     async fn post(&self, path: &str, body: &Value) -> Result<(Value, RateLimitSnapshot), Failure> {
-        let url = format!("{}/{path}", self.base_url);
-        let response = self
+        let request = self
             .http
-            .post(&url)
-            .bearer_auth(&self.key.0)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| self.transport_failure(&e))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let rate_limit = RateLimitSnapshot::from_openai(header);
-        let wait = retry_after(header, SystemTime::now());
-        let text = response
-            .text()
-            .await
-            .map_err(|e| self.transport_failure(&e))?;
-        if !(200..300).contains(&status) {
-            let detail = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-                .unwrap_or_else(|| text.chars().take(200).collect());
-            return Err(Failure {
-                class: classify_status(status, wait),
-                status: Some(status),
-                message: self
-                    .key
-                    .scrub(&format!("HTTP {status} from {path}: {detail}")),
-            });
-        }
-        let value = serde_json::from_str(&text)
-            .map_err(|e| malformed(&format!("response is not JSON: {e}")))?;
-        Ok((value, rate_limit))
-    }
-
-    fn transport_failure(&self, e: &reqwest::Error) -> Failure {
-        // Connection refused/reset, timeouts and cut-off bodies are worth another try.
-        Failure {
-            class: FailureClass::Retryable { retry_after: None },
-            status: None,
-            message: self.key.scrub(&format!("request failed: {e}")),
-        }
-    }
-}
-
-/// A 200 whose body is not what the API promises: a transient server fault, worth a retry.
-fn malformed(what: &str) -> Failure {
-    Failure {
-        class: FailureClass::Retryable { retry_after: None },
-        status: Some(200),
-        message: format!("malformed response: {what}"),
+            .post(format!("{}/{path}", self.base_url))
+            .bearer_auth(self.key.expose())
+            .json(body);
+        let (value, headers) = http::send_json(request, path, &self.key).await?;
+        Ok((value, RateLimitSnapshot::from_openai(header(&headers))))
     }
 }

@@ -178,3 +178,79 @@ async fn a_server_that_is_not_there_is_retryable() {
         "{failure:?}"
     );
 }
+
+mod anthropic {
+    use super::*;
+    use connectors::{AnthropicClient, Block, MessagesRequest};
+
+    fn request(user: &str) -> MessagesRequest {
+        MessagesRequest {
+            model: "claude-3-5-haiku-latest".into(),
+            // A long, stable instruction prefix marked for caching, then the per-record text.
+            system: vec![Block::cached(
+                "You extract entities from Apollo transcripts. Answer in JSON. ".repeat(40),
+            )],
+            messages: vec![("user".into(), vec![Block::text(user)])],
+            max_tokens: 200,
+            temperature: Some(0.0),
+        }
+    }
+
+    #[tokio::test]
+    async fn prompt_cache_is_written_then_read_and_limits_are_parsed() {
+        let base = simulator(SimConfig {
+            rpm: Some(600),
+            api_keys: vec![KEY.into()],
+            ..Default::default()
+        })
+        .await;
+        let c = AnthropicClient::new(&format!("{base}/v1"), ApiKey::new(KEY)).unwrap();
+        let first = c
+            .messages(&request("CDR: Houston, we've had a problem."))
+            .await
+            .unwrap();
+        let second = c
+            .messages(&request("CC: Roger, 13. Say again."))
+            .await
+            .unwrap();
+        // The whole 40-sentence system prefix was cached; only the short user turn was not.
+        assert!(
+            first.usage.cache_write_tokens > 20 * first.usage.input_tokens,
+            "{:?}",
+            first.usage
+        );
+        assert_eq!(first.usage.cached_input_tokens, 0);
+        assert_eq!(
+            second.usage.cached_input_tokens,
+            first.usage.cache_write_tokens
+        );
+        assert_eq!(second.usage.cache_write_tokens, 0);
+        assert!(
+            serde_json::from_str::<Value>(&first.content).is_ok(),
+            "JSON was asked for"
+        );
+        assert_eq!(first.rate_limit.limit_requests, Some(600));
+        assert!(first.rate_limit.remaining_requests.is_some());
+        let billed = stats(&base).await;
+        assert_eq!(
+            billed["tokens"]["cache_read"].as_u64().unwrap(),
+            second.usage.cached_input_tokens
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_key_stops_the_run_without_showing_it() {
+        let base = simulator(SimConfig {
+            api_keys: vec!["sk-ant-right".into()],
+            ..Default::default()
+        })
+        .await;
+        let c = AnthropicClient::new(&format!("{base}/v1"), ApiKey::new(KEY)).unwrap();
+        let failure = c.messages(&request("hi")).await.unwrap_err();
+        assert_eq!(
+            (failure.status, failure.class),
+            (Some(401), FailureClass::Run)
+        );
+        assert!(!failure.message.contains(KEY));
+    }
+}

@@ -1,0 +1,99 @@
+//! The one HTTP request path shared by every vendor client: send JSON, read JSON, and turn
+//! anything else into a classified [`Failure`] with the key scrubbed from the message.
+
+use crate::failure::{Failure, FailureClass, classify_status};
+use crate::ratelimit::retry_after;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+/// An API key. Its `Debug` never shows it, and failure messages have it scrubbed, so it cannot
+/// leak into logs, reports or dead letters by accident.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        ApiKey(key.into())
+    }
+
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        if self.0.len() >= 4 {
+            text.replace(&self.0, "<redacted>")
+        } else {
+            text.to_string()
+        }
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+pub(crate) fn client() -> Result<reqwest::Client, Failure> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| Failure {
+            class: FailureClass::Run,
+            status: None,
+            message: format!("cannot build HTTP client: {e}"),
+        })
+}
+
+/// Sends one request (exactly one attempt) and returns the JSON body and the headers.
+pub(crate) async fn send_json(
+    request: reqwest::RequestBuilder,
+    what: &str,
+    key: &ApiKey,
+) -> Result<(Value, HeaderMap), Failure> {
+    let transport = |e: reqwest::Error| Failure {
+        // Connection refused/reset, timeouts and cut-off bodies are worth another try.
+        class: FailureClass::Retryable { retry_after: None },
+        status: None,
+        message: key.scrub(&format!("{what}: request failed: {e}")),
+    };
+    let response = request.send().await.map_err(transport)?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.map_err(transport)?;
+    if !(200..300).contains(&status) {
+        let wait = retry_after(
+            |n| headers.get(n).and_then(|v| v.to_str().ok()),
+            SystemTime::now(),
+        );
+        // Both vendors put the reason at error.message.
+        let detail = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| text.chars().take(200).collect());
+        return Err(Failure {
+            class: classify_status(status, wait),
+            status: Some(status),
+            message: key.scrub(&format!("{what}: HTTP {status}: {detail}")),
+        });
+    }
+    let value = serde_json::from_str(&text)
+        .map_err(|e| malformed(&format!("{what}: response is not JSON: {e}")))?;
+    Ok((value, headers))
+}
+
+/// A 200 whose body is not what the API promises: a transient server fault, worth a retry.
+pub(crate) fn malformed(what: &str) -> Failure {
+    Failure {
+        class: FailureClass::Retryable { retry_after: None },
+        status: Some(200),
+        message: format!("malformed response: {what}"),
+    }
+}
+
+pub(crate) fn header<'a>(headers: &'a HeaderMap) -> impl Fn(&str) -> Option<&'a str> {
+    move |name| headers.get(name).and_then(|v| v.to_str().ok())
+}
