@@ -558,3 +558,54 @@ fn plain_progress_lines_when_stderr_is_not_a_terminal() {
         "{stdout}"
     );
 }
+
+#[test]
+fn every_example_pipeline_validates_and_runs() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&examples)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "examples/*.yaml: {files:?}");
+    for file in files {
+        // Run from a scratch copy so outputs land in a temp dir; corpus paths are made absolute.
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join(file.file_name().unwrap());
+        std::fs::copy(&file, &copy).unwrap();
+        let corpus_root = corpus();
+        let out = Command::new(PIPE)
+            .args([
+                "run",
+                copy.to_str().unwrap(),
+                "--quiet",
+                "--state-dir",
+                "s",
+                "--limit",
+                "2000",
+            ])
+            .env("PIPE_CORPUS_ROOT", &corpus_root)
+            .env("PIPE_CORPUS", corpus_root.join("transcripts"))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report = only_report(&dir.path().join("s"));
+        assert_eq!(report["status"], "completed", "{}", file.display());
+        assert_eq!(report["dead_letters"]["count"], 0, "{}", file.display());
+        let sink_in: u64 = report["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["role"] == "sink")
+            .map(|s| s["in"].as_u64().unwrap())
+            .sum();
+        assert!(sink_in > 0, "{}: nothing reached a sink", file.display());
+    }
+}
