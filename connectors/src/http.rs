@@ -6,7 +6,7 @@ use crate::ratelimit::retry_after;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// An API key. Its `Debug` never shows it, and failure messages have it scrubbed, so it cannot
 /// leak into logs, reports or dead letters by accident.
@@ -37,15 +37,14 @@ impl fmt::Debug for ApiKey {
     }
 }
 
+/// No timeouts here: the policy layer's per-attempt timeout bounds the whole call, connect
+/// included, so there is one place that decides how long a call may take.
 pub(crate) fn client() -> Result<reqwest::Client, Failure> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| Failure {
-            class: FailureClass::Run,
-            status: None,
-            message: format!("cannot build HTTP client: {e}"),
-        })
+    reqwest::Client::builder().build().map_err(|e| Failure {
+        class: FailureClass::Run,
+        status: None,
+        message: format!("cannot build HTTP client: {e}"),
+    })
 }
 
 /// Sends one request (exactly one attempt) and returns the JSON body and the headers.
