@@ -356,6 +356,7 @@ fn list_stages_and_schema_describe_every_kind() {
         "jsonl (sink)",
         "generate (source)",
         "blackhole (sink)",
+        "llm (processor)",
     ] {
         assert!(text.contains(kind), "{kind} missing from:\n{text}");
     }
@@ -379,7 +380,7 @@ fn list_stages_and_schema_describe_every_kind() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["blackhole", "chunk", "files", "generate", "jsonl"]);
+    assert_eq!(kinds, ["blackhole", "chunk", "files", "generate", "jsonl", "llm"]);
     assert_eq!(stage["additionalProperties"], false);
     // Each kind's config is tied to its own schema.
     let chunk_rule = stage["allOf"]

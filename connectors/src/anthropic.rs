@@ -105,7 +105,11 @@ impl AnthropicClient {
             content,
             finish_reason: value["stop_reason"].as_str().map(str::to_string),
             usage: Usage {
-                input_tokens: count("input_tokens"),
+                // Anthropic counts cache reads and writes apart from `input_tokens`; the
+                // common `Usage` counts every prompt token in `input_tokens`.
+                input_tokens: count("input_tokens")
+                    + count("cache_read_input_tokens")
+                    + count("cache_creation_input_tokens"),
                 output_tokens: count("output_tokens"),
                 cached_input_tokens: count("cache_read_input_tokens"),
                 cache_write_tokens: count("cache_creation_input_tokens"),

@@ -1,6 +1,7 @@
 //! What a failed call means for the pipeline: try again, give up on this record, or stop the
 //! run. Decided here, once, from the status code — stages never guess.
 
+use crate::ratelimit::RateLimitSnapshot;
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -20,6 +21,21 @@ pub struct Failure {
     pub status: Option<u16>,
     /// Safe to log: never contains request headers (keys) or the request body.
     pub message: String,
+    /// Rate-limit state the error response carried. A 429 with this state is the account's
+    /// limit speaking (pause the whole limiter); a 429 without it is an overload signal.
+    /// Boxed: it is rarely set, and keeps `Result<_, Failure>` small.
+    pub rate_limit: Box<RateLimitSnapshot>,
+}
+
+impl Failure {
+    pub fn new(class: FailureClass, status: Option<u16>, message: impl Into<String>) -> Self {
+        Failure {
+            class,
+            status,
+            message: message.into(),
+            rate_limit: Box::default(),
+        }
+    }
 }
 
 /// The class of an HTTP error status. `retry_after` is what the response's headers said.

@@ -2,7 +2,7 @@
 //! anything else into a classified [`Failure`] with the key scrubbed from the message.
 
 use crate::failure::{Failure, FailureClass, classify_status};
-use crate::ratelimit::retry_after;
+use crate::ratelimit::{RateLimitSnapshot, retry_after};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 use std::fmt;
@@ -40,10 +40,12 @@ impl fmt::Debug for ApiKey {
 /// No timeouts here: the policy layer's per-attempt timeout bounds the whole call, connect
 /// included, so there is one place that decides how long a call may take.
 pub(crate) fn client() -> Result<reqwest::Client, Failure> {
-    reqwest::Client::builder().build().map_err(|e| Failure {
-        class: FailureClass::Run,
-        status: None,
-        message: format!("cannot build HTTP client: {e}"),
+    reqwest::Client::builder().build().map_err(|e| {
+        Failure::new(
+            FailureClass::Run,
+            None,
+            format!("cannot build HTTP client: {e}"),
+        )
     })
 }
 
@@ -53,11 +55,13 @@ pub(crate) async fn send_json(
     what: &str,
     key: &ApiKey,
 ) -> Result<(Value, HeaderMap), Failure> {
-    let transport = |e: reqwest::Error| Failure {
-        // Connection refused/reset, timeouts and cut-off bodies are worth another try.
-        class: FailureClass::Retryable { retry_after: None },
-        status: None,
-        message: key.scrub(&format!("{what}: request failed: {e}")),
+    // Connection refused/reset, timeouts and cut-off bodies are worth another try.
+    let transport = |e: reqwest::Error| {
+        Failure::new(
+            FailureClass::Retryable { retry_after: None },
+            None,
+            key.scrub(&format!("{what}: request failed: {e}")),
+        )
     };
     let response = request.send().await.map_err(transport)?;
     let status = response.status().as_u16();
@@ -73,10 +77,16 @@ pub(crate) async fn send_json(
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
             .unwrap_or_else(|| text.chars().take(200).collect());
+        // Either vendor's header names: the error path does not know which vendor it serves.
+        let mut rate_limit = RateLimitSnapshot::from_openai(header(&headers));
+        if rate_limit.is_empty() {
+            rate_limit = RateLimitSnapshot::from_anthropic(header(&headers), SystemTime::now());
+        }
         return Err(Failure {
             class: classify_status(status, wait),
             status: Some(status),
             message: key.scrub(&format!("{what}: HTTP {status}: {detail}")),
+            rate_limit: Box::new(rate_limit),
         });
     }
     let value = serde_json::from_str(&text)
@@ -86,11 +96,11 @@ pub(crate) async fn send_json(
 
 /// A 200 whose body is not what the API promises: a transient server fault, worth a retry.
 pub(crate) fn malformed(what: &str) -> Failure {
-    Failure {
-        class: FailureClass::Retryable { retry_after: None },
-        status: Some(200),
-        message: format!("malformed response: {what}"),
-    }
+    Failure::new(
+        FailureClass::Retryable { retry_after: None },
+        Some(200),
+        format!("malformed response: {what}"),
+    )
 }
 
 pub(crate) fn header<'a>(headers: &'a HeaderMap) -> impl Fn(&str) -> Option<&'a str> {

@@ -6,6 +6,7 @@ pub mod anthropic;
 pub mod failure;
 mod http;
 pub mod openai;
+pub mod pricing;
 pub mod ratelimit;
 
 pub use anthropic::{AnthropicClient, Block, MessagesRequest};

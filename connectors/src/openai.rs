@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 /// Tokens as billed, parsed from every response.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Usage {
+    /// Every prompt token, including those read from or written to the prompt cache.
     pub input_tokens: u64,
     pub output_tokens: u64,
     /// Input tokens served from the provider's prompt cache (billed at the cached rate).

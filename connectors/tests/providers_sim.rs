@@ -114,6 +114,9 @@ async fn rate_limit_429_is_retryable_with_the_servers_wait() {
         } => assert!(wait >= Duration::from_millis(500), "{wait:?}"),
         other => panic!("expected retryable with retry-after, got {other:?}"),
     }
+    // The account's state came with the refusal, so a limiter can pause itself.
+    assert_eq!(refused.rate_limit.limit_requests, Some(60));
+    assert_eq!(refused.rate_limit.remaining_requests, Some(0));
 }
 
 #[tokio::test]
@@ -214,11 +217,14 @@ mod anthropic {
             .await
             .unwrap();
         // The whole 40-sentence system prefix was cached; only the short user turn was not.
+        // `input_tokens` counts every prompt token, cached or not.
+        let uncached = first.usage.input_tokens - first.usage.cache_write_tokens;
         assert!(
-            first.usage.cache_write_tokens > 20 * first.usage.input_tokens,
+            first.usage.cache_write_tokens > 20 * uncached,
             "{:?}",
             first.usage
         );
+        assert!(second.usage.input_tokens > second.usage.cached_input_tokens);
         assert_eq!(first.usage.cached_input_tokens, 0);
         assert_eq!(
             second.usage.cached_input_tokens,

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+pub mod policy;
 pub mod record;
 pub mod registry;
 pub mod runtime;

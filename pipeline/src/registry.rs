@@ -19,12 +19,15 @@ pub struct KindInfo {
     pub role: Role,
     pub accepts: KindSet,
     pub produces: Produces,
+    /// `concurrency` when the YAML does not say.
+    pub default_concurrency: usize,
 }
 
 /// A parsed, type-erased stage config.
 #[async_trait]
 pub trait ErasedConfig: Send + Sync {
     fn validate(&self) -> Vec<ConfigIssue>;
+    fn providers(&self) -> Vec<(String, String)>;
     async fn build(&self, ctx: &BuildContext) -> Result<BuiltStage, StageError>;
 }
 
@@ -32,6 +35,9 @@ pub trait ErasedConfig: Send + Sync {
 impl<T: StageConfig> ErasedConfig for T {
     fn validate(&self) -> Vec<ConfigIssue> {
         StageConfig::validate(self)
+    }
+    fn providers(&self) -> Vec<(String, String)> {
+        StageConfig::providers(self)
     }
     async fn build(&self, ctx: &BuildContext) -> Result<BuiltStage, StageError> {
         StageConfig::build(self, ctx).await
@@ -69,6 +75,8 @@ impl<T: StageConfig> ErasedKind for Kind<T> {
 #[derive(Clone, Default)]
 pub struct Registry {
     kinds: BTreeMap<&'static str, Arc<dyn ErasedKind>>,
+    /// Wire protocols `resources.providers.*.kind` may name, with a line of description.
+    provider_kinds: BTreeMap<&'static str, &'static str>,
 }
 
 impl Registry {
@@ -85,6 +93,7 @@ impl Registry {
             role: T::ROLE,
             accepts: T::accepts(),
             produces: T::produces(),
+            default_concurrency: T::DEFAULT_CONCURRENCY,
         };
         self.kinds.insert(
             T::KIND,
@@ -94,6 +103,20 @@ impl Registry {
             }),
         );
         self
+    }
+
+    /// Declares a provider kind (a wire protocol the stages can speak).
+    pub fn register_provider_kind(
+        &mut self,
+        kind: &'static str,
+        description: &'static str,
+    ) -> &mut Self {
+        self.provider_kinds.insert(kind, description);
+        self
+    }
+
+    pub fn provider_kinds(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+        self.provider_kinds.iter().map(|(k, d)| (*k, *d))
     }
 
     pub fn kinds(&self) -> impl Iterator<Item = &KindInfo> {

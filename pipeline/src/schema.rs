@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 pub fn pipeline_schema(registry: &Registry) -> Value {
     let mut generator = SchemaSettings::draft2020_12().into_generator();
     let resources = generator.subschema_for::<ResourcesSpec>();
+    let budget = generator.subschema_for::<crate::policy::BudgetSpec>();
     let mut stage = schemars::schema_for!(StageHeader).to_value();
     let kinds = registry.schema_refs(&mut generator);
     let mut defs = generator.take_definitions(true);
@@ -42,6 +43,7 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
         "properties": {
             "description": { "type": "string" },
             "resources": resources.to_value(),
+            "budget": budget.to_value(),
             "stages": { "type": "array", "minItems": 1, "items": { "$ref": "#/$defs/Stage" } }
         },
         "$defs": Value::Object(defs),

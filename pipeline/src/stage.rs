@@ -32,6 +32,18 @@ pub trait Processor: Send + Sync + 'static {
     fn cpu_bound(&self) -> bool {
         false
     }
+
+    /// True for stages that call a provider through a [`crate::policy::CallPolicy`]: `pipe
+    /// plan` then asks them to [`plan`](Processor::plan) instead of `process`.
+    fn calls_remote(&self) -> bool {
+        false
+    }
+
+    /// `pipe plan`: count what processing `record` would send (with `CallPolicy::plan`),
+    /// without sending anything.
+    async fn plan(&self, _record: &Record) -> Result<(), StageError> {
+        Ok(())
+    }
 }
 
 /// Receives records in batches (whatever is ready, up to `batch_size`).
@@ -109,6 +121,10 @@ impl BuiltStage {
 /// What a stage may use while it is built.
 #[derive(Clone, Debug)]
 pub struct BuildContext {
+    /// The run's shared limits, providers, response cache and budget.
+    pub resources: Arc<crate::policy::Resources>,
+    /// This stage's call counters (report, progress, metrics).
+    pub calls: Arc<crate::policy::CallStats>,
     pub stage_id: String,
     /// Directory of the pipeline file: relative paths in stage configs resolve against it.
     pub base_dir: PathBuf,
@@ -119,6 +135,32 @@ pub struct BuildContext {
 }
 
 impl BuildContext {
+    /// A context with nothing shared (tests, tools building one stage).
+    pub fn standalone(stage_id: &str, dir: &std::path::Path) -> BuildContext {
+        BuildContext {
+            resources: Arc::new(crate::policy::Resources::empty()),
+            calls: Default::default(),
+            stage_id: stage_id.to_string(),
+            base_dir: dir.to_path_buf(),
+            state_dir: dir.join(".pipe"),
+            run_dir: dir.join(".pipe"),
+        }
+    }
+
+    /// The policy through which this stage calls provider `name` (see [`crate::policy`]).
+    pub fn call_policy(&self, name: &str) -> Result<crate::policy::CallPolicy, StageError> {
+        self.resources.policy(name, self.calls.clone())
+    }
+
+    /// The provider's settings as written under `resources.providers`.
+    pub fn provider(&self, name: &str) -> Result<&crate::policy::ProviderSpec, StageError> {
+        self.resources.provider_spec(name).ok_or_else(|| {
+            StageError::run(format!(
+                "unknown provider `{name}` (declare it under `resources.providers`)"
+            ))
+        })
+    }
+
     pub fn resolve(&self, path: &str) -> PathBuf {
         let p = PathBuf::from(path);
         if p.is_absolute() {
@@ -155,6 +197,9 @@ pub trait StageConfig: DeserializeOwned + schemars::JsonSchema + Send + Sync + '
     /// One line for `pipe list-stages`.
     const DESCRIPTION: &'static str;
     const ROLE: Role;
+    /// `concurrency` when the YAML does not give one. Stages that wait on remote calls set
+    /// it high: the named limit, not this number, is what paces them.
+    const DEFAULT_CONCURRENCY: usize = crate::config::DEFAULT_CONCURRENCY;
 
     /// Payload kinds it accepts (ignored for sources).
     fn accepts() -> KindSet {
@@ -162,6 +207,12 @@ pub trait StageConfig: DeserializeOwned + schemars::JsonSchema + Send + Sync + '
     }
 
     fn produces() -> Produces;
+
+    /// Providers (from `resources.providers`) this config names, as (dotted field, name),
+    /// so `pipe validate` can check them.
+    fn providers(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 
     /// Pure checks (no I/O) beyond what the types say; run by `pipe validate`.
     fn validate(&self) -> Vec<ConfigIssue> {

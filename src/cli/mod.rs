@@ -1,6 +1,7 @@
 //! `pipe run | validate | list-stages | schema`.
 
 mod logging;
+mod metrics;
 mod progress;
 
 use anyhow::Context;
@@ -16,9 +17,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// Exit codes: 0 done (also after a Ctrl-C drain), 1 the run failed, 2 the pipeline file is
-/// invalid, 130 aborted by a second Ctrl-C.
+/// invalid, 3 the budget was reached (the rest is dead-lettered; re-run with a larger budget),
+/// 130 aborted by a second Ctrl-C.
 const EXIT_FAILED: u8 = 1;
 const EXIT_INVALID: u8 = 2;
+const EXIT_BUDGET: u8 = 3;
 const EXIT_ABORTED: i32 = 130;
 
 #[derive(Parser, Debug)]
@@ -38,6 +41,9 @@ enum Command {
     Run(RunArgs),
     /// Check a pipeline file and report every problem (file:line:column).
     Validate(ValidateArgs),
+    /// Estimate calls, tokens and cost of a run without sending or writing anything: sources
+    /// and local stages run for real, stages that call a provider only count.
+    Plan(PlanArgs),
     /// List the stage kinds and their config fields.
     ListStages {
         /// Print as JSON.
@@ -58,6 +64,21 @@ struct ValidateArgs {
 }
 
 #[derive(Args, Debug)]
+struct PlanArgs {
+    #[command(flatten)]
+    pipeline: ValidateArgs,
+    /// Plan for the first N records of each source.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+    /// Where the response cache lives (cached calls are free).
+    #[arg(long, value_name = "DIR", default_value = ".pipe")]
+    state_dir: PathBuf,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
 struct RunArgs {
     #[command(flatten)]
     pipeline: ValidateArgs,
@@ -67,6 +88,12 @@ struct RunArgs {
     /// Where run reports, dead letters and caches live.
     #[arg(long, value_name = "DIR", default_value = ".pipe")]
     state_dir: PathBuf,
+    /// Do not answer from the response cache (fresh answers are still stored).
+    #[arg(long)]
+    no_cache: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the run lasts.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// No progress and no summary; errors only.
     #[arg(long, short)]
     quiet: bool,
@@ -97,20 +124,122 @@ pub fn main_with(registry: Registry) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Run(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::from(EXIT_FAILED);
-                }
-            };
-            runtime.block_on(run(registry, args))
-        }
+        Command::Run(args) => match async_runtime() {
+            Ok(runtime) => runtime.block_on(run(registry, args)),
+            Err(code) => code,
+        },
+        Command::Plan(args) => match async_runtime() {
+            Ok(runtime) => runtime.block_on(plan(registry, args)),
+            Err(code) => code,
+        },
     }
+}
+
+fn async_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(EXIT_FAILED)
+        })
+}
+
+async fn plan(registry: Registry, args: PlanArgs) -> ExitCode {
+    if let Err(e) = logging::init(LogFormat::Text, None, None, false) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_FAILED);
+    }
+    let plan = match load(&registry, &args.pipeline) {
+        Ok(plan) => plan,
+        Err(code) => return code,
+    };
+    let mut options = RunOptions::new(args.state_dir.clone());
+    options.limit = args.limit;
+    options.dry_run = true;
+    let result = async {
+        let prepared = runtime::prepare(plan, options)
+            .await
+            .context("cannot prepare the pipeline")?;
+        anyhow::Ok(prepared.run().await?)
+    }
+    .await;
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print_plan(&report);
+    }
+    match report.status {
+        RunStatus::Failed => {
+            eprintln!(
+                "error: {}",
+                report.error.as_deref().unwrap_or("the plan failed")
+            );
+            ExitCode::from(EXIT_FAILED)
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+fn print_plan(report: &RunReport) {
+    let planned: Vec<_> = report
+        .stages
+        .iter()
+        .filter_map(|s| s.plan.as_ref().map(|p| (s, p)))
+        .collect();
+    println!("plan for {} (nothing was sent or written)", report.pipeline);
+    if planned.is_empty() {
+        println!("  no stage calls a provider: this pipeline costs nothing to run");
+    }
+    let (mut calls, mut cached, mut input, mut output, mut usd) = (0, 0, 0, 0, 0.0);
+    for (stage, p) in &planned {
+        println!(
+            "  {:<14} {:>7} calls ({} cached) · {} prompt tokens · up to {} output tokens · up to ${:.4}",
+            stage.id,
+            p.calls,
+            p.cached,
+            progress::human(p.input_tokens),
+            progress::human(p.max_output_tokens),
+            p.max_cost_usd
+        );
+        calls += p.calls;
+        cached += p.cached;
+        input += p.input_tokens;
+        output += p.max_output_tokens;
+        usd += p.max_cost_usd;
+    }
+    if planned.len() > 1 {
+        println!(
+            "  {:<14} {calls:>7} calls ({cached} cached) · {} prompt tokens · up to {} output tokens · up to ${usd:.4}",
+            "total",
+            progress::human(input),
+            progress::human(output),
+        );
+    }
+    // Stages fed by a model's answers cannot be counted before the model has answered.
+    let downstream: Vec<&str> = report
+        .stages
+        .iter()
+        .filter(|s| s.plan.is_none() && s.received == 0 && s.role != pipeline::Role::Source)
+        .map(|s| s.id.as_str())
+        .collect();
+    if !planned.is_empty() && !downstream.is_empty() {
+        println!(
+            "  not estimated (they depend on model answers): {}",
+            downstream.join(", ")
+        );
+    }
+    println!("  output cost assumes every answer uses all of max_tokens: an upper bound");
 }
 
 fn load(registry: &Registry, args: &ValidateArgs) -> Result<Plan, ExitCode> {
@@ -216,6 +345,15 @@ async fn run(registry: Registry, args: RunArgs) -> ExitCode {
                     );
                     ExitCode::from(EXIT_FAILED)
                 }
+                RunStatus::BudgetReached => {
+                    eprintln!(
+                        "error: {}; {} records were dead-lettered — raise the budget and run \
+                         again (answers already paid for come from the cache)",
+                        report.error.as_deref().unwrap_or("budget reached"),
+                        report.dead_letters.count
+                    );
+                    ExitCode::from(EXIT_BUDGET)
+                }
                 _ => ExitCode::SUCCESS,
             }
         }
@@ -234,6 +372,7 @@ async fn run_plan(
 ) -> anyhow::Result<RunReport> {
     let mut options = RunOptions::new(args.state_dir.clone());
     options.limit = args.limit;
+    options.no_cache = args.no_cache;
     let stop = options.stop.clone();
     // First Ctrl-C: stop the sources and drain. Second: abort at once.
     tokio::spawn(async move {
@@ -254,6 +393,9 @@ async fn run_plan(
     let prepared = runtime::prepare(plan, options)
         .await
         .context("cannot start the pipeline")?;
+    if let Some(addr) = args.metrics_addr {
+        metrics::serve(addr, prepared.stats(), prepared.resources()).await?;
+    }
     let progress = Progress::start(mode, prepared.stats(), bars);
     let result = prepared.run().await;
     progress.finish().await;
@@ -265,6 +407,7 @@ fn print_summary(report: &RunReport, state_dir: &Path) {
         RunStatus::Completed => "completed",
         RunStatus::Interrupted => "interrupted (drained)",
         RunStatus::Failed => "FAILED",
+        RunStatus::BudgetReached => "stopped: budget reached",
     };
     println!(
         "run {} {status} in {:.2}s",
@@ -292,6 +435,35 @@ fn print_summary(report: &RunReport, state_dir: &Path) {
             s.dead_lettered,
             s.max_queue_depth,
             s.wall_time_s
+        );
+    }
+    for s in &report.stages {
+        let Some(c) = &s.calls else { continue };
+        println!(
+            "  {:<width$} calls {} (cached {}) · requests {} · retries {} · 429s {} · timeouts {} · tokens {} in / {} out · ${:.4}",
+            s.id,
+            c.calls,
+            c.cache_hits,
+            c.attempts,
+            c.retries,
+            c.rate_limited,
+            c.timeouts,
+            progress::human(c.input_tokens),
+            progress::human(c.output_tokens),
+            c.cost_usd
+        );
+    }
+    if let Some(b) = &report.totals.budget {
+        let max = match (b.max_usd, b.max_tokens) {
+            (Some(usd), _) => format!("${usd:.4}"),
+            (None, Some(tokens)) => format!("{tokens} tokens"),
+            (None, None) => "-".into(),
+        };
+        println!(
+            "budget: ${:.4} / {} tokens spent of {max}{}",
+            b.spent_usd,
+            b.spent_tokens,
+            if b.reached { " (reached)" } else { "" }
         );
     }
     if let Some(path) = &report.dead_letters.path {

@@ -70,7 +70,28 @@ fn line_for(s: &StageStats, elapsed: f64) -> String {
     if failed > 0 || dead > 0 {
         line.push_str(&format!(" · failed {failed} · dead-lettered {dead}"));
     }
+    let c = &s.calls;
+    if c.is_used() {
+        let hits = c.cache_hits.load(Relaxed);
+        line.push_str(&format!(
+            " · calls {} (cached {hits}) · 429s {} · tokens {}/{} · ${:.4}",
+            c.calls.load(Relaxed),
+            c.rate_limited.load(Relaxed),
+            human(c.input_tokens.load(Relaxed)),
+            human(c.output_tokens.load(Relaxed)),
+            c.cost_usd()
+        ));
+    }
     line
+}
+
+/// 1234 -> "1234", 123456 -> "123.5k", 12345678 -> "12.3M".
+pub(crate) fn human(n: u64) -> String {
+    match n {
+        0..10_000 => n.to_string(),
+        10_000..10_000_000 => format!("{:.1}k", n as f64 / 1e3),
+        _ => format!("{:.1}M", n as f64 / 1e6),
+    }
 }
 
 async fn run_lines(every: Duration, stats: Arc<RunStats>, stop: Stop) {

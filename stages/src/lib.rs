@@ -5,6 +5,8 @@ pub mod chunk;
 pub mod files;
 pub mod generate;
 pub mod jsonl;
+pub mod llm;
+pub mod provider;
 
 use pipeline::Registry;
 
@@ -15,7 +17,9 @@ pub fn register_builtin(registry: &mut Registry) {
         .register::<generate::GenerateConfig>()
         .register::<chunk::ChunkConfig>()
         .register::<jsonl::JsonlConfig>()
+        .register::<llm::LlmConfig>()
         .register::<blackhole::BlackholeConfig>();
+    provider::register_provider_kinds(registry);
 }
 
 /// A registry with the built-in stages.

@@ -9,6 +9,7 @@ pub mod overrides;
 pub use diagnostic::{Diagnostic, Diagnostics, Location, Locator, did_you_mean};
 pub use interpolate::Env;
 
+use crate::policy::{BudgetSpec, LimitSpec, ProviderSpec};
 use crate::record::KindSet;
 use crate::registry::{ErasedConfig, KindInfo, Registry};
 use crate::stage::{Produces, Role};
@@ -23,8 +24,8 @@ use std::sync::Arc;
 pub const DEFAULT_CONCURRENCY: usize = 4;
 pub const DEFAULT_BUFFER: usize = 256;
 
-const TOP_LEVEL_KEYS: &[&str] = &["description", "resources", "stages"];
-const RESOURCE_SECTIONS: &[&str] = &["pools"];
+const TOP_LEVEL_KEYS: &[&str] = &["description", "resources", "budget", "stages"];
+const RESOURCE_SECTIONS: &[&str] = &["pools", "limits", "providers"];
 
 /// The YAML shape of one stage (its `config` is checked by the stage kind itself).
 #[derive(Deserialize, JsonSchema)]
@@ -40,7 +41,7 @@ pub struct StageHeader {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub inputs: Vec<Spanned<String>>,
-    /// Maximum calls in flight at once (default 4).
+    /// Maximum calls in flight at once (default 4; 64 for stages that call a provider).
     #[schemars(with = "Option<u32>")]
     pub concurrency: Option<Spanned<usize>>,
     /// Records this stage's input edge may hold (default 256); a full edge slows the producer down.
@@ -75,6 +76,12 @@ pub struct ResourcesSpec {
     /// Named concurrency pools.
     #[serde(default)]
     pub pools: BTreeMap<String, PoolSpec>,
+    /// Named rate limits (one per provider account), shared by every provider naming them.
+    #[serde(default)]
+    pub limits: BTreeMap<String, LimitSpec>,
+    /// Model endpoints stages call by name.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderSpec>,
 }
 
 /// One stage, checked and ready to build.
@@ -101,6 +108,9 @@ pub struct Plan {
     pub base_dir: PathBuf,
     pub stages: Vec<PlannedStage>,
     pub pools: BTreeMap<String, PoolSpec>,
+    pub limits: BTreeMap<String, LimitSpec>,
+    pub providers: BTreeMap<String, ProviderSpec>,
+    pub budget: BudgetSpec,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -183,7 +193,8 @@ pub fn load_str(
             );
         }
     }
-    let resources = parse_resources(top, locator, &mut diags);
+    let resources = parse_resources(top, locator, registry, &mut diags);
+    let budget = parse_budget(top, locator, &mut diags);
     let parsed = parse_stages(top, locator, registry, &resources, &mut diags);
     let stages = plan_topology(parsed, locator, &mut diags);
     diags.into_result(Plan {
@@ -191,6 +202,9 @@ pub fn load_str(
         base_dir: PathBuf::from("."),
         stages,
         pools: resources.pools,
+        limits: resources.limits,
+        providers: resources.providers,
+        budget,
     })
 }
 
@@ -231,6 +245,7 @@ fn parse_yaml(text: &str, locator: &Locator) -> Result<Node, Diagnostics> {
 fn parse_resources(
     top: &MarkedMappingNode,
     locator: &Locator,
+    registry: &Registry,
     diags: &mut Diagnostics,
 ) -> ResourcesSpec {
     let mut spec = ResourcesSpec::default();
@@ -240,62 +255,279 @@ fn parse_resources(
     let Some(map) = node.as_mapping() else {
         diags.push(Diagnostic::new(
             locator.span(node.span()),
-            "`resources` must be a mapping (e.g. `pools:`)",
+            "`resources` must be a mapping (`pools:`, `limits:`, `providers:`)",
         ));
         return spec;
     };
     for (key, section) in map.iter() {
-        if key.as_str() != "pools" {
-            diags.push(
-                Diagnostic::new(
-                    locator.span(key.span()),
-                    format!("unknown resource section `{}`", key.as_str()),
-                )
-                .with_help(
-                    did_you_mean(key.as_str(), RESOURCE_SECTIONS.iter().copied())
-                        .or_else(|| Some("expected `pools`".into())),
-                ),
-            );
-            continue;
-        }
-        let Some(pools) = section.as_mapping() else {
-            diags.push(Diagnostic::new(
-                locator.span(section.span()),
-                "`pools` must map pool names to `{ max_concurrency: N }`",
-            ));
-            continue;
-        };
-        // One pool at a time, so one bad pool neither hides the others nor their own errors.
-        for (name, pool_node) in pools.iter() {
-            match marked_yaml::from_node::<PoolSpec>(pool_node) {
-                Ok(pool) if pool.max_concurrency == 0 => {
-                    let at = pool_node
-                        .as_mapping()
-                        .and_then(|m| m.get_node("max_concurrency"))
-                        .unwrap_or(pool_node);
-                    diags.push(Diagnostic::new(
-                        locator.span(at.span()),
-                        format!(
-                            "pool `{}`: `max_concurrency` must be at least 1",
-                            name.as_str()
-                        ),
-                    ));
+        match key.as_str() {
+            "pools" => {
+                for (name, pool, at) in parse_named::<PoolSpec>(section, "pool", locator, diags) {
+                    match pool {
+                        Some(pool) if pool.max_concurrency == 0 => {
+                            let at = field_or(at, "max_concurrency");
+                            diags.push(Diagnostic::new(
+                                locator.span(at.span()),
+                                format!("pool `{name}`: `max_concurrency` must be at least 1"),
+                            ));
+                        }
+                        Some(pool) => {
+                            spec.pools.insert(name, pool);
+                        }
+                        // Declared, even if malformed: stages naming it are not also flagged.
+                        None => {
+                            spec.pools.insert(name, PoolSpec { max_concurrency: 1 });
+                        }
+                    }
                 }
-                Ok(pool) => {
-                    spec.pools.insert(name.as_str().to_string(), pool);
+            }
+            "limits" => {
+                for (name, limit, at) in parse_named::<LimitSpec>(section, "limit", locator, diags)
+                {
+                    if let Some(limit) = &limit {
+                        check_limit(&name, limit, at, locator, diags);
+                    }
+                    spec.limits.insert(name, limit.unwrap_or_default());
                 }
-                Err(e) => {
-                    let mut d = diagnostic::from_node_error(locator, e);
-                    d.message = format!("pool `{}`: {}", name.as_str(), d.message);
-                    diags.push(d);
-                    // Declared, even if malformed: stages naming it should not also be flagged.
-                    spec.pools
-                        .insert(name.as_str().to_string(), PoolSpec { max_concurrency: 1 });
+            }
+            "providers" => {
+                for (name, provider, at) in
+                    parse_named::<ProviderSpec>(section, "provider", locator, diags)
+                {
+                    if let Some(provider) = provider {
+                        spec.providers.insert(name, provider);
+                    } else {
+                        // Declared: stages naming it are not also flagged; never built.
+                        spec.providers.insert(name, placeholder_provider());
+                    }
+                    let _ = at;
                 }
+            }
+            other => {
+                diags.push(
+                    Diagnostic::new(
+                        locator.span(key.span()),
+                        format!("unknown resource section `{other}`"),
+                    )
+                    .with_help(
+                        did_you_mean(other, RESOURCE_SECTIONS.iter().copied())
+                            .or_else(|| Some("expected `pools`, `limits` or `providers`".into())),
+                    ),
+                );
             }
         }
     }
+    // Providers are checked once every limit is known, whatever the order of the sections.
+    if let Some(section) = map.get_node("providers").and_then(Node::as_mapping) {
+        for (name, node) in section.iter() {
+            let Some(provider) = spec.providers.get(name.as_str()) else {
+                continue;
+            };
+            if provider.kind.is_empty() {
+                continue; // placeholder: its own error is already reported
+            }
+            check_provider(
+                name.as_str(),
+                provider,
+                node,
+                &spec,
+                registry,
+                locator,
+                diags,
+            );
+        }
+    }
     spec
+}
+
+/// Parses each entry of a `name: { ... }` section on its own, so one bad entry neither hides
+/// the others nor their own errors. `None` = reported malformed.
+fn parse_named<'a, T: serde::de::DeserializeOwned>(
+    section: &'a Node,
+    what: &str,
+    locator: &Locator,
+    diags: &mut Diagnostics,
+) -> Vec<(String, Option<T>, &'a Node)> {
+    let Some(entries) = section.as_mapping() else {
+        diags.push(Diagnostic::new(
+            locator.span(section.span()),
+            format!("resources of this kind map names to settings (`my_{what}: {{ ... }}`)"),
+        ));
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .map(|(name, node)| {
+            let parsed = match marked_yaml::from_node::<T>(node) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    let mut d = diagnostic::from_node_error(locator, e);
+                    d.message = format!("{what} `{}`: {}", name.as_str(), d.message);
+                    diags.push(d);
+                    None
+                }
+            };
+            (name.as_str().to_string(), parsed, node)
+        })
+        .collect()
+}
+
+fn field_or<'a>(node: &'a Node, field: &str) -> &'a Node {
+    node.as_mapping()
+        .and_then(|m| m.get_node(field))
+        .unwrap_or(node)
+}
+
+fn check_limit(
+    name: &str,
+    limit: &LimitSpec,
+    at: &Node,
+    locator: &Locator,
+    diags: &mut Diagnostics,
+) {
+    let zero = [
+        ("rpm", limit.rpm),
+        ("tpm", limit.tpm),
+        ("rpd", limit.rpd),
+        ("tpd", limit.tpd),
+        ("max_concurrency", limit.max_concurrency.map(|c| c as u64)),
+    ];
+    for (field, value) in zero {
+        if value == Some(0) {
+            diags.push(Diagnostic::new(
+                locator.span(field_or(at, field).span()),
+                format!("limit `{name}`: `{field}` must be at least 1"),
+            ));
+        }
+    }
+    if limit
+        .burst_seconds
+        .is_some_and(|b| !positive(b) || b > 60.0)
+    {
+        diags.push(Diagnostic::new(
+            locator.span(field_or(at, "burst_seconds").span()),
+            format!("limit `{name}`: `burst_seconds` must be more than 0 and at most 60"),
+        ));
+    }
+}
+
+fn positive(v: f64) -> bool {
+    v.is_finite() && v > 0.0
+}
+
+fn placeholder_provider() -> ProviderSpec {
+    ProviderSpec {
+        kind: String::new(),
+        model: String::new(),
+        base_url: None,
+        api_key: None,
+        limit: None,
+        timeout_s: None,
+        max_attempts: None,
+        backoff_s: None,
+        max_backoff_s: None,
+        pricing: None,
+        breaker: None,
+    }
+}
+
+fn check_provider(
+    name: &str,
+    provider: &ProviderSpec,
+    node: &Node,
+    spec: &ResourcesSpec,
+    registry: &Registry,
+    locator: &Locator,
+    diags: &mut Diagnostics,
+) {
+    if !registry.provider_kinds().any(|(k, _)| k == provider.kind) {
+        diags.push(
+            Diagnostic::new(
+                locator.span(field_or(node, "kind").span()),
+                format!(
+                    "provider `{name}`: unknown provider kind `{}`",
+                    provider.kind
+                ),
+            )
+            .with_help(
+                did_you_mean(&provider.kind, registry.provider_kinds().map(|(k, _)| k)).or_else(
+                    || {
+                        let kinds: Vec<&str> = registry.provider_kinds().map(|(k, _)| k).collect();
+                        Some(format!("expected one of: {}", kinds.join(", ")))
+                    },
+                ),
+            ),
+        );
+    }
+    if let Some(limit) = &provider.limit
+        && !spec.limits.contains_key(limit)
+    {
+        diags.push(
+            Diagnostic::new(
+                locator.span(field_or(node, "limit").span()),
+                format!("provider `{name}`: unknown limit `{limit}`"),
+            )
+            .with_help(
+                did_you_mean(limit, spec.limits.keys().map(String::as_str))
+                    .or_else(|| Some("declare it under `resources.limits`".into())),
+            ),
+        );
+    }
+    for (field, value) in [
+        ("timeout_s", provider.timeout_s),
+        ("backoff_s", provider.backoff_s),
+        ("max_backoff_s", provider.max_backoff_s),
+    ] {
+        if value.is_some_and(|v| !positive(v)) {
+            diags.push(Diagnostic::new(
+                locator.span(field_or(node, field).span()),
+                format!("provider `{name}`: `{field}` must be more than 0"),
+            ));
+        }
+    }
+    if provider.max_attempts == Some(0) {
+        diags.push(Diagnostic::new(
+            locator.span(field_or(node, "max_attempts").span()),
+            format!("provider `{name}`: `max_attempts` must be at least 1"),
+        ));
+    }
+    if let Some(url) = &provider.base_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        diags.push(Diagnostic::new(
+            locator.span(field_or(node, "base_url").span()),
+            format!("provider `{name}`: `base_url` must start with http:// or https://"),
+        ));
+    }
+}
+
+fn parse_budget(top: &MarkedMappingNode, locator: &Locator, diags: &mut Diagnostics) -> BudgetSpec {
+    let Some(node) = top.get_node("budget") else {
+        return BudgetSpec::default();
+    };
+    match marked_yaml::from_node::<BudgetSpec>(node) {
+        Ok(budget) => {
+            if budget.max_usd.is_some_and(|v| !positive(v)) {
+                diags.push(Diagnostic::new(
+                    locator.span(field_or(node, "max_usd").span()),
+                    "budget: `max_usd` must be more than 0",
+                ));
+            }
+            if budget.max_tokens == Some(0) {
+                diags.push(Diagnostic::new(
+                    locator.span(field_or(node, "max_tokens").span()),
+                    "budget: `max_tokens` must be at least 1",
+                ));
+            }
+            budget
+        }
+        Err(e) => {
+            let mut d = diagnostic::from_node_error(locator, e);
+            d.message = format!("budget: {}", d.message);
+            diags.push(d);
+            BudgetSpec::default()
+        }
+    }
 }
 
 /// A stage as written, before the topology is known. `planned` is `None` when the stage has
@@ -452,6 +684,23 @@ fn parse_stages(
             }
         };
         if let Some(config) = &config {
+            for (field, name) in config.providers() {
+                if resources.providers.contains_key(&name) {
+                    continue;
+                }
+                let at = find_field(config_node, &field).unwrap_or(config_node);
+                diags.push(
+                    Diagnostic::new(
+                        locator.span(at.span()),
+                        format!("stage `{id}`: unknown provider `{name}`"),
+                    )
+                    .with_help(
+                        did_you_mean(&name, resources.providers.keys().map(String::as_str))
+                            .or_else(|| Some("declare it under `resources.providers`".into())),
+                    ),
+                );
+                ok = false;
+            }
             for issue in config.validate() {
                 let at = find_field(config_node, &issue.field).unwrap_or(config_node);
                 diags.push(Diagnostic::new(
@@ -677,7 +926,10 @@ fn plan_topology(
                 role: info.role,
                 inputs: inputs[i].iter().map(|&j| new_index[j]).collect(),
                 consumers: consumers[i].iter().map(|&j| new_index[j]).collect(),
-                concurrency: h.concurrency.map(|c| *c).unwrap_or(DEFAULT_CONCURRENCY),
+                concurrency: h
+                    .concurrency
+                    .map(|c| *c)
+                    .unwrap_or(info.default_concurrency),
                 buffer: h.buffer.map(|b| *b).unwrap_or(DEFAULT_BUFFER),
                 ordered: h.ordered,
                 pool: h.pool.map(|p| p.as_str().to_string()),

@@ -21,6 +21,7 @@ pub use stats::{RunStats, StageStats};
 
 use crate::config::Plan;
 use crate::error::{ErrorClass, Rejected, StageError};
+use crate::policy::{Resources, ResourcesOptions};
 use crate::record::Record;
 use crate::stage::{BuildContext, BuiltStage, Processor, Sink, Source, Transform};
 use futures::FutureExt;
@@ -52,6 +53,11 @@ pub struct RunOptions {
     pub limit: Option<u64>,
     /// Cancel to stop the sources and drain (Ctrl-C).
     pub stop: CancellationToken,
+    /// `--no-cache`: do not read cached answers (fresh ones are still stored).
+    pub no_cache: bool,
+    /// `pipe plan`: read and prepare the input for real, count what the remote calls would
+    /// cost, send nothing and write nothing.
+    pub dry_run: bool,
 }
 
 impl RunOptions {
@@ -61,6 +67,8 @@ impl RunOptions {
             state_dir,
             limit: None,
             stop: CancellationToken::new(),
+            no_cache: false,
+            dry_run: false,
         }
     }
 }
@@ -290,6 +298,8 @@ struct BuiltNode {
 
 /// A pipeline whose stages are built (connected, opened) and ready to run.
 pub struct PreparedRun {
+    resources: Arc<Resources>,
+    dry_run: bool,
     nodes: Vec<BuiltNode>,
     stats: Arc<RunStats>,
     control: Arc<Control>,
@@ -320,25 +330,53 @@ pub async fn prepare(plan: Plan, options: RunOptions) -> Result<PreparedRun, Run
         .iter()
         .map(|(name, spec)| (name.clone(), Arc::new(Semaphore::new(spec.max_concurrency))))
         .collect();
+    let resources = Arc::new(
+        Resources::new(
+            &plan.limits,
+            &plan.providers,
+            ResourcesOptions {
+                // Only pipelines that call providers get (and create) a response cache.
+                cache_path: (!plan.providers.is_empty())
+                    .then(|| options.state_dir.join("cache.sqlite")),
+                no_cache: options.no_cache,
+                budget: plan.budget.clone(),
+                stop: options.stop.clone(),
+            },
+        )
+        .map_err(RunError::Io)?,
+    );
     let started = Instant::now();
     let mut nodes = Vec::with_capacity(plan.stages.len());
     let mut all_stats = Vec::with_capacity(plan.stages.len());
     for planned in plan.stages {
+        let stats = Arc::new(StageStats::new(&planned.id, &planned.kind, planned.role));
         let ctx = BuildContext {
             stage_id: planned.id.clone(),
             base_dir: plan.base_dir.clone(),
             state_dir: options.state_dir.clone(),
             run_dir: run_dir.clone(),
+            resources: resources.clone(),
+            calls: stats.calls.clone(),
         };
-        let stage = planned
-            .config
-            .build(&ctx)
-            .await
-            .map_err(|e| RunError::Build {
-                stage: planned.id.clone(),
-                message: e.message,
-            })?;
-        let stats = Arc::new(StageStats::new(&planned.id, &planned.kind, planned.role));
+        let stage = if options.dry_run && planned.role == crate::stage::Role::Sink {
+            // A plan writes nothing: sinks are not even opened.
+            BuiltStage::Sink(Arc::new(Discard))
+        } else {
+            let built = planned
+                .config
+                .build(&ctx)
+                .await
+                .map_err(|e| RunError::Build {
+                    stage: planned.id.clone(),
+                    message: e.message,
+                })?;
+            match built {
+                BuiltStage::Processor(p) if options.dry_run && p.calls_remote() => {
+                    BuiltStage::Processor(Arc::new(Planner(p)))
+                }
+                other => other,
+            }
+        };
         if let BuiltStage::Source(source) = &stage {
             let expected = source.size_hint().unwrap_or(0);
             let expected =
@@ -364,6 +402,8 @@ pub async fn prepare(plan: Plan, options: RunOptions) -> Result<PreparedRun, Run
         });
     }
     Ok(PreparedRun {
+        resources,
+        dry_run: options.dry_run,
         nodes,
         stats: Arc::new(RunStats {
             run_id: options.run_id.clone(),
@@ -390,9 +430,16 @@ impl PreparedRun {
         &self.run_dir
     }
 
+    /// The run's shared limits, cache and budget (for metrics).
+    pub fn resources(&self) -> Arc<Resources> {
+        self.resources.clone()
+    }
+
     /// Runs to completion (or to a drained stop) and writes the report.
     pub async fn run(self) -> Result<RunReport, RunError> {
         let PreparedRun {
+            resources,
+            dry_run,
             nodes,
             stats,
             control,
@@ -492,8 +539,11 @@ impl PreparedRun {
         }
         stats.dead_letters.store(dead_letters.count(), Relaxed);
         let error = control.fatal();
+        let budget_reached = resources.budget().exhausted();
         let status = if error.is_some() {
             RunStatus::Failed
+        } else if budget_reached.is_some() {
+            RunStatus::BudgetReached
         } else if control.stop.is_cancelled() {
             RunStatus::Interrupted
         } else {
@@ -504,12 +554,14 @@ impl PreparedRun {
             run_id: stats.run_id.clone(),
             pipeline,
             status,
-            error,
+            error: error.or(budget_reached),
+            plan: dry_run,
             started_at: started_at.to_rfc3339(),
             finished_at: finished_at.to_rfc3339(),
             duration_s: stats.started.elapsed().as_secs_f64(),
             limit,
-            stages: RunReport::stage_reports(&stats),
+            stages: RunReport::stage_reports(&stats, dry_run),
+            totals: report::Totals::of(&stats, &resources),
             dead_letters: report::DeadLetterReport {
                 path: (dead_letters.count() > 0).then(|| dead_letters.path().display().to_string()),
                 count: dead_letters.count(),
@@ -562,6 +614,28 @@ async fn run_source(
     }
     drop(stream);
     outputs.flush(&ctx).await;
+}
+
+/// `pipe plan`'s stand-in for every sink: takes records, writes nothing.
+struct Discard;
+
+#[async_trait::async_trait]
+impl Sink for Discard {
+    async fn write(&self, _batch: &[Record]) -> Result<(), StageError> {
+        Ok(())
+    }
+}
+
+/// `pipe plan`'s wrapper of a stage that calls a provider: counts what each call would cost
+/// and passes nothing on (what a model would answer is not known before it is asked).
+struct Planner(Arc<dyn Processor>);
+
+#[async_trait::async_trait]
+impl Processor for Planner {
+    async fn process(&self, record: &Record) -> Result<Vec<Record>, StageError> {
+        self.0.plan(record).await?;
+        Ok(Vec::new())
+    }
 }
 
 /// Runs one call, turning a panic into a record error (the record is dead-lettered, the run

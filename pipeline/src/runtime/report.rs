@@ -1,6 +1,7 @@
 //! `.pipe/runs/<run-id>/report.json`: what every stage did in one run.
 
 use super::stats::RunStats;
+use crate::policy::{CallReport, PlanReport};
 use serde::Serialize;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
@@ -14,6 +15,9 @@ pub enum RunStatus {
     Interrupted,
     /// A run-fatal error stopped it (see `error`).
     Failed,
+    /// The budget was spent: no new calls were admitted, the rest was dead-lettered with
+    /// the reason (see `error`); a re-run with a larger budget finishes it.
+    BudgetReached,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -28,6 +32,66 @@ pub struct StageReport {
     pub dead_lettered: u64,
     pub wall_time_s: f64,
     pub max_queue_depth: u64,
+    /// Remote calls (stages that call a provider).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls: Option<CallReport>,
+    /// `pipe plan`: what the stage would send.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanReport>,
+}
+
+/// Sums over every stage that calls a provider.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Totals {
+    pub calls: u64,
+    pub attempts: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub rate_limited: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetReport>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BudgetReport {
+    pub max_usd: Option<f64>,
+    pub max_tokens: Option<u64>,
+    pub spent_usd: f64,
+    pub spent_tokens: u64,
+    pub reached: bool,
+}
+
+impl Totals {
+    pub(crate) fn of(stats: &RunStats, resources: &crate::policy::Resources) -> Totals {
+        let mut t = Totals::default();
+        for s in &stats.stages {
+            let c = s.calls.report();
+            t.calls += c.calls;
+            t.attempts += c.attempts;
+            t.cache_hits += c.cache_hits;
+            t.cache_misses += c.cache_misses;
+            t.rate_limited += c.rate_limited;
+            t.input_tokens += c.input_tokens;
+            t.output_tokens += c.output_tokens;
+            t.cost_usd += c.cost_usd;
+        }
+        let budget = resources.budget();
+        if budget.is_limited() {
+            let (spent_usd, spent_tokens) = budget.spent();
+            let spec = budget.spec();
+            t.budget = Some(BudgetReport {
+                max_usd: spec.max_usd,
+                max_tokens: spec.max_tokens,
+                spent_usd,
+                spent_tokens,
+                reached: budget.exhausted().is_some(),
+            });
+        }
+        t
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -44,17 +108,22 @@ pub struct RunReport {
     pub status: RunStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `pipe plan`: nothing was sent or written; stages carry `plan` estimates.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub plan: bool,
     pub started_at: String,
     pub finished_at: String,
     pub duration_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
     pub stages: Vec<StageReport>,
+    /// Remote calls, tokens and cost over all stages.
+    pub totals: Totals,
     pub dead_letters: DeadLetterReport,
 }
 
 impl RunReport {
-    pub(crate) fn stage_reports(stats: &RunStats) -> Vec<StageReport> {
+    pub(crate) fn stage_reports(stats: &RunStats, dry_run: bool) -> Vec<StageReport> {
         stats
             .stages
             .iter()
@@ -71,6 +140,9 @@ impl RunReport {
                     .unwrap_or_else(|| stats.started.elapsed())
                     .as_secs_f64(),
                 max_queue_depth: s.max_queue_depth.load(Relaxed),
+                calls: (s.calls.calls.load(Relaxed) > 0).then(|| s.calls.report()),
+                plan: (dry_run && s.calls.planned_calls.load(Relaxed) > 0)
+                    .then(|| s.calls.plan_report()),
             })
             .collect()
     }

@@ -24,6 +24,8 @@ pub struct StageStats {
     pub max_queue_depth: AtomicU64,
     /// Items a source expects to emit, when known (0 = unknown).
     pub expected: AtomicU64,
+    /// Remote calls made through the policy stack (zero for local stages).
+    pub calls: std::sync::Arc<crate::policy::CallStats>,
     /// Nanoseconds from run start until the stage finished (0 = still running).
     finished_after_ns: AtomicU64,
 }
@@ -42,6 +44,7 @@ impl StageStats {
             enqueued: AtomicU64::new(0),
             max_queue_depth: AtomicU64::new(0),
             expected: AtomicU64::new(0),
+            calls: Default::default(),
             finished_after_ns: AtomicU64::new(0),
         }
     }

@@ -1,0 +1,158 @@
+//! Counters of remote calls, per stage: what the report, the progress bars and the metrics
+//! endpoint show.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+];
+
+#[derive(Debug, Default)]
+pub struct CallStats {
+    /// Calls asked for by the stage (one per record, plus repairs).
+    pub calls: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    /// Requests sent to the provider (first tries and retries).
+    pub attempts: AtomicU64,
+    pub retries: AtomicU64,
+    /// Attempts answered 429.
+    pub rate_limited: AtomicU64,
+    pub timeouts: AtomicU64,
+    /// Attempts that failed for any reason (429s and timeouts included).
+    pub failed_attempts: AtomicU64,
+    /// Calls refused because the budget was spent.
+    pub over_budget: AtomicU64,
+    pub input_tokens: AtomicU64,
+    pub output_tokens: AtomicU64,
+    pub cached_input_tokens: AtomicU64,
+    pub cache_write_tokens: AtomicU64,
+    /// Spent, in billionths of a dollar (so it can be an atomic integer).
+    pub cost_nano_usd: AtomicU64,
+    /// What the response cache saved, at the same prices.
+    pub saved_nano_usd: AtomicU64,
+    pub in_flight: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+    /// `pipe plan`: what would be sent.
+    pub planned_calls: AtomicU64,
+    pub planned_cached: AtomicU64,
+    pub planned_input_tokens: AtomicU64,
+    pub planned_max_output_tokens: AtomicU64,
+    pub planned_nano_usd: AtomicU64,
+}
+
+pub(crate) fn to_nano(usd: f64) -> u64 {
+    (usd * 1e9).round().max(0.0) as u64
+}
+
+impl CallStats {
+    pub fn cost_usd(&self) -> f64 {
+        self.cost_nano_usd.load(Relaxed) as f64 / 1e9
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.input_tokens.load(Relaxed) + self.output_tokens.load(Relaxed)
+    }
+
+    pub fn is_used(&self) -> bool {
+        self.calls.load(Relaxed) > 0 || self.planned_calls.load(Relaxed) > 0
+    }
+
+    pub(crate) fn observe_latency(&self, latency: Duration) {
+        let secs = latency.as_secs_f64();
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+            if secs <= *bound {
+                count.fetch_add(1, Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_micros
+            .fetch_add(latency.as_micros() as u64, Relaxed);
+    }
+
+    /// Cumulative bucket counts (Prometheus style), total count, and sum in seconds.
+    pub fn latency_histogram(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        let buckets = LATENCY_BUCKETS
+            .iter()
+            .zip(&self.latency_buckets)
+            .map(|(b, c)| (*b, c.load(Relaxed)))
+            .collect();
+        (
+            buckets,
+            self.latency_count.load(Relaxed),
+            self.latency_sum_micros.load(Relaxed) as f64 / 1e6,
+        )
+    }
+
+    pub fn report(&self) -> CallReport {
+        let load = |a: &AtomicU64| a.load(Relaxed);
+        CallReport {
+            calls: load(&self.calls),
+            cache_hits: load(&self.cache_hits),
+            cache_misses: load(&self.cache_misses),
+            attempts: load(&self.attempts),
+            retries: load(&self.retries),
+            rate_limited: load(&self.rate_limited),
+            timeouts: load(&self.timeouts),
+            failed_attempts: load(&self.failed_attempts),
+            over_budget: load(&self.over_budget),
+            input_tokens: load(&self.input_tokens),
+            output_tokens: load(&self.output_tokens),
+            cached_input_tokens: load(&self.cached_input_tokens),
+            cache_write_tokens: load(&self.cache_write_tokens),
+            cost_usd: load(&self.cost_nano_usd) as f64 / 1e9,
+            saved_by_cache_usd: load(&self.saved_nano_usd) as f64 / 1e9,
+        }
+    }
+
+    pub fn plan_report(&self) -> PlanReport {
+        let load = |a: &AtomicU64| a.load(Relaxed);
+        PlanReport {
+            calls: load(&self.planned_calls),
+            cached: load(&self.planned_cached),
+            input_tokens: load(&self.planned_input_tokens),
+            max_output_tokens: load(&self.planned_max_output_tokens),
+            max_cost_usd: load(&self.planned_nano_usd) as f64 / 1e9,
+        }
+    }
+}
+
+/// The `calls` section of a stage in report.json.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct CallReport {
+    pub calls: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub attempts: u64,
+    pub retries: u64,
+    pub rate_limited: u64,
+    pub timeouts: u64,
+    pub failed_attempts: u64,
+    pub over_budget: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub cost_usd: f64,
+    pub saved_by_cache_usd: f64,
+}
+
+/// What `pipe plan` says about one stage.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct PlanReport {
+    /// Calls the stage would make for its input.
+    pub calls: u64,
+    /// Of those, answered by the response cache (free).
+    pub cached: u64,
+    /// Prompt tokens of the calls that would be sent.
+    pub input_tokens: u64,
+    /// `max_tokens` summed over the calls that would be sent (the most output could cost).
+    pub max_output_tokens: u64,
+    /// Input at full price plus output at `max_tokens`: an upper bound.
+    pub max_cost_usd: f64,
+}

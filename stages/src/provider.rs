@@ -1,0 +1,241 @@
+//! What stages share to call a chat model: one client per provider entry (OpenAI-compatible
+//! or Anthropic), one attempt per `complete`, and the translation of the connectors' results
+//! into the policy layer's vendor-neutral terms. Retries, limits and timeouts are not here:
+//! they are the policy stack's (`pipeline::policy`).
+
+use connectors::{
+    AnthropicClient, ApiKey, Block, ChatMessage, ChatRequest, Completion, Failure, FailureClass,
+    MessagesRequest, OpenAiClient, RateLimitSnapshot,
+};
+use pipeline::policy::{Answer, Failed, Price, ProviderSpec, ServerLimits, TokenUsage};
+use pipeline::{Registry, StageError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+pub const OPENAI_URL: &str = "https://api.openai.com/v1";
+pub const ANTHROPIC_URL: &str = "https://api.anthropic.com/v1";
+
+/// Declares the provider kinds the built-in stages speak.
+pub fn register_provider_kinds(registry: &mut Registry) {
+    registry
+        .register_provider_kind(
+            "openai",
+            "OpenAI chat completions and embeddings, or any server with that API (base_url)",
+        )
+        .register_provider_kind("anthropic", "Anthropic Messages API");
+}
+
+#[derive(Clone, Debug)]
+enum Client {
+    OpenAi(OpenAiClient),
+    Anthropic(AnthropicClient),
+}
+
+/// A chat model behind a provider entry.
+#[derive(Clone, Debug)]
+pub struct Chat {
+    client: Client,
+    kind: String,
+    base_url: String,
+    pub model: String,
+}
+
+/// One exchange to send: a system part (the stable prefix, cacheable), then turns.
+#[derive(Clone, Debug, Default)]
+pub struct Prompt {
+    pub system: Option<String>,
+    /// (role, text) in order: "user" / "assistant".
+    pub turns: Vec<(String, String)>,
+    pub max_tokens: u32,
+    pub temperature: Option<f32>,
+    /// Structured output: the answer must be JSON valid against this schema.
+    pub json_schema: Option<Value>,
+}
+
+/// A model's answer, as cached.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub text: String,
+    pub finish_reason: Option<String>,
+}
+
+impl Chat {
+    pub fn from_spec(name: &str, spec: &ProviderSpec) -> Result<Chat, StageError> {
+        let (default_url, needs_key) = match spec.kind.as_str() {
+            "openai" => (OPENAI_URL, spec.base_url.is_none()),
+            "anthropic" => (ANTHROPIC_URL, spec.base_url.is_none()),
+            other => {
+                return Err(StageError::run(format!(
+                    "provider `{name}`: kind `{other}` is not a chat provider"
+                )));
+            }
+        };
+        let key = spec.api_key.as_ref().map(|k| k.expose().to_string());
+        if needs_key && key.as_deref().is_none_or(str::is_empty) {
+            return Err(StageError::run(format!(
+                "provider `{name}` has no api_key: set `api_key: ${{{}}}` and the variable",
+                if spec.kind == "openai" {
+                    "OPENAI_API_KEY"
+                } else {
+                    "ANTHROPIC_API_KEY"
+                }
+            )));
+        }
+        let base_url = spec.base_url.as_deref().unwrap_or(default_url).to_string();
+        let key = ApiKey::new(key.unwrap_or_default());
+        let client = match spec.kind.as_str() {
+            "openai" => OpenAiClient::new(&base_url, key).map(Client::OpenAi),
+            _ => AnthropicClient::new(&base_url, key).map(Client::Anthropic),
+        }
+        .map_err(|f| StageError::run(f.message))?;
+        Ok(Chat {
+            client,
+            kind: spec.kind.clone(),
+            base_url,
+            model: spec.model.clone(),
+        })
+    }
+
+    /// The price to charge: the YAML's, else the list price of the model.
+    pub fn price(&self, spec: &ProviderSpec) -> Option<Price> {
+        spec.pricing.or_else(|| {
+            connectors::pricing::list_price(&self.model).map(|p| Price {
+                input: p.input,
+                output: p.output,
+                cached_input: Some(p.cached_input),
+                cache_write: Some(p.cache_write),
+            })
+        })
+    }
+
+    /// Prompt tokens as the provider will count them (cl100k; reconciled after the answer).
+    pub fn count_prompt_tokens(&self, prompt: &Prompt) -> u64 {
+        let bpe = tiktoken_rs::cl100k_base_singleton();
+        let count = |text: &str| bpe.encode_ordinary(text).len() as u64;
+        // OpenAI's chat framing: 3 tokens per reply priming, 3 + role per message.
+        let mut total = 3;
+        if let Some(system) = &prompt.system {
+            total += 4 + count(system);
+        }
+        for (_, text) in &prompt.turns {
+            total += 4 + count(text);
+        }
+        if let Some(schema) = &prompt.json_schema {
+            total += count(&schema.to_string());
+        }
+        total
+    }
+
+    /// Everything that determines the answer, for the response cache key.
+    pub fn cache_material(&self, prompt: &Prompt, version: &str) -> Value {
+        json!({
+            "provider": self.kind,
+            "base_url": self.base_url,
+            "model": self.model,
+            "max_tokens": prompt.max_tokens,
+            "temperature": prompt.temperature,
+            "schema": prompt.json_schema,
+            "prompt_version": version,
+            "system": prompt.system,
+            "turns": prompt.turns,
+        })
+    }
+
+    /// One attempt.
+    pub async fn complete(&self, prompt: &Prompt) -> Result<Answer<Reply>, Failed> {
+        let completion = match &self.client {
+            Client::OpenAi(client) => {
+                let mut messages = Vec::new();
+                if let Some(system) = &prompt.system {
+                    messages.push(ChatMessage::system(system.clone()));
+                }
+                for (role, text) in &prompt.turns {
+                    messages.push(ChatMessage {
+                        role: role.clone(),
+                        content: text.clone(),
+                    });
+                }
+                let request = ChatRequest {
+                    model: self.model.clone(),
+                    messages,
+                    max_tokens: Some(prompt.max_tokens),
+                    temperature: prompt.temperature,
+                    json_schema: prompt
+                        .json_schema
+                        .as_ref()
+                        .map(|s| ("answer".to_string(), s.clone())),
+                };
+                client.chat(&request).await
+            }
+            Client::Anthropic(client) => {
+                let mut system = Vec::new();
+                if let Some(text) = &prompt.system {
+                    // The system part is the stable prefix: mark it for the prompt cache.
+                    system.push(Block::cached(text.clone()));
+                }
+                if let Some(schema) = &prompt.json_schema {
+                    system.push(Block::text(format!(
+                        "Answer with JSON only, valid against this JSON Schema: {schema}"
+                    )));
+                }
+                let request = MessagesRequest {
+                    model: self.model.clone(),
+                    system,
+                    messages: prompt
+                        .turns
+                        .iter()
+                        .map(|(role, text)| (role.clone(), vec![Block::text(text.clone())]))
+                        .collect(),
+                    max_tokens: prompt.max_tokens,
+                    temperature: prompt.temperature,
+                };
+                client.messages(&request).await
+            }
+        };
+        completion.map(answer).map_err(failed)
+    }
+}
+
+fn server_limits(s: &RateLimitSnapshot) -> ServerLimits {
+    ServerLimits {
+        limit_requests: s.limit_requests,
+        remaining_requests: s.remaining_requests,
+        reset_requests: s.reset_requests,
+        limit_tokens: s.limit_tokens,
+        remaining_tokens: s.remaining_tokens,
+        reset_tokens: s.reset_tokens,
+    }
+}
+
+fn answer(c: Completion) -> Answer<Reply> {
+    Answer {
+        value: Reply {
+            text: c.content,
+            finish_reason: c.finish_reason,
+        },
+        usage: TokenUsage {
+            input: c.usage.input_tokens,
+            output: c.usage.output_tokens,
+            cached_input: c.usage.cached_input_tokens,
+            cache_write: c.usage.cache_write_tokens,
+        },
+        server: server_limits(&c.rate_limit),
+    }
+}
+
+/// A connector failure in the policy layer's terms (the class decides retry / dead letter /
+/// stop; the message is already free of keys).
+pub fn failed(f: Failure) -> Failed {
+    let error = match f.class {
+        FailureClass::Retryable { retry_after } => {
+            StageError::retryable(f.message, retry_after.map(|d| d.as_secs_f64()))
+        }
+        FailureClass::Record => StageError::record(f.message),
+        FailureClass::Run => StageError::run(f.message),
+    };
+    Failed {
+        error,
+        status: f.status,
+        server: Box::new(server_limits(&f.rate_limit)),
+    }
+}

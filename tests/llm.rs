@@ -1,0 +1,557 @@
+//! The `llm` stage and the policy stack, end to end: the real `pipe` binary against the API
+//! simulator (a real HTTP server) — faults, 401, re-runs from the cache, a limit shared by two
+//! stages, the budget, `pipe plan`, metrics, and the Anthropic wire format.
+
+use pipe_simulator::SimConfig;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+const PIPE: &str = env!("CARGO_BIN_EXE_pipe");
+
+struct Sim {
+    addr: SocketAddr,
+    _task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Sim {
+    async fn start(config: SimConfig) -> Sim {
+        let (addr, task) = pipe_simulator::spawn(config).await;
+        Sim { addr, _task: task }
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    async fn stats(&self) -> Value {
+        reqwest::get(format!("http://{}/_sim/stats", self.addr))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn reset(&self) {
+        reqwest::Client::new()
+            .post(format!("http://{}/_sim/reset", self.addr))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+fn status_count(stats: &Value, status: &str) -> u64 {
+    stats["by_status"][status].as_u64().unwrap_or(0)
+}
+
+/// `count` prompts in `dir/prompts.jsonl`, each with a speaker and an acronym so the
+/// simulator's JSON mode has entities to find.
+fn prompts(dir: &Path, count: usize) {
+    let lines: Vec<String> = (0..count)
+        .map(|i| {
+            serde_json::json!({
+                "text": format!("CDR: Houston, reading {i}: the O2 TANK pressure is dropping.")
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(dir.join("prompts.jsonl"), lines.join("\n") + "\n").unwrap();
+}
+
+const SCHEMA: &str = r#"{ type: object, required: [entities, relations],
+          properties: { entities: { type: array }, relations: { type: array } } }"#;
+
+/// read prompts → llm (JSON with schema) → jsonl, with `limit` and `provider` YAML.
+fn pipeline(dir: &Path, limit: &str, provider: &str, extra: &str) -> PathBuf {
+    let yaml = format!(
+        r#"
+{extra}
+resources:
+  limits:
+    acct: {limit}
+  providers:
+    llm: {provider}
+stages:
+  - id: read
+    kind: files
+    config: {{ path: ".", glob: "prompts.jsonl", text_field: text }}
+  - id: ask
+    kind: llm
+    inputs: [read]
+    config:
+      provider: llm
+      system: "Extract the entities and relations as JSON."
+      prompt: "{{{{ text }}}}"
+      output: json
+      max_tokens: 300
+      schema: {SCHEMA}
+  - id: out
+    kind: jsonl
+    inputs: [ask]
+    config: {{ path: out.jsonl }}
+"#
+    );
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn openai(sim: &Sim, key: &str, more: &str) -> String {
+    format!(
+        r#"{{ kind: openai, model: gpt-4o-mini, base_url: "{}", api_key: {key}, limit: acct{more} }}"#,
+        sim.base()
+    )
+}
+
+async fn pipe(dir: &Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(PIPE)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .expect("run pipe")
+}
+
+async fn run(dir: &Path, state: &str) -> Output {
+    pipe(
+        dir,
+        &["run", "pipeline.yaml", "--state-dir", state, "--quiet"],
+    )
+    .await
+}
+
+fn reports(state: &Path) -> Vec<Value> {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(state.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    runs.sort();
+    runs.iter()
+        .map(|r| {
+            serde_json::from_str(&std::fs::read_to_string(r.join("report.json")).unwrap()).unwrap()
+        })
+        .collect()
+}
+
+fn last_report(state: &Path) -> Value {
+    reports(state).pop().expect("a report")
+}
+
+fn stage<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap()
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn dead_letters(report: &Value) -> Vec<Value> {
+    report["dead_letters"]["path"]
+        .as_str()
+        .map(|p| lines(Path::new(p)))
+        .unwrap_or_default()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_faults_every_record_lands_or_is_dead_lettered_and_the_counts_reconcile() {
+    let sim = Sim::start(SimConfig {
+        fault_500: 0.05,
+        fault_429: 0.05,
+        fault_hang: 0.02,
+        fault_malformed: 0.02,
+        hang_seconds: 30,
+        latency_ms_median: 5.0,
+        seed: Some(13),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let total = 300;
+    prompts(dir.path(), total);
+    pipeline(
+        dir.path(),
+        "{ rpm: 60000 }",
+        &openai(
+            &sim,
+            "sk-test",
+            ", timeout_s: 1, backoff_s: 0.02, max_backoff_s: 0.2",
+        ),
+        "",
+    );
+    let out = run(dir.path(), ".pipe").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = last_report(&dir.path().join(".pipe"));
+    let ask = stage(&report, "ask");
+    let written = lines(&dir.path().join("out.jsonl"));
+    let dead = dead_letters(&report);
+    // Nothing lost: every record landed or is in the dead letters, and the report agrees.
+    assert_eq!(written.len() + dead.len(), total, "{report:#}");
+    assert_eq!(ask["in"], total as u64);
+    assert_eq!(
+        ask["out"].as_u64().unwrap() + ask["dead_lettered"].as_u64().unwrap(),
+        total as u64
+    );
+    assert_eq!(report["dead_letters"]["count"], dead.len() as u64);
+    for d in &dead {
+        let error = d["error"].as_str().unwrap_or_default();
+        assert!(!error.is_empty(), "every dead letter says why: {d}");
+        assert!(!d.to_string().contains("sk-test"), "no key in dead letters");
+    }
+    for w in &written {
+        let answer = &w["payload"]["value"]["answer"];
+        assert!(
+            answer["entities"].is_array(),
+            "only valid answers land: {w}"
+        );
+    }
+    // Every request the simulator saw is one the report counted, by outcome.
+    let calls = &ask["calls"];
+    let stats = sim.stats().await;
+    assert_eq!(
+        stats["by_endpoint"]["chat.completions"], calls["attempts"],
+        "{stats:#}"
+    );
+    let ok = calls["attempts"].as_u64().unwrap() - calls["failed_attempts"].as_u64().unwrap();
+    assert_eq!(status_count(&stats, "200"), ok);
+    assert_eq!(
+        status_count(&stats, "429"),
+        calls["rate_limited"].as_u64().unwrap()
+    );
+    let injected = &stats["injected"];
+    assert_eq!(
+        calls["timeouts"], injected["hang"],
+        "each hang timed out once"
+    );
+    // Faults were retried, not passed on: most records made it.
+    assert!(calls["retries"].as_u64().unwrap() > 20, "{calls}");
+    assert!(written.len() > total * 9 / 10, "{} landed", written.len());
+    // Malformed answers were repaired (a second call) rather than stored.
+    assert!(calls["calls"].as_u64().unwrap() > total as u64, "{calls}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_stops_the_run_after_one_request() {
+    let sim = Sim::start(SimConfig {
+        api_keys: vec!["sk-right".into()],
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    prompts(dir.path(), 200);
+    // A known limit: without the first-request rule, a whole burst would go out.
+    pipeline(
+        dir.path(),
+        "{ rpm: 60000 }",
+        &openai(&sim, "sk-wrong-key-123", ""),
+        "",
+    );
+    let out = run(dir.path(), ".pipe").await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("401"), "{err}");
+    assert!(
+        !err.contains("sk-wrong-key-123"),
+        "the key is never shown: {err}"
+    );
+    assert_eq!(sim.stats().await["total_requests"], 1);
+    let report = last_report(&dir.path().join(".pipe"));
+    assert_eq!(report["status"], "failed");
+    // Nothing lost: what was not processed is in the dead letters.
+    let written = lines(&dir.path().join("out.jsonl")).len();
+    assert_eq!(
+        written as u64 + report["dead_letters"]["count"].as_u64().unwrap(),
+        200
+    );
+    let text = std::fs::read_to_string(dir.path().join(".pipe")).unwrap_or_default();
+    assert!(!text.contains("sk-wrong"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_of_unchanged_input_sends_no_request() {
+    let sim = Sim::start(SimConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    prompts(dir.path(), 60);
+    pipeline(
+        dir.path(),
+        "{ rpm: 60000 }",
+        &openai(&sim, "sk-test", ""),
+        "",
+    );
+    let first = run(dir.path(), ".pipe").await;
+    assert!(first.status.success(), "{}", stderr(&first));
+    let first_out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    assert_eq!(sim.stats().await["total_requests"], 60);
+    sim.reset().await;
+    let second = run(dir.path(), ".pipe").await;
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(
+        sim.stats().await["total_requests"],
+        0,
+        "every answer came from the cache"
+    );
+    let mut a: Vec<&str> = first_out.lines().collect();
+    let second_out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    let mut b: Vec<&str> = second_out.lines().collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "same records, same ids");
+    let report = last_report(&dir.path().join(".pipe"));
+    let calls = &stage(&report, "ask")["calls"];
+    assert_eq!(
+        (calls["cache_hits"].as_u64(), calls["attempts"].as_u64()),
+        (Some(60), Some(0))
+    );
+    // --no-cache asks again.
+    sim.reset().await;
+    let fresh = pipe(
+        dir.path(),
+        &[
+            "run",
+            "pipeline.yaml",
+            "--state-dir",
+            ".pipe",
+            "--quiet",
+            "--no-cache",
+        ],
+    )
+    .await;
+    assert!(fresh.status.success());
+    assert_eq!(sim.stats().await["total_requests"], 60);
+}
+
+/// Two `llm` stages whose providers name one limit, fed the same records.
+fn two_stages(dir: &Path, sim: &Sim, shared: bool) -> PathBuf {
+    let (limit_a, limit_b) = if shared {
+        ("acct", "acct")
+    } else {
+        ("acct", "acct2")
+    };
+    let yaml = format!(
+        r#"
+resources:
+  limits:
+    acct: {{ rpm: 1200 }}
+    acct2: {{ rpm: 1200 }}
+  providers:
+    fast: {{ kind: openai, model: gpt-4o-mini, base_url: "{base}", api_key: k, limit: {limit_a} }}
+    smart: {{ kind: openai, model: gpt-4o, base_url: "{base}", api_key: k, limit: {limit_b} }}
+stages:
+  - id: read
+    kind: files
+    config: {{ path: ".", glob: "prompts.jsonl", text_field: text }}
+  - id: summary
+    kind: llm
+    inputs: [read]
+    config: {{ provider: fast, prompt: "Summarise: {{{{ text }}}}", max_tokens: 50 }}
+  - id: title
+    kind: llm
+    inputs: [read]
+    config: {{ provider: smart, prompt: "Title: {{{{ text }}}}", max_tokens: 20 }}
+  - id: out
+    kind: jsonl
+    inputs: [summary, title]
+    config: {{ path: out.jsonl }}
+"#,
+        base = sim.base()
+    );
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stages_naming_one_limit_never_exceed_it_together() {
+    // The account allows 1200 requests/min (20/s, 1 s burst), enforced by the simulator.
+    let sim = Sim::start(SimConfig {
+        rpm: Some(1200),
+        latency_ms_median: 20.0,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    prompts(dir.path(), 60);
+    two_stages(dir.path(), &sim, true);
+    let out = run(dir.path(), "shared").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stats = sim.stats().await;
+    assert_eq!(status_count(&stats, "200"), 120, "{stats:#}");
+    assert_eq!(
+        stats["rate_limited"], 0,
+        "together they stayed within the limit: {stats:#}"
+    );
+    // Contrast: each stage with a limit of its own (the same numbers) overshoots the account,
+    // which is what the shared limit prevents.
+    sim.reset().await;
+    two_stages(dir.path(), &sim, false);
+    let out = run(dir.path(), "separate").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(sim.stats().await["rate_limited"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_stops_admitting_calls_and_says_so() {
+    let sim = Sim::start(SimConfig {
+        latency_ms_median: 10.0,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    prompts(dir.path(), 200);
+    // $1 per million input and output tokens: a call is at most ~350 tokens = $0.00035.
+    pipeline(
+        dir.path(),
+        "{ rpm: 60000 }",
+        &openai(&sim, "sk-test", ", pricing: { input: 1.0, output: 1.0 }"),
+        "budget: { max_usd: 0.01 }",
+    );
+    let out = run(dir.path(), ".pipe").await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("budget reached"), "{}", stderr(&out));
+    let report = last_report(&dir.path().join(".pipe"));
+    assert_eq!(report["status"], "budget_reached");
+    let budget = &report["totals"]["budget"];
+    assert!(budget["spent_usd"].as_f64().unwrap() <= 0.01, "{budget}");
+    assert_eq!(budget["reached"], true);
+    let written = lines(&dir.path().join("out.jsonl")).len() as u64;
+    let dead = dead_letters(&report);
+    assert!(written > 0 && !dead.is_empty());
+    assert_eq!(written + dead.len() as u64, 200, "nothing lost");
+    assert!(
+        dead.iter()
+            .all(|d| d["error"].as_str().unwrap().contains("budget reached"))
+    );
+    assert_eq!(status_count(&sim.stats().await, "200"), written);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_counts_calls_tokens_and_dollars_without_sending_or_writing() {
+    let sim = Sim::start(SimConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    prompts(dir.path(), 40);
+    pipeline(dir.path(), "{ rpm: 600 }", &openai(&sim, "sk-test", ""), "");
+    let out = pipe(dir.path(), &["plan", "pipeline.yaml", "--json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &stage(&plan, "ask")["plan"];
+    assert_eq!(p["calls"], 40);
+    assert_eq!(p["cached"], 0);
+    assert_eq!(p["max_output_tokens"], 40 * 300);
+    assert!(p["input_tokens"].as_u64().unwrap() > 40 * 10);
+    // gpt-4o-mini list price: $0.15 / $0.60 per million.
+    let expected = (p["input_tokens"].as_f64().unwrap() * 0.15 + 12_000.0 * 0.60) / 1e6;
+    assert!(
+        (p["max_cost_usd"].as_f64().unwrap() - expected).abs() < 1e-6,
+        "{p}"
+    );
+    assert_eq!(sim.stats().await["total_requests"], 0, "nothing sent");
+    assert!(!dir.path().join("out.jsonl").exists(), "nothing written");
+    assert!(!dir.path().join("out.jsonl.partial").exists());
+    // After a real run, the plan knows the answers are cached.
+    assert!(run(dir.path(), ".pipe").await.status.success());
+    let out = pipe(dir.path(), &["plan", "pipeline.yaml"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("40 calls (40 cached)"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_while_the_run_lasts() {
+    let sim = Sim::start(SimConfig {
+        latency_ms_median: 100.0,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    prompts(dir.path(), 60);
+    // 10 requests/s: the run lasts about five seconds.
+    pipeline(
+        dir.path(),
+        "{ rpm: 600, burst_seconds: 0.1 }",
+        &openai(&sim, "sk-test", ""),
+        "",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = tokio::process::Command::new(PIPE)
+        .args(["run", "pipeline.yaml", "--quiet", "--metrics-addr", &addr])
+        .current_dir(dir.path())
+        .spawn()
+        .unwrap();
+    let mut scraped = None;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if let Ok(r) = reqwest::get(format!("http://{addr}/metrics")).await {
+            let text = r.text().await.unwrap();
+            if text.contains("pipe_llm_requests_total{stage=\"ask\"} 1") {
+                scraped = Some(text);
+                break;
+            }
+        }
+    }
+    let text = scraped.expect("metrics while running");
+    for needle in [
+        "# TYPE pipe_llm_requests_total counter",
+        "pipe_stage_queue_depth{stage=\"ask\"}",
+        "pipe_stage_in_flight{stage=\"ask\"}",
+        "pipe_llm_rate_limited_total{stage=\"ask\"}",
+        "pipe_llm_tokens_total{stage=\"ask\",direction=\"input\"}",
+        "pipe_llm_cost_usd_total{stage=\"ask\"}",
+        "pipe_llm_request_duration_seconds_bucket{stage=\"ask\",le=\"+Inf\"}",
+        "pipe_limit_admitted_requests_total{limit=\"acct\"}",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_calls_put_the_system_prompt_in_the_provider_cache() {
+    let sim = Sim::start(SimConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    prompts(dir.path(), 20);
+    let provider = format!(
+        r#"{{ kind: anthropic, model: claude-haiku-4-5, base_url: "{}", api_key: sk-ant-test, limit: acct }}"#,
+        sim.base()
+    );
+    pipeline(
+        dir.path(),
+        "{ rpm: 6000, max_concurrency: 1 }",
+        &provider,
+        "",
+    );
+    let out = run(dir.path(), ".pipe").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = last_report(&dir.path().join(".pipe"));
+    let calls = &stage(&report, "ask")["calls"];
+    assert_eq!(lines(&dir.path().join("out.jsonl")).len(), 20);
+    // Written once, then read by the other 19 calls; billed at the cached rate.
+    assert!(calls["cache_write_tokens"].as_u64().unwrap() > 0, "{calls}");
+    assert_eq!(
+        calls["cached_input_tokens"].as_u64().unwrap(),
+        19 * calls["cache_write_tokens"].as_u64().unwrap(),
+        "{calls}"
+    );
+    let stats = sim.stats().await;
+    assert_eq!(stats["by_endpoint"]["messages"], 20);
+}
