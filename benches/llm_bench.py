@@ -13,6 +13,11 @@ Scenarios (one simulator per scenario, `POST /_sim/reset` before each tool):
 * ``tpm``: sim ``{tpm: 600000, latency_ms_median: 300, seed: 7}``; about 600 prompt tokens
   of transcript text + ``max_tokens`` 200 (~800 tokens debited per call); pipe limit
   ``{tpm: 600000}``.
+* ``adaptive``: sim ``{hidden_concurrency: 40, latency_ms_median: 300, seed: 7}``: no rate
+  limit, but a 41st request in flight is refused with 429 and no header says so. pipe is told
+  nothing (its provider has no ``limit``, so it gets an adaptive one); it serves
+  ``--metrics-addr`` and the driver samples ``pipe_limit_in_flight`` every 0.25 s to see when
+  it reaches 90 % of the capacity (36 in flight) and what it holds after 30 s.
 
 Measured per tool and scenario:
 
@@ -36,9 +41,12 @@ Results: a markdown table on stdout and in ``benches/results/llm_bench.md``, raw
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
+import re
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
@@ -51,10 +59,11 @@ REPO = BENCH_DIR.parent
 CLIENT = BENCH_DIR / "llm_python_client.py"
 MODEL = "gpt-4o-mini"
 API_KEY = "sk-bench"
-# cl100k_base averages about 4 characters per token on this corpus (timestamps, call signs
-# and numbers make it a little denser than plain English); prompt sizes are chosen in
-# characters and the measured token counts are reported next to the results.
-CHARS_PER_TOKEN = 4.0
+# cl100k_base averages about 3.1 characters per token on this corpus (measured with the
+# simulator's prompt_tokens: timestamps, call signs and numbers make it denser than plain
+# English). Prompt sizes are chosen in characters; the measured mean prompt tokens are
+# reported next to the results.
+CHARS_PER_TOKEN = 3.0
 
 SCENARIOS = {
     "rpm": {
@@ -69,14 +78,21 @@ SCENARIOS = {
         "max_tokens": 200,
         "prompt_tokens": (600, 600),
     },
+    "adaptive": {
+        "sim": {"hidden_concurrency": 40, "latency_ms_median": 300, "seed": 7},
+        "limit": None,
+        "capacity": 40,
+        "max_tokens": 64,
+        "prompt_tokens": (50, 150),
+    },
 }
+# The simulator's latency is lognormal with this sigma (its default): mean = median x e^(s^2/2).
+LATENCY_SIGMA = 0.3
 
 PIPELINE = """\
 resources:
-  limits:
-    sim: {limit}
-  providers:
-    llm: {{ kind: openai, model: {model}, base_url: "{base_url}", api_key: {api_key}, limit: sim }}
+{limits}  providers:
+    llm: {{ kind: openai, model: {model}, base_url: "{base_url}", api_key: {api_key}{limit_ref} }}
 stages:
   - id: read
     kind: files
@@ -140,19 +156,20 @@ def corpus_lines(corpus):
 def make_prompts(lines, n, tokens):
     """n distinct prompts of about tokens=(lo, hi) cl100k tokens, taken from the corpus.
 
-    Short prompts are single transcript turns whose length falls in the range; long ones
-    are windows of consecutive turns cut at a word boundary. Prompts must be distinct:
-    pipe caches responses by request, and a repeated prompt would not be a call.
+    A prompt is a run of consecutive transcript turns, one per line, from some starting turn
+    until it is at least lo tokens long; a run longer than hi is cut at a word boundary.
+    Every starting turn gives a different prompt, and prompts must be distinct: pipe caches
+    responses by request, and a repeated prompt would not be a call.
     """
     lo, hi = (int(t * CHARS_PER_TOKEN) for t in tokens)
-    if lo < hi:
-        pool = list(dict.fromkeys(ln for ln in lines if lo <= len(ln) <= hi))
-    else:
-        pool, step = [], max(1, len(lines) // (2 * n))
-        for start in range(0, len(lines), step):
-            text = " ".join(lines[start:start + 200])[:hi]
-            pool.append(text[: text.rfind(" ")])
-        pool = list(dict.fromkeys(pool))
+    pool = []
+    for start in range(len(lines)):
+        text, end = lines[start], start + 1
+        while len(text) < lo and end < len(lines):
+            text, end = text + "\n" + lines[end], end + 1
+        if len(text) >= lo:
+            pool.append(text if len(text) <= hi else text[: text.rfind(" ", 0, hi + 1)])
+    pool = list(dict.fromkeys(pool))
     if len(pool) < n:
         sys.exit(f"the corpus gives only {len(pool)} distinct prompts of {tokens} tokens, {n} needed")
     stride = len(pool) / n  # spread the picks over the whole corpus
@@ -194,18 +211,45 @@ class Sim:
 # --- the two tools -----------------------------------------------------------------------
 
 
-def run_pipe(pipe, workdir, n):
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+IN_FLIGHT = re.compile(r'^pipe_limit_in_flight\{limit="provider:llm"\} (\d+)$', re.M)
+
+
+def run_pipe(pipe, workdir, n, sample_in_flight=False):
+    """Runs pipe; with `sample_in_flight`, also samples its adaptive limit's in-flight count
+    from `--metrics-addr` every 0.25 s as (seconds since start, in flight)."""
     state = workdir / "pipe-state"
     out = workdir / "out.jsonl"
     cmd = [str(pipe), "run", str(workdir / "pipeline.yaml"), "--state-dir", str(state), "--quiet"]
+    if sample_in_flight:
+        metrics = f"127.0.0.1:{free_port()}"
+        cmd += ["--metrics-addr", metrics]
     log("  " + shlex.join(cmd))
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    samples = []
+    while sample_in_flight and proc.poll() is None:
+        time.sleep(0.25)
+        try:
+            with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=2) as r:
+                m = IN_FLIGHT.search(r.read().decode())
+            if m:
+                samples.append((round(time.perf_counter() - t0, 2), int(m.group(1))))
+        except OSError:
+            pass  # not serving yet, or already gone
+    stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t0
-    res = {"command": shlex.join(cmd), "exit_code": p.returncode, "process_wall_s": round(wall, 3)}
-    if p.returncode != 0:
-        res["stderr"] = p.stderr
-        print(f"\n`pipe run` exited with {p.returncode}; stderr:\n{p.stderr}", file=sys.stderr)
+    res = {"command": shlex.join(cmd), "exit_code": proc.returncode, "process_wall_s": round(wall, 3)}
+    if sample_in_flight:
+        res["in_flight_samples"] = samples
+    if proc.returncode != 0:
+        res["stderr"] = stderr
+        print(f"\n`pipe run` exited with {proc.returncode}; stderr:\n{stderr}", file=sys.stderr)
     reports = sorted(state.glob("runs/*/report.json"))
     report = json.loads(reports[-1].read_text()) if reports else None
     res["report"] = report
@@ -263,7 +307,12 @@ def sim_metrics(stats, sc, elapsed):
         "duplicate_bodies": stats["duplicate_bodies"],
     }
     if elapsed:
-        if "rpm" in sc["limit"]:
+        if sc["limit"] is None:
+            # Little's law: mean requests in flight = throughput x mean latency.
+            mean_latency = sc["sim"]["latency_ms_median"] / 1000 * math.exp(LATENCY_SIGMA**2 / 2)
+            m["mean_in_flight"] = ok / elapsed * mean_latency
+            m["utilisation"] = m["mean_in_flight"] / sc["capacity"]
+        elif "rpm" in sc["limit"]:
             m["utilisation"] = ok / (elapsed * sc["limit"]["rpm"] / 60)
         else:
             m["utilisation"] = tok["debited"] / (elapsed * sc["limit"]["tpm"] / 60)
@@ -282,8 +331,9 @@ def run_scenario(name, sc, n, lines, bins, tmp):
     (workdir / "sim.json").write_text(json.dumps(sc["sim"]))
     sim = Sim(bins["sim"], workdir / "sim.json", workdir / "sim.log")
     try:
+        limits = f"  limits:\n    sim: {flow(sc['limit'])}\n" if sc["limit"] else ""
         (workdir / "pipeline.yaml").write_text(PIPELINE.format(
-            limit=flow(sc["limit"]), model=MODEL, base_url=sim.base + "/v1", api_key=API_KEY,
+            limits=limits, limit_ref=", limit: sim" if sc["limit"] else "", model=MODEL, base_url=sim.base + "/v1", api_key=API_KEY,
             dir=workdir, max_tokens=sc["max_tokens"]))
         log(f"scenario {name}: {n} calls, sim {sim.base} {json.dumps(sc['sim'])}")
         result = {"calls": n, "sim_config": sc["sim"], "sim_command": shlex.join(sim.cmd),
@@ -291,18 +341,33 @@ def run_scenario(name, sc, n, lines, bins, tmp):
         for tool in ("pipe", "python"):
             sim.reset()
             if tool == "pipe":
-                res = run_pipe(bins["pipe"], workdir, n)
+                res = run_pipe(bins["pipe"], workdir, n, sample_in_flight=sc["limit"] is None)
+                if sc["limit"] is None:
+                    res["adaptive"] = adaptive_summary(res["in_flight_samples"], sc["capacity"])
             else:
                 res = run_python(bins["python"], workdir, sim.base, sc["max_tokens"], n)
             stats = sim.stats()
             res["sim"] = sim_metrics(stats, sc, res["elapsed_s"])
             res["sim_stats"] = stats
             result["tools"][tool] = res
-            log(f"  {tool}: {res['status']}, elapsed {res['elapsed_s']} s, "
+            log(f"  {tool}: {res['status']}, elapsed {res['elapsed_s'] or 0:.2f} s, "
                 f"{res['sim']['ok']} ok, {res['sim']['http_429']} x 429")
         return result
     finally:
         sim.close()
+
+
+def adaptive_summary(samples, capacity):
+    """When pipe first had 90 % of the hidden capacity in flight, and what it held after 30 s."""
+    target = 0.9 * capacity
+    reached = next((t for t, n in samples if n >= target), None)
+    late = [n for t, n in samples if t >= 30]
+    return {
+        "samples": len(samples),
+        "reached_90pct_after_s": reached,
+        "mean_in_flight_after_30s": sum(late) / len(late) if late else None,
+        "max_in_flight": max((n for _, n in samples), default=None),
+    }
 
 
 # --- output ------------------------------------------------------------------------------
@@ -337,6 +402,15 @@ def details(results):
         for tool, t in r["tools"].items():
             s = t["sim"]
             check = "matches" if s["debited"] == s["debited_check"] else "DIFFERS from"
+            if "adaptive" in t:
+                a = t["adaptive"]
+                after = a["mean_in_flight_after_30s"]
+                lines.append(
+                    f"- **{name} / {tool} in flight** (sampled from `--metrics-addr`): reached "
+                    f"90 % of the hidden capacity (36 of 40) after {a['reached_90pct_after_s']} s; "
+                    f"mean in flight after 30 s: "
+                    f"{'n/a' if after is None else f'{after:.1f} ({100 * after / 40:.0f} %)'}; "
+                    f"max {a['max_in_flight']}; {a['samples']} samples.")
             note = (f"- **{name} / {tool}**: status `{t['status']}`, exit code {t['exit_code']}, "
                     f"process wall time {t['process_wall_s']} s; mean prompt "
                     f"{s['mean_prompt_tokens'] or 0:.0f} tokens; tokens.debited {s['debited']} "
@@ -356,7 +430,7 @@ def details(results):
 
 def markdown(results, meta):
     sims = "\n".join(f"- `{name}`: sim `{json.dumps(r['sim_config'])}`, pipe limit "
-                     f"`{flow(SCENARIOS[name]['limit'])}`, max_tokens {SCENARIOS[name]['max_tokens']}, "
+                     f"`{flow(SCENARIOS[name]['limit']) if SCENARIOS[name]['limit'] else 'none (adaptive)'}`, max_tokens {SCENARIOS[name]['max_tokens']}, "
                      f"{r['calls']} calls" for name, r in results.items())
     cmds = "\n".join(
         f"    # {name}\n    {r['sim_command']}\n"
@@ -384,7 +458,9 @@ runs first, then Python):
 - **elapsed**: pipe = `duration_s` from its `report.json` (the whole run, including start-up);
   Python = the client's timer around `asyncio.gather` (interpreter start and imports excluded).
 - **utilisation**: rpm = HTTP 200s / (elapsed × 1800/60); tpm = `tokens.debited` /
-  (elapsed × 600000/60). `tokens.debited` is what the simulator takes from its TPM bucket
+  (elapsed × 600000/60); adaptive = mean requests in flight over the whole run (Little's law:
+  200s / elapsed × mean latency, 0.3 s × e^(0.3²/2)) / the hidden capacity of 40 — the
+  ramp-up from 1 in flight is included, see the in-flight samples below for the steady state. `tokens.debited` is what the simulator takes from its TPM bucket
   when it admits a request (prompt tokens + `max_tokens`); refused requests debit nothing and
   no faults are injected, so it is the tokens debited by successful requests (checked below
   against prompt tokens of the 200s + 200s × max_tokens). Both buckets start full (1 s of
@@ -417,8 +493,10 @@ def main():
     p.add_argument("--no-build", action="store_true", help="use the binaries already built")
     p.add_argument("--calls-rpm", type=int, help="calls in the rpm scenario (default 1200)")
     p.add_argument("--calls-tpm", type=int, help="calls in the tpm scenario (default 600)")
+    p.add_argument("--calls-adaptive", type=int,
+                   help="calls in the adaptive scenario (default 6000: long enough to see 30 s)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 150 rpm calls, 80 tpm calls (unless given)")
+                   help="smoke run: 150 rpm, 80 tpm, 600 adaptive calls (unless given)")
     p.add_argument("--scenario", choices=sorted(SCENARIOS), action="append",
                    help="run only this scenario (repeatable; default all)")
     p.add_argument("--corpus", type=Path, default=Path("/work/shared/corpus/apollo13/transcripts"))
@@ -428,6 +506,7 @@ def main():
     calls = {
         "rpm": args.calls_rpm or (150 if args.quick else 1200),
         "tpm": args.calls_tpm or (80 if args.quick else 600),
+        "adaptive": args.calls_adaptive or (600 if args.quick else 6000),
     }
 
     target = args.target_dir.resolve()
@@ -439,14 +518,14 @@ def main():
             sys.exit(f"missing binary {b} (build it, or drop --no-build)")
     bins["python"], venv_versions = ensure_venv(args.venv)
     lines = corpus_lines(args.corpus)
+    git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
+                         capture_output=True, text=True).stdout.strip() or "unknown"
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="pipe-llm-bench-") as tmp:
         for name in args.scenario or list(SCENARIOS):
             results[name] = run_scenario(name, SCENARIOS[name], calls[name], lines, bins, Path(tmp))
 
-    git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
-                         capture_output=True, text=True).stdout.strip() or "unknown"
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpus": os.cpu_count(),

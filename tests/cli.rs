@@ -380,7 +380,10 @@ fn list_stages_and_schema_describe_every_kind() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["blackhole", "chunk", "files", "generate", "jsonl", "llm"]);
+    assert_eq!(
+        kinds,
+        ["blackhole", "chunk", "files", "generate", "jsonl", "llm"]
+    );
     assert_eq!(stage["additionalProperties"], false);
     // Each kind's config is tied to its own schema.
     let chunk_rule = stage["allOf"]
@@ -570,6 +573,9 @@ fn every_example_pipeline_validates_and_runs() {
         .collect();
     files.sort();
     assert!(files.len() >= 3, "examples/*.yaml: {files:?}");
+    // Examples that call a model are pointed at the API simulator.
+    let sim_runtime = tokio::runtime::Runtime::new().unwrap();
+    let (sim, _task) = sim_runtime.block_on(pipe_simulator::spawn(Default::default()));
     for file in files {
         // Run from a scratch copy so outputs land in a temp dir; corpus paths are made absolute.
         let dir = tempfile::tempdir().unwrap();
@@ -588,6 +594,10 @@ fn every_example_pipeline_validates_and_runs() {
             ])
             .env("PIPE_CORPUS_ROOT", &corpus_root)
             .env("PIPE_CORPUS", corpus_root.join("transcripts"))
+            .env("OPENAI_BASE_URL", format!("http://{sim}/v1"))
+            .env("OPENAI_API_KEY", "sk-example")
+            .env("OPENAI_RPM", "100000")
+            .env("OPENAI_TPM", "100000000")
             .current_dir(dir.path())
             .output()
             .unwrap();

@@ -555,3 +555,45 @@ async fn anthropic_calls_put_the_system_prompt_in_the_provider_cache() {
     let stats = sim.stats().await;
     assert_eq!(stats["by_endpoint"]["messages"], 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_limits_known_the_concurrency_the_server_sustains_is_found() {
+    // A server that takes 8 requests at once and answers the 9th with 429, advertising nothing.
+    let sim = Sim::start(SimConfig {
+        hidden_concurrency: Some(8),
+        latency_ms_median: 40.0,
+        latency_sigma: 0.1,
+        seed: Some(5),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let total = 600;
+    prompts(dir.path(), total);
+    let provider = format!(
+        r#"{{ kind: openai, model: local, base_url: "{}", api_key: none }}"#,
+        sim.base()
+    );
+    // No `limit`: the provider gets an adaptive one of its own.
+    let yaml = std::fs::read_to_string(pipeline(dir.path(), "{ rpm: 1 }", &provider, ""))
+        .unwrap()
+        .replace("  limits:\n    acct: { rpm: 1 }\n", "");
+    std::fs::write(dir.path().join("pipeline.yaml"), yaml).unwrap();
+    let out = run(dir.path(), ".pipe").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        lines(&dir.path().join("out.jsonl")).len(),
+        total,
+        "all landed"
+    );
+    let stats = sim.stats().await;
+    let refused = status_count(&stats, "429");
+    let sent = stats["total_requests"].as_u64().unwrap();
+    assert!(
+        refused * 100 <= sent * 3,
+        "{refused} of {sent} refused: {stats:#}"
+    );
+    // It found the capacity (8 at once) and did not run far past it.
+    let peak = stats["max_concurrency"].as_u64().unwrap();
+    assert!((8..=10).contains(&peak), "peak concurrency {peak}");
+}

@@ -70,15 +70,20 @@ impl Chat {
                 )));
             }
         };
-        let key = spec.api_key.as_ref().map(|k| k.expose().to_string());
+        let env_var = if spec.kind == "openai" {
+            "OPENAI_API_KEY"
+        } else {
+            "ANTHROPIC_API_KEY"
+        };
+        // The YAML's key, else the vendor's usual environment variable.
+        let key = spec
+            .api_key
+            .as_ref()
+            .map(|k| k.expose().to_string())
+            .or_else(|| std::env::var(env_var).ok());
         if needs_key && key.as_deref().is_none_or(str::is_empty) {
             return Err(StageError::run(format!(
-                "provider `{name}` has no api_key: set `api_key: ${{{}}}` and the variable",
-                if spec.kind == "openai" {
-                    "OPENAI_API_KEY"
-                } else {
-                    "ANTHROPIC_API_KEY"
-                }
+                "provider `{name}` has no api_key: set {env_var} (or `api_key:` in the YAML)"
             )));
         }
         let base_url = spec.base_url.as_deref().unwrap_or(default_url).to_string();

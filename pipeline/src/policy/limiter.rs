@@ -432,6 +432,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_daily_quota_is_spent_at_any_pace_then_waits() {
+        let l = RateLimiter::new(
+            "daily",
+            LimitSettings {
+                rpd: Some(3),
+                burst_seconds: 1.0,
+                ..Default::default()
+            },
+        );
+        let start = Instant::now();
+        for _ in 0..3 {
+            l.acquire(0).await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // The fourth waits for a third of a day's refill, not a minute's.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3 * 3600), l.acquire(0))
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn reconcile_gives_unused_tokens_back() {
         let l = limiter(None, Some(60_000));
         let r = l.acquire(900).await;

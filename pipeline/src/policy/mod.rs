@@ -104,6 +104,17 @@ pub struct CallSpec {
     pub max_output_tokens: u64,
 }
 
+impl CallSpec {
+    /// The most this call can be billed: the whole prompt and all of `max_tokens`.
+    pub fn worst_case(&self) -> TokenUsage {
+        TokenUsage {
+            input: self.input_tokens,
+            output: self.max_output_tokens,
+            ..Default::default()
+        }
+    }
+}
+
 /// One successful attempt.
 #[derive(Debug)]
 pub struct Answer<T> {
@@ -197,34 +208,6 @@ pub struct CallPolicy {
 }
 
 impl CallPolicy {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        provider: String,
-        limiter: Arc<RateLimiter>,
-        concurrency: Arc<Concurrency>,
-        breaker: Arc<Breaker>,
-        cache: Option<Arc<ResponseCache>>,
-        read_cache: bool,
-        budget: Arc<Budget>,
-        stats: Arc<CallStats>,
-        retry: RetrySettings,
-        timeout: Duration,
-    ) -> CallPolicy {
-        CallPolicy {
-            provider,
-            limiter,
-            concurrency,
-            breaker,
-            cache,
-            read_cache,
-            budget,
-            stats,
-            retry,
-            timeout,
-            price: None,
-        }
-    }
-
     /// Prices calls (per million tokens); without one, cost is reported as $0.
     pub fn with_price(mut self, price: Option<Price>) -> CallPolicy {
         self.price = price;
@@ -281,13 +264,8 @@ impl CallPolicy {
         s.planned_input_tokens.fetch_add(spec.input_tokens, Relaxed);
         s.planned_max_output_tokens
             .fetch_add(spec.max_output_tokens, Relaxed);
-        let worst = TokenUsage {
-            input: spec.input_tokens,
-            output: spec.max_output_tokens,
-            ..Default::default()
-        };
         s.planned_nano_usd
-            .fetch_add(stats::to_nano(self.cost(&worst)), Relaxed);
+            .fetch_add(stats::to_nano(self.cost(&spec.worst_case())), Relaxed);
     }
 
     /// Makes one call through the whole stack. `attempt` makes one request; `accept` checks
@@ -327,11 +305,7 @@ impl CallPolicy {
             self.stats.cache_misses.fetch_add(1, Relaxed);
         }
         // Budget.
-        let worst = TokenUsage {
-            input: spec.input_tokens,
-            output: spec.max_output_tokens,
-            ..Default::default()
-        };
+        let worst = spec.worst_case();
         let admission = self
             .budget
             .admit(self.cost(&worst), worst.total())
@@ -405,11 +379,11 @@ impl CallPolicy {
             let started = Instant::now();
             let outcome = tokio::time::timeout(self.timeout, attempt()).await;
             let rtt = started.elapsed();
-            drop(slot);
             s.in_flight.fetch_sub(1, Relaxed);
             let (failed, timed_out) = match outcome {
                 Ok(Ok(answer)) => {
                     self.concurrency.record(rtt, Signal::Answered);
+                    drop(slot);
                     self.breaker.succeeded(pass);
                     self.limiter.observe(&reservation, &answer.server);
                     let output = if self.limiter.reserves_max_tokens() {
@@ -463,6 +437,9 @@ impl CallPolicy {
                 self.breaker.reachable(pass);
                 self.concurrency.record(rtt, Signal::Answered);
             }
+            // Given back only now, after the controller has seen the outcome (see `record`),
+            // and before any backoff sleep.
+            drop(slot);
             let error = failed.error;
             if error.class != ErrorClass::Retryable {
                 return Err(error);

@@ -123,7 +123,8 @@ pub struct ProviderSpec {
     pub model: String,
     /// API base up to the version (default: the vendor's public API).
     pub base_url: Option<String>,
-    /// Usually `${OPENAI_API_KEY}`; never logged.
+    /// Usually `${OPENAI_API_KEY}` (default: the OPENAI_API_KEY / ANTHROPIC_API_KEY
+    /// environment variable); never logged.
     pub api_key: Option<Secret>,
     /// A name from `resources.limits` (default: a limit of its own, adaptive).
     pub limit: Option<String>,
@@ -340,18 +341,19 @@ impl Resources {
             ))
         })?;
         let limit = &self.limits[&provider.limit];
-        Ok(CallPolicy::new(
-            name.to_string(),
-            limit.limiter.clone(),
-            limit.concurrency.clone(),
-            provider.breaker.clone(),
-            self.cache.clone(),
-            self.read_cache,
-            self.budget.clone(),
+        Ok(CallPolicy {
+            provider: name.to_string(),
+            limiter: limit.limiter.clone(),
+            concurrency: limit.concurrency.clone(),
+            breaker: provider.breaker.clone(),
+            cache: self.cache.clone(),
+            read_cache: self.read_cache,
+            budget: self.budget.clone(),
             stats,
-            provider.spec.retry_settings(),
-            provider.spec.timeout(),
-        ))
+            retry: provider.spec.retry_settings(),
+            timeout: provider.spec.timeout(),
+            price: None,
+        })
     }
 }
 
