@@ -597,3 +597,38 @@ async fn with_no_limits_known_the_concurrency_the_server_sustains_is_found() {
     let peak = stats["max_concurrency"].as_u64().unwrap();
     assert!((8..=10).contains(&peak), "peak concurrency {peak}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_key_stops_the_run_before_any_record_moves_but_plan_works_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    prompts(dir.path(), 10);
+    // The public OpenAI URL (unreachable here): nothing may try to reach it.
+    pipeline(
+        dir.path(),
+        "{ rpm: 500 }",
+        "{ kind: openai, model: gpt-4o-mini, limit: acct }",
+        "",
+    );
+    let command = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(PIPE);
+        c.args(args)
+            .current_dir(dir.path())
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("RUST_LOG");
+        c
+    };
+    let out = command(&["run", "pipeline.yaml", "--quiet"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("provider `llm` has no api_key: set OPENAI_API_KEY"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out.jsonl").exists());
+    let out = command(&["plan", "pipeline.yaml"]).output().await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("10 calls (0 cached)"));
+}

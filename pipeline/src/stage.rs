@@ -125,6 +125,8 @@ pub struct BuildContext {
     pub resources: Arc<crate::policy::Resources>,
     /// This stage's call counters (report, progress, metrics).
     pub calls: Arc<crate::policy::CallStats>,
+    /// `pipe plan`: nothing will be sent, so credentials may be missing.
+    pub dry_run: bool,
     pub stage_id: String,
     /// Directory of the pipeline file: relative paths in stage configs resolve against it.
     pub base_dir: PathBuf,
@@ -140,6 +142,7 @@ impl BuildContext {
         BuildContext {
             resources: Arc::new(crate::policy::Resources::empty()),
             calls: Default::default(),
+            dry_run: false,
             stage_id: stage_id.to_string(),
             base_dir: dir.to_path_buf(),
             state_dir: dir.join(".pipe"),

@@ -60,7 +60,8 @@ pub struct Reply {
 }
 
 impl Chat {
-    pub fn from_spec(name: &str, spec: &ProviderSpec) -> Result<Chat, StageError> {
+    /// `dry_run` (`pipe plan`): a missing key is fine, nothing will be sent.
+    pub fn from_spec(name: &str, spec: &ProviderSpec, dry_run: bool) -> Result<Chat, StageError> {
         let (default_url, needs_key) = match spec.kind.as_str() {
             "openai" => (OPENAI_URL, spec.base_url.is_none()),
             "anthropic" => (ANTHROPIC_URL, spec.base_url.is_none()),
@@ -81,7 +82,7 @@ impl Chat {
             .as_ref()
             .map(|k| k.expose().to_string())
             .or_else(|| std::env::var(env_var).ok());
-        if needs_key && key.as_deref().is_none_or(str::is_empty) {
+        if needs_key && !dry_run && key.as_deref().is_none_or(str::is_empty) {
             return Err(StageError::run(format!(
                 "provider `{name}` has no api_key: set {env_var} (or `api_key:` in the YAML)"
             )));

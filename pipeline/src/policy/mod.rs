@@ -402,10 +402,7 @@ impl CallPolicy {
                     s.timeouts.fetch_add(1, Relaxed);
                     let failed = Failed::new(
                         StageError::retryable(
-                            format!(
-                                "no answer within the {:.0}s timeout",
-                                self.timeout.as_secs_f64()
-                            ),
+                            format!("no answer within the {:?} timeout", self.timeout),
                             None,
                         ),
                         None,

@@ -357,6 +357,7 @@ pub async fn prepare(plan: Plan, options: RunOptions) -> Result<PreparedRun, Run
             run_dir: run_dir.clone(),
             resources: resources.clone(),
             calls: stats.calls.clone(),
+            dry_run: options.dry_run,
         };
         let stage = if options.dry_run && planned.role == crate::stage::Role::Sink {
             // A plan writes nothing: sinks are not even opened.

@@ -126,7 +126,7 @@ impl StageConfig for LlmConfig {
 
     async fn build(&self, ctx: &BuildContext) -> Result<BuiltStage, StageError> {
         let spec = ctx.provider(&self.provider)?;
-        let chat = Chat::from_spec(&self.provider, spec)?;
+        let chat = Chat::from_spec(&self.provider, spec, ctx.dry_run)?;
         let price = chat.price(spec);
         if price.is_none() {
             tracing::warn!(
