@@ -73,11 +73,12 @@ impl RunOptions {
     }
 }
 
-/// `20261122T223045Z-3fa2`: sortable by time, unique enough for one machine.
+/// `20261122T223045.123Z-3fa2`: sortable by time (to the millisecond, so runs started in the
+/// same second still list in order), unique enough for one machine.
 pub fn new_run_id() -> String {
     let now = chrono::Utc::now();
     let salt = (now.timestamp_subsec_nanos() ^ std::process::id().rotate_left(16)) & 0xffff;
-    format!("{}-{salt:04x}", now.format("%Y%m%dT%H%M%SZ"))
+    format!("{}-{salt:04x}", now.format("%Y%m%dT%H%M%S%.3fZ"))
 }
 
 /// Shared stop/abort state of one run.
