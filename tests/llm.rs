@@ -637,3 +637,41 @@ async fn a_missing_key_stops_the_run_before_any_record_moves_but_plan_works_with
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("10 calls (0 cached)"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_and_summary_show_calls_tokens_and_dollars() {
+    let sim = Sim::start(SimConfig {
+        latency_ms_median: 50.0,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    prompts(dir.path(), 20);
+    pipeline(
+        dir.path(),
+        "{ rpm: 600, burst_seconds: 0.1 }",
+        &openai(&sim, "sk-test", ""),
+        "",
+    );
+    let out = pipe(
+        dir.path(),
+        &["run", "pipeline.yaml", "--progress-interval", "0.2"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let progress = stderr(&out);
+    let line = progress
+        .lines()
+        .find(|l| l.contains(" ask ") && l.contains("calls "))
+        .unwrap_or_else(|| panic!("no progress line with calls:\n{progress}"));
+    assert!(
+        line.contains("tokens ") && line.contains(" · $0.0"),
+        "{line}"
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("calls 20 (cached 0) · requests 20"),
+        "{summary}"
+    );
+    assert!(summary.contains("429s 0"), "{summary}");
+}

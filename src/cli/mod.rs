@@ -197,7 +197,10 @@ fn print_plan(report: &RunReport) {
         .iter()
         .filter_map(|s| s.plan.as_ref().map(|p| (s, p)))
         .collect();
-    println!("plan for {} (nothing was sent or written)", report.pipeline);
+    println!(
+        "plan for {} (nothing was sent; no sink was opened)",
+        report.pipeline
+    );
     if planned.is_empty() {
         println!("  no stage calls a provider: this pipeline costs nothing to run");
     }

@@ -291,16 +291,13 @@ fn parse_resources(
                 }
             }
             "providers" => {
-                for (name, provider, at) in
+                for (name, provider, _) in
                     parse_named::<ProviderSpec>(section, "provider", locator, diags)
                 {
-                    if let Some(provider) = provider {
-                        spec.providers.insert(name, provider);
-                    } else {
-                        // Declared: stages naming it are not also flagged; never built.
-                        spec.providers.insert(name, placeholder_provider());
-                    }
-                    let _ = at;
+                    // A malformed one is still declared (stages naming it are not also
+                    // flagged); the run never starts, so the placeholder is never built.
+                    spec.providers
+                        .insert(name, provider.unwrap_or_else(placeholder_provider));
                 }
             }
             other => {
