@@ -52,6 +52,9 @@ pub struct ChatRequest {
     pub temperature: Option<f32>,
     /// Structured output: (schema name, JSON Schema); the answer must be JSON of that shape.
     pub json_schema: Option<(String, Value)>,
+    /// Ask the server to enforce the schema (OpenAI's `strict`: every object must list all
+    /// its properties as required and forbid others, or the request is refused with a 400).
+    pub strict_schema: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -97,7 +100,7 @@ impl OpenAiClient {
         if let Some((name, schema)) = &request.json_schema {
             body["response_format"] = json!({
                 "type": "json_schema",
-                "json_schema": { "name": name, "schema": schema, "strict": true }
+                "json_schema": { "name": name, "schema": schema, "strict": request.strict_schema }
             });
         }
         let (value, rate_limit) = self.post("chat/completions", &body).await?;

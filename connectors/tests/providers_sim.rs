@@ -27,6 +27,7 @@ fn extraction_request(text: &str) -> ChatRequest {
         max_tokens: Some(300),
         temperature: Some(0.0),
         json_schema: Some(("extraction".into(), json!({ "type": "object" }))),
+        strict_schema: false,
     }
 }
 

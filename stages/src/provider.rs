@@ -170,6 +170,7 @@ impl Chat {
                         .json_schema
                         .as_ref()
                         .map(|s| ("answer".to_string(), s.clone())),
+                    strict_schema: prompt.json_schema.as_ref().is_some_and(strict_compatible),
                 };
                 client.chat(&request).await
             }
@@ -199,6 +200,34 @@ impl Chat {
             }
         };
         completion.map(answer).map_err(failed)
+    }
+}
+
+/// Whether OpenAI's strict structured output accepts this schema: every object forbids extra
+/// properties and requires all of its own. Otherwise the schema is sent as guidance only (a
+/// strict request with it would be refused) and the stage's own validation enforces it.
+pub fn strict_compatible(schema: &Value) -> bool {
+    match schema {
+        Value::Object(map) => {
+            let is_object = map.get("type") == Some(&Value::String("object".into()));
+            if is_object {
+                let properties = map.get("properties").and_then(Value::as_object);
+                let required: Vec<&str> = map
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .map(|r| r.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let closed = map.get("additionalProperties") == Some(&Value::Bool(false));
+                let all_required =
+                    properties.is_none_or(|p| p.keys().all(|k| required.contains(&k.as_str())));
+                if !(closed && all_required && properties.is_some()) {
+                    return false;
+                }
+            }
+            map.values().all(strict_compatible)
+        }
+        Value::Array(items) => items.iter().all(strict_compatible),
+        _ => true,
     }
 }
 
@@ -243,5 +272,31 @@ pub fn failed(f: Failure) -> Failed {
         error,
         status: f.status,
         server: Box::new(server_limits(&f.rate_limit)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_schemas_are_recognised() {
+        let strict = json!({
+            "type": "object", "additionalProperties": false, "required": ["a", "b"],
+            "properties": {
+                "a": { "type": "string" },
+                "b": { "type": "array", "items": {
+                    "type": "object", "additionalProperties": false, "required": ["x"],
+                    "properties": { "x": { "type": "integer" } } } }
+            }
+        });
+        assert!(strict_compatible(&strict));
+        let mut open_inner = strict.clone();
+        open_inner["properties"]["b"]["items"]["additionalProperties"] = json!(true);
+        assert!(!strict_compatible(&open_inner));
+        let mut optional = strict.clone();
+        optional["required"] = json!(["a"]);
+        assert!(!strict_compatible(&optional));
+        assert!(!strict_compatible(&json!({ "type": "object" })));
     }
 }
