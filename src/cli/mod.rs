@@ -233,7 +233,14 @@ fn print_plan(report: &RunReport) {
     let downstream: Vec<&str> = report
         .stages
         .iter()
-        .filter(|s| s.plan.is_none() && s.received == 0 && s.role != pipeline::Role::Source)
+        .filter(|s| {
+            s.plan.is_none()
+                && s.received == 0
+                && matches!(
+                    s.role,
+                    pipeline::Role::Processor | pipeline::Role::Transform
+                )
+        })
         .map(|s| s.id.as_str())
         .collect();
     if !planned.is_empty() && !downstream.is_empty() {
