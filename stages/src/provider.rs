@@ -3,6 +3,7 @@
 //! into the policy layer's vendor-neutral terms. Retries, limits and timeouts are not here:
 //! they are the policy stack's (`pipeline::policy`).
 
+use crate::chunk::splitter::Tokenizer;
 use connectors::{
     AnthropicClient, ApiKey, Block, ChatMessage, ChatRequest, Completion, Failure, FailureClass,
     MessagesRequest, OpenAiClient, RateLimitSnapshot,
@@ -114,10 +115,10 @@ impl Chat {
         })
     }
 
-    /// Prompt tokens as the provider will count them (cl100k; reconciled after the answer).
+    /// Prompt tokens as the provider will count them (cl100k, the chunker's tokenizer; the
+    /// limiter reconciles the estimate with the billed usage after the answer).
     pub fn count_prompt_tokens(&self, prompt: &Prompt) -> u64 {
-        let bpe = tiktoken_rs::cl100k_base_singleton();
-        let count = |text: &str| bpe.encode_ordinary(text).len() as u64;
+        let count = |text: &str| Tokenizer::Cl100kBase.count(text) as u64;
         // OpenAI's chat framing: 3 tokens per reply priming, 3 + role per message.
         let mut total = 3;
         if let Some(system) = &prompt.system {
