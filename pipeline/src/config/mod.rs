@@ -425,6 +425,8 @@ fn placeholder_provider() -> ProviderSpec {
         max_backoff_s: None,
         pricing: None,
         breaker: None,
+        context_window: None,
+        unreachable_after_s: None,
     }
 }
 
@@ -474,6 +476,7 @@ fn check_provider(
         ("timeout_s", provider.timeout_s),
         ("backoff_s", provider.backoff_s),
         ("max_backoff_s", provider.max_backoff_s),
+        ("unreachable_after_s", provider.unreachable_after_s),
     ] {
         if value.is_some_and(|v| !positive(v)) {
             diags.push(Diagnostic::new(
