@@ -297,9 +297,7 @@ fn assert_secret_absent(dir: &Path, secret: &str) {
             let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             files += 1;
             assert!(
-                !bytes
-                    .windows(secret.len())
-                    .any(|w| w == secret.as_bytes()),
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
                 "the key leaked into {}",
                 path.display()
             );

@@ -164,12 +164,19 @@ mod tests {
         });
         let failure = parse_messages(&body).unwrap_err();
         assert_eq!(failure.class, FailureClass::Record);
-        assert_eq!(failure.message, "the model refused: I can't help with that.");
+        assert_eq!(
+            failure.message,
+            "the model refused: I can't help with that."
+        );
         let Billed::Usage(usage) = failure.billed else {
             panic!("a refusal is billed: {failure:?}")
         };
         assert_eq!(
-            (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens),
+            (
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_input_tokens
+            ),
             (50, 7, 10)
         );
         let mut ok = body.clone();

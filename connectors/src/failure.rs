@@ -153,7 +153,10 @@ mod tests {
              Limit 30000, Requested 50000. The input or output tokens must be reduced in order \
              to run successfully.",
         );
-        assert_eq!(classify_response(429, wait, &too_large), FailureClass::Record);
+        assert_eq!(
+            classify_response(429, wait, &too_large),
+            FailureClass::Record
+        );
         let busy = openai_error(
             "tokens",
             "rate_limit_exceeded",

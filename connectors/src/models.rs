@@ -53,7 +53,14 @@ pub enum Encoding {
 /// cl100k for gpt-4 / gpt-3.5 / the embedding models); any other model (Anthropic's, local
 /// ones) gets a cl100k estimate — its tokenizer is not public or not known here.
 pub fn token_encoding(model: &str) -> (Encoding, bool) {
-    const O200K: &[&str] = &["gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "gpt-oss"];
+    const O200K: &[&str] = &[
+        "gpt-4o",
+        "chatgpt-4o",
+        "gpt-4.1",
+        "gpt-4.5",
+        "gpt-5",
+        "gpt-oss",
+    ];
     const CL100K: &[&str] = &["gpt-4", "gpt-3.5", "text-embedding-3", "text-embedding-ada"];
     if o_series(model) || O200K.iter().any(|p| model.starts_with(p)) {
         (Encoding::O200kBase, true)
@@ -70,10 +77,23 @@ mod tests {
 
     #[test]
     fn reasoning_models_are_recognised() {
-        for model in ["o1", "o1-mini", "o3-2025-04-16", "o4-mini", "gpt-5", "gpt-5-mini"] {
+        for model in [
+            "o1",
+            "o1-mini",
+            "o3-2025-04-16",
+            "o4-mini",
+            "gpt-5",
+            "gpt-5-mini",
+        ] {
             assert!(is_reasoning_model(model), "{model}");
         }
-        for model in ["gpt-4o", "gpt-4.1-mini", "omni-moderation", "claude-sonnet-4", "llama3"] {
+        for model in [
+            "gpt-4o",
+            "gpt-4.1-mini",
+            "omni-moderation",
+            "claude-sonnet-4",
+            "llama3",
+        ] {
             assert!(!is_reasoning_model(model), "{model}");
         }
     }
@@ -95,7 +115,10 @@ mod tests {
         assert_eq!(token_encoding("gpt-5-nano"), (Encoding::O200kBase, true));
         assert_eq!(token_encoding("o3-mini"), (Encoding::O200kBase, true));
         assert_eq!(token_encoding("gpt-4-turbo"), (Encoding::Cl100kBase, true));
-        assert_eq!(token_encoding("gpt-3.5-turbo"), (Encoding::Cl100kBase, true));
+        assert_eq!(
+            token_encoding("gpt-3.5-turbo"),
+            (Encoding::Cl100kBase, true)
+        );
         assert_eq!(
             token_encoding("claude-sonnet-4"),
             (Encoding::Cl100kBase, false)

@@ -6,8 +6,8 @@
 //! rate limits and timeouts belong to the pipeline's policy layer, not here.
 
 use crate::failure::{Failure, FailureClass};
-use crate::models::is_reasoning_model;
 use crate::http::{self, ApiKey, header, malformed};
+use crate::models::is_reasoning_model;
 use crate::ratelimit::RateLimitSnapshot;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -302,7 +302,11 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(spent.class, FailureClass::Record);
-        assert!(spent.message.contains("raise max_tokens"), "{}", spent.message);
+        assert!(
+            spent.message.contains("raise max_tokens"),
+            "{}",
+            spent.message
+        );
         let odd = parse_chat(&completion(json!({ "role": "assistant" }), "stop")).unwrap_err();
         assert!(matches!(odd.class, FailureClass::Retryable { .. }));
         assert_eq!(billed(&odd).output_tokens, 12);

@@ -194,6 +194,9 @@ mod tests {
             "{line}"
         );
         drop(waiting);
-        assert!(!line_for(&s, 1.0).contains("paused"), "no longer once they go");
+        assert!(
+            !line_for(&s, 1.0).contains("paused"),
+            "no longer once they go"
+        );
     }
 }

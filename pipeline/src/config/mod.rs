@@ -485,6 +485,12 @@ fn check_provider(
             ));
         }
     }
+    if provider.context_window == Some(0) {
+        diags.push(Diagnostic::new(
+            locator.span(field_or(node, "context_window").span()),
+            format!("provider `{name}`: `context_window` must be at least 1"),
+        ));
+    }
     if provider.max_attempts == Some(0) {
         diags.push(Diagnostic::new(
             locator.span(field_or(node, "max_attempts").span()),

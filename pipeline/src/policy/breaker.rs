@@ -461,7 +461,8 @@ mod tests {
         };
         let reason = waiter.await.unwrap().unwrap_err();
         assert!(
-            reason.contains("failed every attempt for 60s") && reason.contains("connection refused"),
+            reason.contains("failed every attempt for 60s")
+                && reason.contains("connection refused"),
             "{reason}"
         );
         let elapsed = start.elapsed();

@@ -223,7 +223,12 @@ mod tests {
         assert!(e.contains("budget reached: $0.7000 spent"), "{e}");
         assert!(stop.is_cancelled());
         // Once reached, it stays reached: the run is stopping.
-        assert!(b.admit(0.01, 1).await.unwrap_err().contains("budget reached"));
+        assert!(
+            b.admit(0.01, 1)
+                .await
+                .unwrap_err()
+                .contains("budget reached")
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -189,7 +189,11 @@ mod tests {
     fn a_damaged_cache_file_is_set_aside_and_a_fresh_one_used() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cache.sqlite");
-        std::fs::write(&path, b"this is not a database, just some bytes".repeat(200)).unwrap();
+        std::fs::write(
+            &path,
+            b"this is not a database, just some bytes".repeat(200),
+        )
+        .unwrap();
         let cache = ResponseCache::open(&path).expect("opens a fresh cache");
         assert!(cache.is_empty());
         cache
@@ -209,6 +213,9 @@ mod tests {
             .collect();
         assert_eq!(aside.len(), 1, "{aside:?}");
         let kept = std::fs::read(dir.path().join(&aside[0])).unwrap();
-        assert!(kept.starts_with(b"this is not a database"), "kept as it was");
+        assert!(
+            kept.starts_with(b"this is not a database"),
+            "kept as it was"
+        );
     }
 }

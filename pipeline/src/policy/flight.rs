@@ -163,6 +163,9 @@ mod tests {
         };
         drop(lead);
         assert!(follower.answer().await.is_none());
-        assert!(matches!(flights.join("k"), Joined::Lead(_)), "the next one leads");
+        assert!(
+            matches!(flights.join("k"), Joined::Lead(_)),
+            "the next one leads"
+        );
     }
 }

@@ -451,7 +451,10 @@ impl RateLimiter {
         };
         s.fixed_total += fixed;
         let wait = release.saturating_duration_since(now);
-        if wait >= LONG_WAIT && s.logged_wait_until.is_none_or(|at| release > at + LONG_WAIT) {
+        if wait >= LONG_WAIT
+            && s.logged_wait_until
+                .is_none_or(|at| release > at + LONG_WAIT)
+        {
             s.logged_wait_until = Some(release);
             tracing::warn!(
                 limit = %self.name,
@@ -730,7 +733,9 @@ fn learn_from_snapshot(
         .refused
         .iter()
         .filter(|(seq, _, _)| *seq > last.seq && *seq < sample.seq)
-        .fold((0.0, 0.0), |(p, f), (_, prompt, fixed)| (p + prompt, f + fixed));
+        .fold((0.0, 0.0), |(p, f), (_, prompt, fixed)| {
+            (p + prompt, f + fixed)
+        });
     if !counted {
         refused_prompt += ticket.prompt;
         refused_fixed += ticket.fixed;

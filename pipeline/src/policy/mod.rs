@@ -472,10 +472,11 @@ impl CallPolicy {
         let worst_usd = self.worst_cost(spec);
         let worst_tokens = spec.worst_case().total();
         let admission = {
-            let _waiting = self
-                .budget
-                .would_wait(worst_usd, worst_tokens)
-                .then(|| self.stats.pauses.enter(budget::WAITING_FOR_IN_FLIGHT.into(), None));
+            let _waiting = self.budget.would_wait(worst_usd, worst_tokens).then(|| {
+                self.stats
+                    .pauses
+                    .enter(budget::WAITING_FOR_IN_FLIGHT.into(), None)
+            });
             self.budget.admit(worst_usd, worst_tokens).await
         };
         let admission = admission.map_err(|reason| {

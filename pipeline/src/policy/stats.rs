@@ -92,7 +92,9 @@ impl Pauses {
         let (_, reason, until) = waiting.last()?;
         let mut text = reason.clone();
         if let Some(until) = until {
-            let left = until.saturating_duration_since(Instant::now()).as_secs_f64();
+            let left = until
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64();
             text.push_str(&format!(", resumes in {}", human_duration(left)));
         }
         if waiting.len() > 1 {

@@ -408,12 +408,24 @@ async fn a_refusal_is_a_billed_record_error_not_a_retry() {
         .await
         .unwrap_err();
     assert_eq!(e.class, ErrorClass::Record);
-    assert!(e.message.contains("I can't help with that"), "{}", e.message);
+    assert!(
+        e.message.contains("I can't help with that"),
+        "{}",
+        e.message
+    );
     assert_eq!(script.count(), 1, "not retried");
     let r = policy.stats().report();
-    assert_eq!((r.input_tokens, r.output_tokens), (100, 12), "billed: counted");
+    assert_eq!(
+        (r.input_tokens, r.output_tokens),
+        (100, 12),
+        "billed: counted"
+    );
     // $1 / $2 per million.
-    assert!((r.cost_usd - (100.0 + 24.0) / 1e6).abs() < 1e-9, "{}", r.cost_usd);
+    assert!(
+        (r.cost_usd - (100.0 + 24.0) / 1e6).abs() < 1e-9,
+        "{}",
+        r.cost_usd
+    );
     assert_eq!(s.resources.budget().spent().1, 112);
 }
 
@@ -558,7 +570,9 @@ async fn the_rate_is_paid_after_the_slot_when_the_request_goes() {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 ok("done")
             };
-            policy.call(&spec(Some(&format!("k{i}"))), attempt, accept_all).await
+            policy
+                .call(&spec(Some(&format!("k{i}"))), attempt, accept_all)
+                .await
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -593,7 +607,8 @@ async fn a_call_that_can_never_be_sent_is_a_record_error_before_anything_is_rese
         .unwrap_err();
     assert_eq!(e.class, ErrorClass::Record);
     assert!(
-        e.message.contains("more than limit `acct` allows in a whole minute (1000)"),
+        e.message
+            .contains("more than limit `acct` allows in a whole minute (1000)"),
         "{}",
         e.message
     );
@@ -606,7 +621,8 @@ async fn a_call_that_can_never_be_sent_is_a_record_error_before_anything_is_rese
         .await
         .unwrap_err();
     assert!(
-        e.message.contains("more than the model's context window of 5000"),
+        e.message
+            .contains("more than the model's context window of 5000"),
         "{}",
         e.message
     );
@@ -666,7 +682,10 @@ async fn identical_calls_in_flight_are_paid_once() {
     assert_eq!(script.count(), 2, "one request per distinct prompt");
     assert_eq!(values.iter().filter(|v| *v == "shared").count(), 3);
     let r = policy.stats().report();
-    assert_eq!((r.calls, r.coalesced, r.cache_misses, r.attempts), (4, 2, 2, 2));
+    assert_eq!(
+        (r.calls, r.coalesced, r.cache_misses, r.attempts),
+        (4, 2, 2, 2)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -732,11 +751,17 @@ async fn a_provider_failing_every_attempt_ends_the_run_after_unreachable_after()
         tasks.push(tokio::spawn(async move {
             let refused = || async {
                 Err::<Answer<String>, _>(Failed::new(
-                    StageError::retryable("chat/completions: request failed: connection refused", None),
+                    StageError::retryable(
+                        "chat/completions: request failed: connection refused",
+                        None,
+                    ),
                     None,
                 ))
             };
-            let e = policy.call(&spec(None), refused, accept_all).await.unwrap_err();
+            let e = policy
+                .call(&spec(None), refused, accept_all)
+                .await
+                .unwrap_err();
             (e, Instant::now())
         }));
     }
@@ -750,7 +775,11 @@ async fn a_provider_failing_every_attempt_ends_the_run_after_unreachable_after()
     for t in tasks {
         let (e, at) = t.await.unwrap();
         assert_eq!(e.class, ErrorClass::Run, "{}", e.message);
-        assert!(e.message.contains("failed every attempt for 120s"), "{}", e.message);
+        assert!(
+            e.message.contains("failed every attempt for 120s"),
+            "{}",
+            e.message
+        );
         let after = at.duration_since(start);
         assert!(
             after >= Duration::from_secs(120) && after < Duration::from_secs(130),

@@ -138,7 +138,11 @@ async fn a_request_larger_than_the_whole_limit_never_fits() {
     assert!(daily.never_fits(demand(40_000, 1_000)).is_none());
     let why = daily.never_fits(demand(60_000, 1_000)).unwrap();
     assert!(why.contains("whole day (50000)"), "{why}");
-    assert!(limiter(None, None).never_fits(demand(10_000_000, 0)).is_none());
+    assert!(
+        limiter(None, None)
+            .never_fits(demand(10_000_000, 0))
+            .is_none()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -358,7 +362,10 @@ async fn the_server_s_own_count_is_learned_from_its_headers() {
     drive(&l, &mut server, 0.5, 40).await;
     let ratio = l.prompt_ratio();
     assert!((ratio - 0.5 * 1.02).abs() < 0.02, "{ratio}");
-    assert_eq!(l.charge(demand(400, 100)), 100 + (400.0 * ratio).ceil() as u64);
+    assert_eq!(
+        l.charge(demand(400, 100)),
+        100 + (400.0 * ratio).ceil() as u64
+    );
 
     // It counts 1.5 × our estimate: refusals at first, none once learned.
     let l = limiter(None, Some(60_000));
