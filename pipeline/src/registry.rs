@@ -61,7 +61,9 @@ impl<T: StageConfig> ErasedKind for Kind<T> {
         &self.info
     }
     fn parse(&self, node: &Node) -> Result<Box<dyn ErasedConfig>, FromNodeError> {
-        let config: T = marked_yaml::from_node(node)?;
+        // Free-form `YamlJson` fields find their YAML types in this node (see `yaml_json`).
+        let config: T =
+            crate::config::yaml_json::with_source(node, || marked_yaml::from_node(node))?;
         Ok(Box::new(config))
     }
     fn schema_ref(&self, generator: &mut SchemaGenerator) -> Schema {

@@ -5,9 +5,11 @@
 pub mod diagnostic;
 pub mod interpolate;
 pub mod overrides;
+pub mod yaml_json;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Location, Locator, did_you_mean};
 pub use interpolate::Env;
+pub use yaml_json::YamlJson;
 
 use crate::policy::{BudgetSpec, LimitSpec, ProviderSpec};
 use crate::record::KindSet;
@@ -169,8 +171,22 @@ pub fn load_str(
 ) -> Result<Plan, Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut root = parse_yaml(text, locator)?;
+    // Quoting is what tells "8" from 8 in free-form JSON fields (`YamlJson`): note it before
+    // interpolation rewrites scalars, and again for the values `--set` brings.
+    let mut quoted = std::collections::HashSet::new();
+    yaml_json::note_quoted(&mut root, &mut quoted);
     interpolate::interpolate_tree(&mut root, env, locator, &mut diags);
     overrides::apply_overrides(&mut root, &locator.overrides, &mut diags);
+    yaml_json::note_quoted(&mut root, &mut quoted);
+    yaml_json::with_quoted(quoted, || load_tree(root, locator, registry, diags))
+}
+
+fn load_tree(
+    root: Node,
+    locator: &Locator,
+    registry: &Registry,
+    mut diags: Diagnostics,
+) -> Result<Plan, Diagnostics> {
     let Some(top) = root.as_mapping() else {
         diags.push(Diagnostic::new(
             locator.span(root.span()),
@@ -210,7 +226,9 @@ pub fn load_str(
 
 fn parse_yaml(text: &str, locator: &Locator) -> Result<Node, Diagnostics> {
     use marked_yaml::LoadError;
-    let options = LoaderOptions::default().error_on_duplicate_keys(true);
+    let options = LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .prevent_coercion(true);
     marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| {
         let (marker, message) = match &e {
             LoadError::TopLevelMustBeMapping(m) => (

@@ -21,6 +21,7 @@ pub mod cache;
 pub mod limiter;
 pub mod resources;
 pub mod stats;
+pub mod writes;
 
 pub use adaptive::{Concurrency, Signal};
 pub use breaker::{Breaker, BreakerSettings, BreakerState};
@@ -31,6 +32,7 @@ pub use resources::{
     LimitSpec, OutputTokens, Price, ProviderSpec, Resources, ResourcesOptions, Secret,
 };
 pub use stats::{CallReport, CallStats, PlanReport};
+pub use writes::write_with_retries;
 
 use crate::error::{ErrorClass, StageError};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
