@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+pub mod index;
 pub mod policy;
 pub mod record;
 pub mod registry;
@@ -18,7 +19,7 @@ pub use record::{
 };
 pub use registry::Registry;
 pub use stage::{
-    Aggregator, BatchProcessor, Batching, BuildContext, BuiltStage, ConfigIssue, Finished,
+    Aggregator, BatchProcessor, Batching, BuildContext, BuiltStage, ConfigIssue, Facts, Finished,
     InputEnd, Processor, Produces, Role, Sink, Source, StageConfig, Transform, Written,
 };
 

@@ -284,6 +284,39 @@ pub struct BuildContext {
     pub state_dir: PathBuf,
     /// `.pipe/runs/<run-id>/`: this run's report and dead letters.
     pub run_dir: PathBuf,
+    /// Ids of the stages upstream of this one, nearest first (direct inputs, then theirs).
+    pub upstream: Vec<String>,
+    /// What stages built earlier published about themselves (see [`BuildContext::publish`]).
+    pub facts: Facts,
+}
+
+/// Build-time facts stages publish for the stages downstream of them: the embedding stage
+/// says its model and dimensions, so a vector store can create (or check) its collection
+/// before any record moves.
+#[derive(Clone, Debug, Default)]
+pub struct Facts(
+    Arc<std::sync::Mutex<std::collections::BTreeMap<(String, String), serde_json::Value>>>,
+);
+
+impl BuildContext {
+    /// Publishes `key` = `value` for the stages downstream of this one.
+    pub fn publish(&self, key: &str, value: serde_json::Value) {
+        self.facts
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((self.stage_id.clone(), key.to_string()), value);
+    }
+
+    /// The nearest upstream stage's `key`, with that stage's id.
+    pub fn upstream_fact(&self, key: &str) -> Option<(String, serde_json::Value)> {
+        let facts = self.facts.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.upstream.iter().find_map(|stage| {
+            facts
+                .get(&(stage.clone(), key.to_string()))
+                .map(|v| (stage.clone(), v.clone()))
+        })
+    }
 }
 
 impl BuildContext {
@@ -298,6 +331,8 @@ impl BuildContext {
             base_dir: dir.to_path_buf(),
             state_dir: dir.join(".pipe"),
             run_dir: dir.join(".pipe"),
+            upstream: Vec::new(),
+            facts: Facts::default(),
         }
     }
 
@@ -373,6 +408,32 @@ pub trait StageConfig: DeserializeOwned + schemars::JsonSchema + Send + Sync + '
         Vec::new()
     }
 
-    /// May do I/O: open files, connect, create collections, health-check.
+    /// May do I/O: open files, connect, create collections, health-check. Every stage is
+    /// built before any record moves, so a store that is unreachable or misconfigured stops
+    /// the run here, before a single token is spent.
     async fn build(&self, ctx: &BuildContext) -> Result<BuiltStage, StageError>;
+
+    /// Sinks whose vectors can be searched (`pipe search`): open the store for reading.
+    async fn open_vector_index(
+        &self,
+        _ctx: &BuildContext,
+    ) -> Option<Result<Arc<dyn crate::index::VectorIndex>, StageError>> {
+        None
+    }
+
+    /// Sinks whose graph can be read back (`pipe search`, `pipe graph export`).
+    async fn open_graph_index(
+        &self,
+        _ctx: &BuildContext,
+    ) -> Option<Result<Arc<dyn crate::index::GraphIndex>, StageError>> {
+        None
+    }
+
+    /// Embedding stages: the embedder, to embed a question the way the chunks were embedded.
+    async fn open_embedder(
+        &self,
+        _ctx: &BuildContext,
+    ) -> Option<Result<Arc<dyn crate::index::TextEmbedder>, StageError>> {
+        None
+    }
 }

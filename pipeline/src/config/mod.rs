@@ -115,6 +115,28 @@ pub struct Plan {
     pub budget: BudgetSpec,
 }
 
+impl Plan {
+    /// For every stage, the ids of the stages upstream of it, nearest first (breadth-first).
+    pub fn upstream_ids(&self) -> Vec<Vec<String>> {
+        self.stages
+            .iter()
+            .map(|stage| {
+                let mut seen = std::collections::BTreeSet::new();
+                let mut order = Vec::new();
+                let mut queue: std::collections::VecDeque<usize> =
+                    stage.inputs.iter().copied().collect();
+                while let Some(i) = queue.pop_front() {
+                    if seen.insert(i) {
+                        order.push(self.stages[i].id.clone());
+                        queue.extend(self.stages[i].inputs.iter().copied());
+                    }
+                }
+                order
+            })
+            .collect()
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// `--set KEY=VALUE` arguments, in order.

@@ -377,7 +377,9 @@ pub async fn prepare(plan: Plan, options: RunOptions) -> Result<PreparedRun, Run
     let started = Instant::now();
     let mut nodes = Vec::with_capacity(plan.stages.len());
     let mut all_stats = Vec::with_capacity(plan.stages.len());
-    for planned in plan.stages {
+    let upstream = plan.upstream_ids();
+    let facts = crate::stage::Facts::default();
+    for (index, planned) in plan.stages.into_iter().enumerate() {
         let stats = Arc::new(StageStats::new(&planned.id, &planned.kind, planned.role));
         let ctx = BuildContext {
             stage_id: planned.id.clone(),
@@ -388,6 +390,8 @@ pub async fn prepare(plan: Plan, options: RunOptions) -> Result<PreparedRun, Run
             calls: stats.calls.clone(),
             notes: stats.notes.clone(),
             dry_run: options.dry_run,
+            upstream: upstream[index].clone(),
+            facts: facts.clone(),
         };
         let stage = if options.dry_run && planned.role == crate::stage::Role::Sink {
             // A plan writes nothing: sinks are not even opened.
