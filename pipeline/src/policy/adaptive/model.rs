@@ -3,7 +3,7 @@
 //! The provider takes `capacity` calls at once and refuses the rest at once (429 with
 //! `retry-after: 1`, or 503 with no hint); an answer has `0.3–1.0 × max_tokens` output tokens
 //! and takes `(base + per_token × tokens) × latency_factor × (1 + load_factor × in_flight /
-//! capacity)`. Phases change the capacity or the latency factor mid-run. Callers behave like
+//! capacity)`, `base` lognormal around its median (as in pipe-sim). Phases change the capacity or the latency factor mid-run. Callers behave like
 //! `CallPolicy`: take a slot, call, record, give the slot back, and after a refusal wait as the
 //! retry loop does (retry-after + up to 10 %, or full-jitter exponential backoff) before
 //! trying the same request again.
@@ -37,7 +37,9 @@ struct Scenario {
     phases: Vec<Phase>,
     /// One entry per stage sharing the limit: (max_tokens, callers).
     stages: Vec<(u64, usize)>,
+    /// Median and lognormal sigma of the part of latency that does not depend on length.
     base_s: f64,
+    base_sigma: f64,
     per_token_s: f64,
     load_factor: f64,
     refusal: Refusal,
@@ -54,6 +56,7 @@ impl Scenario {
             phases: vec![phase(0.0, 1.0, 40)],
             stages: vec![(100, 64)],
             base_s: 0.3,
+            base_sigma: 0.3,
             per_token_s: 0.02,
             load_factor: 0.0,
             refusal: Refusal::TooManyRequests,
@@ -118,8 +121,11 @@ impl Provider {
                 st.in_flight += 1;
                 let tokens = ((0.3 + 0.7 * st.rng.f64()) * max_tokens as f64).round() as u64;
                 let load = 1.0 + s.load_factor * st.in_flight as f64 / phase.capacity as f64;
-                let latency =
-                    (s.base_s + s.per_token_s * tokens as f64) * phase.latency_factor * load;
+                // Box-Muller: a standard normal draw.
+                let normal = (-2.0 * (1.0 - st.rng.f64()).ln()).sqrt()
+                    * (std::f64::consts::TAU * st.rng.f64()).cos();
+                let base = s.base_s * (s.base_sigma * normal).exp();
+                let latency = (base + s.per_token_s * tokens as f64) * phase.latency_factor * load;
                 Some((tokens, latency))
             }
         }
