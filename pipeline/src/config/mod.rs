@@ -435,7 +435,7 @@ fn check_adaptive_bounds(
                         format!("limit `{name}`: `{field}` applies to adaptive limits only"),
                     )
                     .with_help(Some(
-                        "set `adaptive: true` (a limit with `rpm` or `tpm` is fixed otherwise)"
+                        "a limit with `rpm` or `tpm` is fixed unless it says `adaptive: true`"
                             .into(),
                     )),
                 );

@@ -669,6 +669,82 @@ mod tests {
         drop(slots);
     }
 
+    /// How `CallPolicy` reads a provider's refusals: a 429 that carries the account's
+    /// rate-limit state is the rate limiter's business; a 429 without it, or a 503, means the
+    /// provider is full; a 500 says nothing about load.
+    #[tokio::test(start_paused = true)]
+    async fn the_policy_cuts_on_overload_only() {
+        use crate::error::StageError;
+        use crate::policy::{
+            Answer, CallSpec, Failed, LimitSpec, ProviderSpec, Resources, ResourcesOptions,
+            ServerLimits, TokenUsage,
+        };
+        use std::collections::BTreeMap;
+        use std::sync::atomic::AtomicU32;
+
+        let limit = LimitSpec {
+            adaptive: Some(true),
+            min_concurrency: Some(1),
+            initial_concurrency: Some(10),
+            ..Default::default()
+        };
+        let provider: ProviderSpec = serde_json::from_value(serde_json::json!({
+            "kind": "openai", "model": "m", "limit": "acct", "backoff_s": 0.1
+        }))
+        .unwrap();
+        let resources = Resources::new(
+            &BTreeMap::from([("acct".to_string(), limit)]),
+            &BTreeMap::from([("p".to_string(), provider)]),
+            ResourcesOptions::default(),
+        )
+        .unwrap();
+        let policy = resources.policy("p", Default::default()).unwrap();
+        let spec = CallSpec {
+            cache_key: None,
+            input_tokens: 10,
+            max_output_tokens: 10,
+        };
+        // One call: refused once with `status` (and `server` state), then answered.
+        let call = async |status: u16, server: ServerLimits| {
+            let attempts = AtomicU32::new(0);
+            let attempt = || {
+                let first = attempts.fetch_add(1, Relaxed) == 0;
+                let server = server.clone();
+                async move {
+                    if first {
+                        return Err(Failed {
+                            error: StageError::retryable(format!("HTTP {status}"), Some(0.1)),
+                            status: Some(status),
+                            server: Box::new(server),
+                        });
+                    }
+                    Ok(Answer {
+                        value: "ok".to_string(),
+                        usage: TokenUsage {
+                            input: 10,
+                            output: 5,
+                            ..Default::default()
+                        },
+                        server: ServerLimits::default(),
+                    })
+                }
+            };
+            policy.call(&spec, attempt, |_| Ok(())).await.unwrap();
+            assert_eq!(attempts.load(Relaxed), 2);
+            policy.concurrency().limit()
+        };
+        let account_spent = ServerLimits {
+            limit_requests: Some(600),
+            remaining_requests: Some(0),
+            reset_requests: Some(Duration::from_millis(100)),
+            ..Default::default()
+        };
+        assert_eq!(call(429, account_spent).await, 10, "a rate limit");
+        assert_eq!(call(429, ServerLimits::default()).await, 9, "overload");
+        assert_eq!(call(503, ServerLimits::default()).await, 8, "overload");
+        assert_eq!(call(500, ServerLimits::default()).await, 8, "no news");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_acquire_stops_counting_as_waiting() {
         let c = Concurrency::adaptive(AdaptiveSettings {
