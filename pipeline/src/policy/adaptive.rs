@@ -34,6 +34,7 @@
 //!   small self-hosted model is likely to queue without harm); below it after an overload, it
 //!   comes back by slow start.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
@@ -47,17 +48,22 @@ mod model;
 pub const DEFAULT_MIN_CONCURRENCY: usize = 4;
 
 const DECREASE_RATIO: f64 = 0.9;
-/// Calm round trips right below the last cut's level before trying it again; doubled each time
-/// the same level is refused again, up to the max (which bounds how long a capacity that rose
-/// goes unnoticed).
-const CALM_ROUNDS_AT_CEILING: u32 = 3;
-const MAX_CALM_ROUNDS_AT_CEILING: u32 = 6;
+/// Before trying the level last refused again: at least this many calm round trips right below
+/// it, and either this many answers since the cut (each try costs about one refused call, so
+/// this bounds their share; doubled each time the same level is refused again, up to the max)
+/// or this long (which bounds how long a capacity that rose goes unnoticed).
+const CALM_ROUNDS_AT_CEILING: u32 = 2;
+const CALM_ANSWERS_AT_CEILING: u64 = 100;
+const MAX_CALM_ANSWERS_AT_CEILING: u64 = 400;
+const MAX_CALM_TIME_AT_CEILING: Duration = Duration::from_secs(10);
 /// A round trip whose answers took this many times what the latency model expects holds growth.
 const SLOW_ROUND_RATIO: f64 = 1.5;
 /// Fewer latency samples in a round trip than this say nothing.
 const MIN_ROUND_SAMPLES: u32 = 3;
 /// Answers the latency model remembers (exponential forgetting).
 const LATENCY_MEMORY: f64 = 200.0;
+/// Raises of the limit remembered, to know the limit a refused call was sent under.
+const RAISES_REMEMBERED: usize = 512;
 
 /// What a finished attempt says about the provider's load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,10 +172,13 @@ struct Controller {
     /// The limit at which overload was last seen.
     ceiling: Option<usize>,
     calm_rounds: u32,
-    calm_needed: u32,
+    answers_since_cut: u64,
+    calm_answers_needed: u64,
     /// Fractions of a slot earned by answers (1 / limit each).
     credit: f64,
     last_cut: Option<Instant>,
+    /// (when, limit before) of recent raises, oldest first.
+    raises: VecDeque<(Instant, usize)>,
     /// The previous round trip was slow: hold growth.
     holding: bool,
     round: Round,
@@ -301,7 +310,7 @@ impl Concurrency {
                 // every slot is taken, this one included): a limit above the demand proves
                 // nothing, and raising it would only overshoot once the demand comes.
                 let bottleneck = self.waiting.load(Relaxed) > 0 || self.in_flight() >= c.limit;
-                c.answered(rtt.as_secs_f64(), output_tokens as f64, bottleneck);
+                c.answered(now, rtt.as_secs_f64(), output_tokens as f64, bottleneck);
             }
             Signal::Neutral => c.finished(),
         }
@@ -338,9 +347,11 @@ impl Controller {
             slow_start: true,
             ceiling: None,
             calm_rounds: 0,
-            calm_needed: CALM_ROUNDS_AT_CEILING,
+            answers_since_cut: 0,
+            calm_answers_needed: CALM_ANSWERS_AT_CEILING,
             credit: 0.0,
             last_cut: None,
+            raises: VecDeque::new(),
             holding: false,
             round: Round {
                 size: settings.initial,
@@ -356,16 +367,22 @@ impl Controller {
         if self.last_cut.is_some_and(|cut| sent < cut) {
             return self.finished();
         }
-        self.calm_needed = if self.ceiling == Some(self.limit) {
-            (self.calm_needed * 2).min(MAX_CALM_ROUNDS_AT_CEILING)
+        // The level refused is the one the call was sent under: in slow start the limit may
+        // have grown since (answers keep coming while the refusal is on its way), and cutting
+        // from there would take several more refusals to get back.
+        let refused = self.limit_when(sent);
+        self.calm_answers_needed = if self.ceiling == Some(refused) {
+            (self.calm_answers_needed * 2).min(MAX_CALM_ANSWERS_AT_CEILING)
         } else {
-            CALM_ROUNDS_AT_CEILING
+            CALM_ANSWERS_AT_CEILING
         };
-        self.ceiling = Some(self.limit);
-        self.limit = ((self.limit as f64 * DECREASE_RATIO).floor() as usize).max(1);
+        self.ceiling = Some(refused);
+        self.limit = ((refused as f64 * DECREASE_RATIO).floor() as usize).max(1);
+        self.raises.clear();
         self.slow_start = false;
         self.credit = 0.0;
         self.calm_rounds = 0;
+        self.answers_since_cut = 0;
         self.last_cut = Some(now);
         self.round = Round {
             size: self.limit,
@@ -374,7 +391,17 @@ impl Controller {
         };
     }
 
-    fn answered(&mut self, rtt: f64, tokens: f64, bottleneck: bool) {
+    /// The limit at `at` (raises since then undone; cuts since then never matter, see
+    /// `overloaded`).
+    fn limit_when(&self, at: Instant) -> usize {
+        self.raises
+            .iter()
+            .find(|(raised, _)| *raised > at)
+            .map_or(self.limit, |&(_, before)| before)
+    }
+
+    fn answered(&mut self, now: Instant, rtt: f64, tokens: f64, bottleneck: bool) {
+        self.answers_since_cut += 1;
         if let Some(expected) = self.latency.expected(tokens) {
             self.round.latency_ratio_sum += rtt / expected;
             self.round.latency_samples += 1;
@@ -382,36 +409,51 @@ impl Controller {
         // Every answer teaches the model, slow ones too: a lasting rise must become the norm.
         self.latency.learn(tokens, rtt);
         if bottleneck && !self.holding {
-            self.grow();
+            self.grow(now);
         }
         self.finished();
     }
 
-    fn grow(&mut self) {
+    /// Calm enough right below the level last refused to try it again.
+    fn calm_at_ceiling(&self, now: Instant) -> bool {
+        let waited = self
+            .last_cut
+            .is_none_or(|cut| now.saturating_duration_since(cut) >= MAX_CALM_TIME_AT_CEILING);
+        self.calm_rounds >= CALM_ROUNDS_AT_CEILING
+            && (self.answers_since_cut >= self.calm_answers_needed || waited)
+    }
+
+    fn grow(&mut self, now: Instant) {
         let max = self.settings.max;
         if self.limit >= max {
             return;
         }
         if self.slow_start || self.limit < self.settings.min {
-            self.limit += 1;
-            self.round.grew = true;
-            return;
+            return self.raise(now);
         }
         self.credit += 1.0 / self.limit as f64;
         // (The epsilon: `limit` answers of 1/limit each must add up to a whole slot.)
         while self.credit >= 1.0 - 1e-9 && self.limit < max {
             if let Some(ceiling) = self.ceiling
                 && self.limit + 1 >= ceiling
-                && self.calm_rounds < self.calm_needed
+                && !self.calm_at_ceiling(now)
             {
-                // Right below the level last refused: wait for calm round trips first.
+                // Right below the level last refused: wait for calm first.
                 self.credit = 0.0;
                 return;
             }
             self.credit -= 1.0;
-            self.limit += 1;
-            self.round.grew = true;
+            self.raise(now);
         }
+    }
+
+    fn raise(&mut self, now: Instant) {
+        if self.raises.len() == RAISES_REMEMBERED {
+            self.raises.pop_front();
+        }
+        self.raises.push_back((now, self.limit));
+        self.limit += 1;
+        self.round.grew = true;
     }
 
     /// Counts a finished attempt into the round trip; closes it once `limit` have finished.
@@ -436,11 +478,11 @@ impl Controller {
             // A whole round trip at the last refused level without a refusal: the capacity
             // rose. Find the new one as at the start (refusals come back fast, and growth is
             // one slot per answer, so an overshoot is seen at its first call).
-            Some(ceiling) if self.limit >= ceiling => {
+            Some(ceiling) if round.size >= ceiling => {
                 self.ceiling = None;
                 self.slow_start = true;
             }
-            Some(ceiling) if self.limit + 1 >= ceiling => self.calm_rounds += 1,
+            Some(ceiling) if round.size + 1 >= ceiling => self.calm_rounds += 1,
             _ => {}
         }
     }
@@ -518,6 +560,24 @@ mod tests {
         assert_eq!(c.limit(), 1);
     }
 
+    /// In slow start the limit keeps growing while a refusal is on its way: the cut starts
+    /// from the level the refused call was sent under.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_cuts_from_the_limit_its_call_was_sent_under() {
+        let c = Concurrency::adaptive(AdaptiveSettings {
+            min: 1,
+            initial: 10,
+            max: 100,
+        });
+        let refused_sent = Instant::now();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let rtt = Duration::from_millis(50);
+        full_round(&c, rtt, |_| answered(10)).await;
+        assert_eq!(c.limit(), 20);
+        c.record(refused_sent.elapsed(), Signal::BackPressure);
+        assert_eq!(c.limit(), 9, "0.9 x 10, not 0.9 x 20");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn does_not_grow_when_the_limit_is_not_the_bottleneck() {
         let c = Concurrency::adaptive(AdaptiveSettings::up_to(100));
@@ -539,7 +599,7 @@ mod tests {
     ) {
         let left = c.round.size - c.round.finished;
         for i in 0..left {
-            c.answered(rtt(i), tokens(i), true);
+            c.answered(Instant::now(), rtt(i), tokens(i), true);
         }
     }
 
@@ -616,57 +676,73 @@ mod tests {
             max: 1000,
         });
         let rtt = Duration::from_millis(100);
-        tokio::time::advance(rtt).await;
-        c.record(Duration::from_millis(5), Signal::BackPressure);
+        let refuse = async || {
+            tokio::time::advance(rtt).await;
+            c.record(Duration::from_millis(5), Signal::BackPressure);
+        };
+        // Round trips spent at 10, one below the refused 11, before trying 11 again.
+        let rounds_at_10 = async || {
+            let mut rounds = 0;
+            while c.limit() == 10 {
+                full_round(&c, rtt, |_| answered(10)).await;
+                rounds += 1;
+                assert!(rounds < 100);
+            }
+            rounds
+        };
+        refuse().await;
         assert_eq!(c.limit(), 9);
         full_round(&c, rtt, |_| answered(10)).await;
         assert_eq!(c.limit(), 10);
-        // At 10, one below the refused 11: three calm round trips first.
-        for _ in 0..3 {
-            full_round(&c, rtt, |_| answered(10)).await;
-            assert_eq!(c.limit(), 10);
-        }
-        full_round(&c, rtt, |_| answered(10)).await;
+        // 100 answers since the cut: 9 at 9, then 10 per round trip.
+        assert_eq!(rounds_at_10().await, 10);
         assert_eq!(c.limit(), 11);
-        // 11 passes a whole round trip this time: the capacity rose; slow start again instead
-        // of +1 per round trip (which would give 16).
+        // Refused at 11 again: twice as many answers before the next try.
+        refuse().await;
+        full_round(&c, rtt, |_| answered(10)).await;
+        assert_eq!(rounds_at_10().await, 20);
+        // 11 passes a whole round trip this time: the capacity rose; slow start again
+        // (doubling per round trip) instead of +1 per round trip.
+        full_round(&c, rtt, |_| answered(10)).await;
         let mut limits = Vec::new();
-        for _ in 0..5 {
+        for _ in 0..3 {
             full_round(&c, rtt, |_| answered(10)).await;
             limits.push(c.limit());
         }
-        assert!(limits.windows(2).all(|w| w[1] > w[0]), "{limits:?}");
-        assert!(limits[4] >= 25, "{limits:?}");
+        assert!(
+            limits[0] >= 12 && limits[2] >= 4 * limits[0] - 4,
+            "{limits:?}"
+        );
         // Refused at the new level: back to +1 per round trip.
-        tokio::time::advance(rtt).await;
         let refused_at = c.limit();
-        c.record(Duration::from_millis(5), Signal::BackPressure);
+        refuse().await;
         let cut = c.limit();
         assert_eq!(cut, (refused_at as f64 * 0.9) as usize);
         full_round(&c, rtt, |_| answered(10)).await;
         assert_eq!(c.limit(), cut + 1);
     }
 
+    /// The level last refused is tried again after ~10 s even when answers are few (so a
+    /// capacity that rose is found).
     #[tokio::test(start_paused = true)]
-    async fn shrinking_retires_permits_that_are_out() {
+    async fn slow_answers_try_the_refused_level_again_within_seconds() {
         let c = Concurrency::adaptive(AdaptiveSettings {
-            min: 1,
-            initial: 10,
-            max: 100,
+            min: 4,
+            initial: 11,
+            max: 1000,
         });
-        let slots: Vec<_> = futures::future::join_all((0..10).map(|_| c.acquire())).await;
-        tokio::time::advance(Duration::from_millis(60)).await;
-        c.record(Duration::from_millis(50), Signal::BackPressure);
-        assert_eq!(c.limit(), 9);
-        drop(slots);
-        // Only 9 can be in flight now.
-        let slots: Vec<_> = futures::future::join_all((0..9).map(|_| c.acquire())).await;
-        assert!(
-            tokio::time::timeout(Duration::from_millis(10), c.acquire())
-                .await
-                .is_err()
-        );
-        drop(slots);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        c.record(Duration::from_millis(5), Signal::BackPressure);
+        // 4 s calls: 10 answers per round trip, far from 100 answers in 10 s.
+        let rtt = Duration::from_secs(4);
+        let mut waited = Duration::ZERO;
+        while c.limit() < 11 {
+            full_round(&c, rtt, |_| answered(10)).await;
+            waited += rtt;
+        }
+        // One round trip to climb to 10, two calm ones there, and 10 s since the cut passed
+        // during the third (instead of 100 answers: 40 s).
+        assert_eq!(waited, Duration::from_secs(16));
     }
 
     /// How `CallPolicy` reads a provider's refusals: a 429 that carries the account's

@@ -468,3 +468,19 @@ async fn latency_swings_without_overload_never_cut() {
         assert!(p.mean_limit >= 64.0, "{p:?}");
     }
 }
+
+/// A small, fast server (8 at once, 40 ms calls): each probe of the level last refused costs a
+/// larger share of the calls than at 40 in flight.
+#[tokio::test(start_paused = true)]
+async fn a_small_fast_server() {
+    let r = run(Scenario {
+        phases: vec![phase(0.0, 1.0, 8)],
+        base_s: 0.04,
+        base_sigma: 0.1,
+        per_token_s: 0.0,
+        seconds: 60.0,
+        ..Scenario::base("capacity 8, 40 ms")
+    })
+    .await;
+    assert_goals(&r, DEFAULT_MIN_CONCURRENCY);
+}
