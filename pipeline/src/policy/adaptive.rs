@@ -60,8 +60,10 @@ const MAX_CALM_TIME_AT_CEILING: Duration = Duration::from_secs(10);
 const SLOW_ROUND_RATIO: f64 = 1.5;
 /// Fewer latency samples in a round trip than this say nothing.
 const MIN_ROUND_SAMPLES: u32 = 3;
-/// Answers the latency model remembers (exponential forgetting).
+/// Answers the latency model remembers (exponential forgetting), and how many it needs before
+/// it says anything.
 const LATENCY_MEMORY: f64 = 200.0;
+const LATENCY_MODEL_MIN_ANSWERS: f64 = 20.0;
 /// Raises of the limit remembered, to know the limit a refused call was sent under.
 const RAISES_REMEMBERED: usize = 512;
 
@@ -122,9 +124,9 @@ struct LatencyModel {
 }
 
 impl LatencyModel {
-    /// Expected seconds for an answer of `tokens` (None until a few answers were seen).
+    /// Expected seconds for an answer of `tokens` (None until enough answers were seen).
     fn expected(&self, tokens: f64) -> Option<f64> {
-        if self.weight < f64::from(MIN_ROUND_SAMPLES) {
+        if self.weight < LATENCY_MODEL_MIN_ANSWERS {
             return None;
         }
         let mean_x = self.sum_x / self.weight;
@@ -653,13 +655,14 @@ mod tests {
         let rtt = |tokens: f64, i: usize| (0.3 + 0.02 * tokens) * (0.95 + 0.01 * (i % 11) as f64);
         for r in 0..40 {
             // One round trip 1 long answer in 10, the next 9 in 10.
-            let long_every = if r % 2 == 0 { 10 } else { 1 };
+            let mostly_long = r % 2 == 1;
             let tokens = move |i: usize| {
-                if i % 10 == 0 || (long_every == 1 && i % 10 != 5) {
-                    1000.0
+                let long = if mostly_long {
+                    i % 10 != 5
                 } else {
-                    10.0
-                }
+                    i % 10 == 5
+                };
+                if long { 1000.0 } else { 10.0 }
             };
             let start = c.limit;
             controller_round(&mut c, |i| rtt(tokens(i), i), tokens);
