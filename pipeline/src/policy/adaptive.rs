@@ -6,18 +6,20 @@
 //! where the provider says when it is full and latency mostly says how long the answer was:
 //!
 //! - **Overload is the strong signal**: a 429 that carries no account rate-limit state, a
-//!   503/529, a timeout. It cuts the limit by 10 % at once (the AIMD backoff ratio of Vector's
-//!   ARC and Netflix's `AIMDLimit`), but only when the refused call was sent after the last
-//!   cut: a refusal of a call sent before it says nothing the cut has not already acted on
-//!   (TCP's "one cut per window", made exact because refusals come back fast). So a capacity
-//!   that drops is followed within a few refusals, and one overshoot costs one cut.
+//!   503/529, a timeout. It cuts the limit to 90 % (the AIMD backoff ratio of Vector's ARC and
+//!   Netflix's `AIMDLimit`) of the level the refused call was sent under, at once, but only when
+//!   that call was sent after the last cut: a refusal of a call sent before it says nothing the
+//!   cut has not already acted on (TCP's "one cut per window", made exact because refusals come
+//!   back fast). So a capacity that drops is followed within a few refusals, and one overshoot
+//!   costs one cut.
 //! - **Growth is clocked by answers** (as TCP's window is clocked by ACKs) and happens only
 //!   while the limit is the bottleneck (callers wait for a slot). Slow start: +1 per answer,
 //!   i.e. doubling per round trip, until the first overload; then +1 per round trip. Right
-//!   below the level of the last cut it holds for a few calm round trips before trying that
-//!   level again (longer each time the same level is refused, so a capacity that stays put is
-//!   probed rarely, as BIC/CUBIC linger near their last maximum); a whole round trip at that
-//!   level without a refusal means the capacity rose, and slow start finds the new one.
+//!   below the level of the last cut it waits for calm (two round trips, and 100 answers or
+//!   10 s) before trying that level again (more answers each time the same level is refused,
+//!   so a capacity that stays put costs well under 1 % refused calls, as BIC/CUBIC linger near
+//!   their last maximum); a whole round trip at that level without a refusal means the
+//!   capacity rose, and slow start finds the new one.
 //!   Refusals come back fast and growth is one slot per answer, so an overshoot costs about one
 //!   refused call.
 //! - **Latency is a weak signal, normalised**: an LLM call's latency is mostly its output length
@@ -30,9 +32,9 @@
 //!   get slower as they fill while their throughput still grows. The model learns from every
 //!   answer, so a lasting rise stops holding growth after a few round trips.
 //! - **A floor**: the limit starts at `initial` (default: the floor) and nothing but overload
-//!   takes it below `min` (default 4, the parallelism of a default Ollama server and the most a
-//!   small self-hosted model is likely to queue without harm); below it after an overload, it
-//!   comes back by slow start.
+//!   takes it below `min`; below it after an overload, it comes back by slow start. Default 4:
+//!   any hosted API takes that many at once, a default Ollama server runs 4 (and queues the
+//!   rest), and slow start climbs from 4 to 64 in four round trips.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -160,7 +162,6 @@ struct Round {
     size: usize,
     finished: usize,
     overloaded: bool,
-    grew: bool,
     latency_ratio_sum: f64,
     latency_samples: u32,
 }
@@ -455,7 +456,6 @@ impl Controller {
         }
         self.raises.push_back((now, self.limit));
         self.limit += 1;
-        self.round.grew = true;
     }
 
     /// Counts a finished attempt into the round trip; closes it once `limit` have finished.
