@@ -23,7 +23,7 @@ pub mod resources;
 pub mod stats;
 pub mod writes;
 
-pub use adaptive::{Concurrency, Signal};
+pub use adaptive::{AdaptiveSettings, Concurrency, Signal};
 pub use breaker::{Breaker, BreakerSettings, BreakerState};
 pub use budget::{Budget, BudgetSpec};
 pub use cache::{CachedAnswer, ResponseCache, cache_key};
@@ -384,7 +384,9 @@ impl CallPolicy {
             s.in_flight.fetch_sub(1, Relaxed);
             let (failed, timed_out) = match outcome {
                 Ok(Ok(answer)) => {
-                    self.concurrency.record(rtt, Signal::Answered);
+                    let output_tokens = answer.usage.output;
+                    self.concurrency
+                        .record(rtt, Signal::Answered { output_tokens });
                     drop(slot);
                     self.breaker.succeeded(pass);
                     self.limiter.observe(&reservation, &answer.server);
@@ -421,20 +423,27 @@ impl CallPolicy {
                 // A refused request was not counted by the provider.
                 self.limiter.reconcile(&reservation, 0);
                 self.breaker.reachable(pass);
-                self.concurrency.record(rtt, Signal::BackPressure);
+                // With the account's state it is a rate limit (the limiter's business); without
+                // it, the provider is full: overload.
+                let signal = if failed.server.is_empty() {
+                    Signal::BackPressure
+                } else {
+                    Signal::Neutral
+                };
+                self.concurrency.record(rtt, signal);
             } else if overloaded {
                 self.breaker.failed(pass);
                 self.concurrency.record(rtt, Signal::BackPressure);
             } else if failed.error.class == ErrorClass::Retryable {
                 self.breaker.failed(pass);
-                self.concurrency.record(rtt, Signal::Answered);
+                self.concurrency.record(rtt, Signal::Neutral);
             } else if failed.error.class == ErrorClass::Run {
                 self.breaker.halt(&failed.error.message);
                 self.breaker.neutral(pass);
             } else {
                 // The provider is fine; this request is not.
                 self.breaker.reachable(pass);
-                self.concurrency.record(rtt, Signal::Answered);
+                self.concurrency.record(rtt, Signal::Neutral);
             }
             // Given back only now, after the controller has seen the outcome (see `record`),
             // and before any backoff sleep.
