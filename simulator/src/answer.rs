@@ -5,9 +5,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::config::{SimConfig, WrongJsonKind};
-use crate::content::{
-    count_tokens, extraction_json, extraction_schema, long_text, sentence, truncate_counted,
-};
+use crate::content::{Encoding, extraction_json, extraction_schema, long_text, sentence};
 use crate::mistakes;
 use crate::request::{Mode, Turn};
 use crate::schema::{Extraction, generate};
@@ -78,7 +76,7 @@ pub fn answer(
             text: REFUSAL.to_string(),
             refusal: true,
             cut: false,
-            tokens: count_tokens(REFUSAL),
+            tokens: ask.turn.enc.count(REFUSAL),
             mistake: None,
         };
     }
@@ -101,14 +99,14 @@ fn text_answer(ask: &Ask<'_>) -> Answer {
             let fraction = len.min_fraction + u * (len.max_fraction - len.min_fraction);
             let n = ((fraction * ask.length_cap as f64).round() as u64).clamp(1, ask.length_cap);
             Answer {
-                text: long_text(&turn.hash, n),
+                text: long_text(turn.enc, &turn.hash, n),
                 refusal: false,
                 cut: ask.max_tokens.is_some_and(|m| n >= m),
                 tokens: n,
                 mistake: None,
             }
         }
-        None => finish(sentence(&turn.hash), false, ask.max_tokens, None),
+        None => finish(turn.enc, sentence(&turn.hash), false, ask.max_tokens, None),
     }
 }
 
@@ -152,16 +150,29 @@ fn json_answer(
                 rules,
                 ask.draws.bits("wrong json place"),
                 ask.length_cap,
+                turn.enc,
             );
-            finish(wrong.text, wrong.cut, ask.max_tokens, Some(wrong.kind))
+            finish(
+                turn.enc,
+                wrong.text,
+                wrong.cut,
+                ask.max_tokens,
+                Some(wrong.kind),
+            )
         }
-        None => finish(value.to_string(), false, ask.max_tokens, None),
+        None => finish(turn.enc, value.to_string(), false, ask.max_tokens, None),
     }
 }
 
 /// Cuts `text` to `max` tokens when it is longer.
-fn finish(text: String, cut: bool, max: Option<u64>, mistake: Option<WrongJsonKind>) -> Answer {
-    let (text, cut_now, tokens) = truncate_counted(text, max.unwrap_or(u64::MAX));
+fn finish(
+    enc: Encoding,
+    text: String,
+    cut: bool,
+    max: Option<u64>,
+    mistake: Option<WrongJsonKind>,
+) -> Answer {
+    let (text, cut_now, tokens) = enc.truncate_counted(text, max.unwrap_or(u64::MAX));
     Answer {
         text,
         refusal: false,

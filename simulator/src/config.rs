@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::content::Encoding;
+
 /// Full configuration of one simulator instance.
 ///
 /// Every field has a default (see [`SimConfig::default`]), so a JSON config
@@ -87,6 +89,45 @@ pub struct SimConfig {
     pub repeat_mistake: f64,
     /// OpenAI automatic prompt caching for prompts of 1024 tokens or more.
     pub openai_prompt_cache: bool,
+    /// Encoding of OpenAI chat token counts (prompt, answer, limits).
+    pub tokenizer: Tokenizer,
+}
+
+/// Which encoding OpenAI chat requests are counted in.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Tokenizer {
+    /// cl100k_base for every model.
+    #[default]
+    Cl100kBase,
+    /// o200k_base for every model.
+    O200kBase,
+    /// The model's own encoding, as OpenAI counts it: o200k_base for the
+    /// gpt-4o, gpt-4.1, gpt-4.5, gpt-5 and o-series families, cl100k_base
+    /// for the others.
+    ByModel,
+}
+
+impl Tokenizer {
+    pub fn encoding_for(self, model: &str) -> Encoding {
+        match self {
+            Tokenizer::Cl100kBase => Encoding::Cl100kBase,
+            Tokenizer::O200kBase => Encoding::O200kBase,
+            Tokenizer::ByModel => {
+                let mut c = model.chars();
+                let o_series =
+                    c.next() == Some('o') && c.next().is_some_and(|d| d.is_ascii_digit());
+                let o200k = ["gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5"]
+                    .iter()
+                    .any(|p| model.starts_with(p));
+                if o_series || o200k {
+                    Encoding::O200kBase
+                } else {
+                    Encoding::Cl100kBase
+                }
+            }
+        }
+    }
 }
 
 /// Answer length drawn uniformly in `[min_fraction, max_fraction] * max_tokens`.
@@ -214,6 +255,7 @@ impl Default for SimConfig {
             wrong_json_kinds: WrongJsonKind::ALL.to_vec(),
             repeat_mistake: 0.0,
             openai_prompt_cache: true,
+            tokenizer: Tokenizer::Cl100kBase,
         }
     }
 }
@@ -377,6 +419,34 @@ mod tests {
         let back: SimConfig =
             serde_json::from_value(serde_json::to_value(&cfg).expect("ser")).expect("de");
         assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn tokenizer_by_model_follows_openais_families() {
+        let t = Tokenizer::ByModel;
+        for m in [
+            "gpt-4o-mini",
+            "gpt-4.1",
+            "gpt-5-nano",
+            "o3-mini",
+            "o1",
+            "chatgpt-4o-latest",
+        ] {
+            assert_eq!(t.encoding_for(m), Encoding::O200kBase, "{m}");
+        }
+        for m in [
+            "gpt-4",
+            "gpt-4-turbo",
+            "gpt-3.5-turbo",
+            "text-embedding-3-small",
+            "local",
+        ] {
+            assert_eq!(t.encoding_for(m), Encoding::Cl100kBase, "{m}");
+        }
+        assert_eq!(
+            Tokenizer::Cl100kBase.encoding_for("gpt-4o"),
+            Encoding::Cl100kBase
+        );
     }
 
     #[test]

@@ -1,45 +1,77 @@
 //! Deterministic content: token counting, extraction JSON, sentences, embeddings.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tiktoken_rs::cl100k_base_singleton;
+use tiktoken_rs::{CoreBPE, cl100k_base_singleton, o200k_base_singleton};
+
+/// A tiktoken encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// GPT-4, GPT-3.5, the embedding models.
+    #[default]
+    Cl100kBase,
+    /// GPT-4o, GPT-4.1, GPT-5, the o-series.
+    O200kBase,
+}
+
+impl Encoding {
+    fn bpe(self) -> &'static CoreBPE {
+        match self {
+            Encoding::Cl100kBase => cl100k_base_singleton(),
+            Encoding::O200kBase => o200k_base_singleton(),
+        }
+    }
+
+    /// The token ids of `text` (special tokens treated as text).
+    pub fn encode(self, text: &str) -> Vec<u32> {
+        self.bpe().encode_ordinary(text)
+    }
+
+    /// Number of tokens in `text` (special tokens treated as text).
+    pub fn count(self, text: &str) -> u64 {
+        self.encode(text).len() as u64
+    }
+
+    /// Cuts `text` to at most `max` tokens. Returns the (possibly shortened)
+    /// text and whether it was cut.
+    pub fn truncate(self, text: &str, max: u64) -> (String, bool) {
+        let bpe = self.bpe();
+        let toks = bpe.encode_ordinary(text);
+        if toks.len() as u64 <= max {
+            return (text.to_string(), false);
+        }
+        let n = usize::try_from(max).unwrap_or(usize::MAX).min(toks.len());
+        let bytes = bpe.decode_bytes(&toks[..n]).unwrap_or_default();
+        let s = match std::str::from_utf8(&bytes) {
+            Ok(s) => s.to_string(),
+            Err(e) => String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned(),
+        };
+        (s, true)
+    }
+
+    /// Like [`Encoding::truncate`], also returning the token count of the
+    /// result (one encoding when nothing is cut).
+    pub fn truncate_counted(self, text: String, max: u64) -> (String, bool, u64) {
+        let n = self.count(&text);
+        if n <= max {
+            return (text, false, n);
+        }
+        let (cut, _) = self.truncate(&text, max);
+        let n = self.count(&cut);
+        (cut, true, n)
+    }
+}
 
 /// Number of cl100k_base tokens in `text` (special tokens treated as text).
 pub fn count_tokens(text: &str) -> u64 {
-    cl100k_base_singleton().encode_ordinary(text).len() as u64
-}
-
-/// The cl100k_base token ids of `text` (special tokens treated as text).
-pub fn encode(text: &str) -> Vec<u32> {
-    cl100k_base_singleton().encode_ordinary(text)
-}
-
-/// Like [`truncate_to_tokens`], also returning the token count of the result.
-pub fn truncate_counted(text: String, max: u64) -> (String, bool, u64) {
-    let bpe = cl100k_base_singleton();
-    let n = bpe.encode_ordinary(&text).len() as u64;
-    if n <= max {
-        return (text, false, n);
-    }
-    let (cut, _) = truncate_to_tokens(&text, max);
-    let n = count_tokens(&cut);
-    (cut, true, n)
+    Encoding::Cl100kBase.count(text)
 }
 
 /// Cuts `text` to at most `max` cl100k tokens. Returns the (possibly
 /// shortened) text and whether it was cut.
 pub fn truncate_to_tokens(text: &str, max: u64) -> (String, bool) {
-    let bpe = cl100k_base_singleton();
-    let toks = bpe.encode_ordinary(text);
-    if toks.len() as u64 <= max {
-        return (text.to_string(), false);
-    }
-    let n = usize::try_from(max).unwrap_or(usize::MAX).min(toks.len());
-    let bytes = bpe.decode_bytes(&toks[..n]).unwrap_or_default();
-    let s = match std::str::from_utf8(&bytes) {
-        Ok(s) => s.to_string(),
-        Err(e) => String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned(),
-    };
-    (s, true)
+    Encoding::Cl100kBase.truncate(text, max)
 }
 
 const STOPWORDS: &[&str] = &[
@@ -322,20 +354,26 @@ fn follow_up(i: usize) -> String {
 /// answer is assembled without encoding it again. A follow-up starts with a
 /// space and ends with a period, so cl100k's pre-tokenizer never merges
 /// across two of them: the count of a concatenation is the sum.
-fn follow_up_counts() -> &'static [u64; 512] {
-    static COUNTS: std::sync::OnceLock<[u64; 512]> = std::sync::OnceLock::new();
-    COUNTS.get_or_init(|| std::array::from_fn(|i| count_tokens(&follow_up(i))))
+fn follow_up_counts(enc: Encoding) -> &'static [u64; 512] {
+    use std::sync::OnceLock;
+    static CL100K: OnceLock<[u64; 512]> = OnceLock::new();
+    static O200K: OnceLock<[u64; 512]> = OnceLock::new();
+    let cell = match enc {
+        Encoding::Cl100kBase => &CL100K,
+        Encoding::O200kBase => &O200K,
+    };
+    cell.get_or_init(|| std::array::from_fn(|i| enc.count(&follow_up(i))))
 }
 
-/// A deterministic answer of exactly `n` cl100k tokens: the short sentence of
-/// `hash`, then sentences drawn from the hash's XOF, the last one cut to fit.
-pub fn long_text(hash: &blake3::Hash, n: u64) -> String {
+/// A deterministic answer of exactly `n` tokens of `enc`: the short sentence
+/// of `hash`, then sentences drawn from the hash's XOF, the last one cut to fit.
+pub fn long_text(enc: Encoding, hash: &blake3::Hash, n: u64) -> String {
     let first = sentence(hash);
-    let first_count = count_tokens(&first);
+    let first_count = enc.count(&first);
     if n <= first_count {
-        return truncate_to_tokens(&first, n).0;
+        return enc.truncate(&first, n).0;
     }
-    let counts = follow_up_counts();
+    let counts = follow_up_counts(enc);
     let mut xof = blake3::Hasher::new_derive_key("pipe-sim long answer")
         .update(hash.as_bytes())
         .finalize_xof();
@@ -350,7 +388,7 @@ pub fn long_text(hash: &blake3::Hash, n: u64) -> String {
             out.push_str(&follow_up(i));
             have += c;
         } else {
-            out.push_str(&truncate_to_tokens(&follow_up(i), n - have).0);
+            out.push_str(&enc.truncate(&follow_up(i), n - have).0);
             have = n;
         }
     }
@@ -434,19 +472,25 @@ mod tests {
 
     #[test]
     fn long_text_has_exactly_the_requested_tokens() {
-        for seed in 0..40u32 {
-            let hash = blake3::hash(&seed.to_le_bytes());
-            for n in [1, 5, 13, 14, 50, 97, 300, 1000] {
-                let text = long_text(&hash, n);
-                assert_eq!(count_tokens(&text), n, "seed {seed} n {n}: {text:?}");
+        for enc in [Encoding::Cl100kBase, Encoding::O200kBase] {
+            for seed in 0..40u32 {
+                let hash = blake3::hash(&seed.to_le_bytes());
+                for n in [1, 5, 13, 14, 50, 97, 300, 1000] {
+                    let text = long_text(enc, &hash, n);
+                    assert_eq!(enc.count(&text), n, "{enc:?} seed {seed} n {n}: {text:?}");
+                }
             }
         }
-        let a = long_text(&blake3::hash(b"x"), 200);
-        assert_eq!(a, long_text(&blake3::hash(b"x"), 200));
-        assert!(
-            a.ends_with('.')
-                || a.ends_with(' ')
-                || a.chars().last().is_some_and(char::is_alphabetic)
+        let a = long_text(Encoding::Cl100kBase, &blake3::hash(b"x"), 200);
+        assert_eq!(a, long_text(Encoding::Cl100kBase, &blake3::hash(b"x"), 200));
+    }
+
+    #[test]
+    fn encodings_differ() {
+        let text = "Houston, we have had a problem with the oxygen tank. ".repeat(5);
+        assert_ne!(
+            Encoding::Cl100kBase.encode(&text),
+            Encoding::O200kBase.encode(&text)
         );
     }
 

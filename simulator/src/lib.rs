@@ -17,8 +17,10 @@ mod state;
 
 use std::net::SocketAddr;
 
-pub use config::{AnswerLength, LatencyDrift, Phase, SimConfig, TokenCounting, WrongJsonKind};
-pub use content::count_tokens;
+pub use config::{
+    AnswerLength, LatencyDrift, Phase, SimConfig, TokenCounting, Tokenizer, WrongJsonKind,
+};
+pub use content::{Encoding, count_tokens};
 
 /// Serves the simulator on `listener` until the task is dropped or an I/O
 /// error occurs.

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use crate::config::WrongJsonKind;
-use crate::content::{count_tokens, truncate_to_tokens};
+use crate::content::Encoding;
 use crate::schema::{Kind, kind, resolve};
 
 /// One step from a value to a child.
@@ -134,6 +134,7 @@ pub fn make(
     schema: &Value,
     salt: u64,
     cap_tokens: u64,
+    enc: Encoding,
 ) -> WrongAnswer {
     let mut kind_made = kind_wanted;
     if kind_made == WrongJsonKind::MissingField {
@@ -168,7 +169,7 @@ pub fn make(
             kind: kind_made,
         },
         WrongJsonKind::Truncated => WrongAnswer {
-            text: runaway(value, cap_tokens),
+            text: runaway(value, cap_tokens, enc),
             cut: true,
             kind: kind_made,
         },
@@ -184,11 +185,11 @@ pub fn make(
 /// array grows until the text passes `cap` tokens, then it is cut at `cap`
 /// (so the JSON is never complete). Without any non-empty array, the text is
 /// cut in the middle.
-fn runaway(mut value: Value, cap: u64) -> String {
+fn runaway(mut value: Value, cap: u64, enc: Encoding) -> String {
     let mut text = value.to_string();
     for _ in 0..24 {
-        if count_tokens(&text) > cap {
-            return truncate_to_tokens(&text, cap).0;
+        if enc.count(&text) > cap {
+            return enc.truncate(&text, cap).0;
         }
         let Some(path) = largest_array(&value) else {
             break;
@@ -199,8 +200,8 @@ fn runaway(mut value: Value, cap: u64) -> String {
         }
         text = value.to_string();
     }
-    let tokens = count_tokens(&text);
-    truncate_to_tokens(&text, (tokens / 2).max(1)).0
+    let tokens = enc.count(&text);
+    enc.truncate(&text, (tokens / 2).max(1)).0
 }
 
 fn largest_array(v: &Value) -> Option<Vec<Step>> {
@@ -296,7 +297,7 @@ mod tests {
         let validator = jsonschema::validator_for(&schema).expect("schema");
         for salt in 0..20 {
             for k in WrongJsonKind::ALL {
-                let wrong = make(k, answer(), &schema, salt, 12);
+                let wrong = make(k, answer(), &schema, salt, 12, Encoding::Cl100kBase);
                 assert_eq!(wrong.kind, k);
                 let seen = classify(&wrong.text, |v| check(&validator, v));
                 assert_eq!(seen, Some(k), "{k:?} salt {salt}: {}", wrong.text);
@@ -310,8 +311,15 @@ mod tests {
 
     #[test]
     fn truncated_fills_the_limit_exactly() {
-        let wrong = make(WrongJsonKind::Truncated, answer(), &schema(), 1, 200);
-        assert_eq!(count_tokens(&wrong.text), 200);
+        let wrong = make(
+            WrongJsonKind::Truncated,
+            answer(),
+            &schema(),
+            1,
+            200,
+            Encoding::Cl100kBase,
+        );
+        assert_eq!(Encoding::Cl100kBase.count(&wrong.text), 200);
         assert!(wrong.cut);
         assert!(serde_json::from_str::<Value>(&wrong.text).is_err());
     }
@@ -319,7 +327,14 @@ mod tests {
     #[test]
     fn a_kind_the_value_cannot_show_falls_back() {
         let open = json!({"type": "object"});
-        let wrong = make(WrongJsonKind::MissingField, json!({"a": 1}), &open, 0, 50);
+        let wrong = make(
+            WrongJsonKind::MissingField,
+            json!({"a": 1}),
+            &open,
+            0,
+            50,
+            Encoding::Cl100kBase,
+        );
         assert_eq!(wrong.kind, WrongJsonKind::Prose);
     }
 }

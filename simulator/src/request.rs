@@ -3,7 +3,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::config::{SimConfig, TokenCounting};
-use crate::content::{count_tokens, encode};
+use crate::content::{Encoding, count_tokens};
 use crate::error::ApiError;
 use crate::schema::schema_in_text;
 
@@ -36,6 +36,8 @@ pub struct Turn {
     /// On a repair turn (an assistant message followed by a user message):
     /// the text of that assistant message.
     pub previous_answer: Option<String>,
+    /// The encoding the answer is counted in.
+    pub enc: Encoding,
 }
 
 /// A parsed, validated request.
@@ -333,6 +335,7 @@ pub fn prepare_chat(obj: &Map<String, Value>, cfg: &SimConfig) -> Result<Prepare
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::bad_request("'messages' must be a non-empty array"))?;
     check_reasoning_params(&model, obj)?;
+    let enc = cfg.tokenizer.encoding_for(&model);
     let mut tokens: Vec<u32> = Vec::new();
     let mut prompt_chars = 0u64;
     let mut last_user = String::new();
@@ -355,13 +358,13 @@ pub fn prepare_chat(obj: &Map<String, Value>, cfg: &SimConfig) -> Result<Prepare
         prompt_chars += text.chars().count() as u64;
         // 3 + tokens(role) + tokens(content) per message, like OpenAI's count.
         tokens.push(IM_START);
-        tokens.extend(encode(role));
+        tokens.extend(enc.encode(role));
         tokens.push(IM_SEP);
-        tokens.extend(encode(text));
+        tokens.extend(enc.encode(text));
         tokens.push(IM_END);
         if let Some(name) = m.get("name").and_then(Value::as_str) {
             tokens.push(NAME_SEP);
-            tokens.extend(encode(name));
+            tokens.extend(enc.encode(name));
         }
         match role {
             "user" => {
@@ -409,6 +412,7 @@ pub fn prepare_chat(obj: &Map<String, Value>, cfg: &SimConfig) -> Result<Prepare
                 None => last_user,
             },
             previous_answer,
+            enc,
         },
         max_tokens,
         prompt_tokens,
@@ -598,6 +602,8 @@ pub fn prepare_messages(obj: &Map<String, Value>) -> Result<Prepared, ApiError> 
                 None => last_user,
             },
             previous_answer,
+            // Claude's tokenizer is not public: cl100k stands in.
+            enc: Encoding::Cl100kBase,
         },
         max_tokens,
         input_total,

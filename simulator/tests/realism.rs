@@ -7,7 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Sim, header, join_all, simple_chat, start, tokens};
-use pipe_simulator::{AnswerLength, LatencyDrift, Phase, SimConfig, TokenCounting};
+use pipe_simulator::{
+    AnswerLength, Encoding, LatencyDrift, Phase, SimConfig, TokenCounting, Tokenizer,
+};
 use serde_json::{Value, json};
 
 fn chat_task(
@@ -614,4 +616,35 @@ async fn in_flight_timeline_covers_every_second_of_a_long_call() {
     for second in 0..=2 {
         assert_eq!(at(second), Some(5), "second {second}: {timeline:?}");
     }
+}
+
+#[tokio::test]
+async fn tokenizer_by_model_counts_in_the_models_own_encoding() {
+    let sim = start(SimConfig {
+        tokenizer: Tokenizer::ByModel,
+        answer_length: Some(AnswerLength {
+            min_fraction: 0.5,
+            max_fraction: 0.5,
+        }),
+        ..SimConfig::default()
+    })
+    .await;
+    let text = "Houston, we've had a problem. We've had a MAIN B BUS UNDERVOLT. ".repeat(6);
+    let prompt = |enc: Encoding| 3 + 3 + enc.count("user") + enc.count(&text);
+    for (model, enc) in [
+        ("gpt-4o-mini", Encoding::O200kBase),
+        ("gpt-4", Encoding::Cl100kBase),
+    ] {
+        let body = json!({"model": model, "max_tokens": 100,
+            "messages": [{"role": "user", "content": text}]});
+        let (v, _) = timed_chat(&sim, &body).await;
+        assert_eq!(v["usage"]["prompt_tokens"], prompt(enc), "{model}");
+        assert_eq!(v["usage"]["completion_tokens"], 50);
+        assert_eq!(enc.count(common::content(&v)), 50, "{model}");
+    }
+    assert_ne!(
+        prompt(Encoding::O200kBase),
+        prompt(Encoding::Cl100kBase),
+        "the test text must tell the encodings apart"
+    );
 }
