@@ -8,7 +8,7 @@ use crate::config::{SimConfig, WrongJsonKind};
 use crate::content::{Encoding, extraction_json, extraction_schema, long_text, sentence};
 use crate::mistakes;
 use crate::request::{Mode, Turn};
-use crate::schema::{Extraction, generate};
+use crate::schema::{Extraction, generate, without_schema};
 
 /// What a model says when it refuses.
 pub const REFUSAL: &str = "I'm sorry, but I can't help with that.";
@@ -117,7 +117,7 @@ fn json_answer(
 ) -> Answer {
     let cfg = ask.cfg;
     let turn = ask.turn;
-    let ex = Extraction::of(&turn.source);
+    let ex = Extraction::of(&without_schema(&turn.source));
     let value = match schema {
         Some(s) => generate(s, &ex),
         None => extraction_json(&ex.doc),

@@ -569,10 +569,18 @@ pub fn prepare_messages(obj: &Map<String, Value>) -> Result<Prepared, ApiError> 
         ));
     }
     let system_text: String = blocks[..n_system].iter().map(|b| b.text.as_str()).collect();
-    let schema = schema_in_text(&system_text).or_else(|| schema_in_text(&last_user));
+    let source = match (&previous_answer, answered_user) {
+        (Some(_), Some(original)) => original,
+        _ => last_user.clone(),
+    };
+    // On a repair turn the schema may sit in the original request.
+    let schema = schema_in_text(&system_text)
+        .or_else(|| schema_in_text(&last_user))
+        .or_else(|| schema_in_text(&source));
     let wants_json = schema.is_some()
         || system_text.to_lowercase().contains("json")
-        || last_user.to_lowercase().contains("json");
+        || last_user.to_lowercase().contains("json")
+        || source.to_lowercase().contains("json");
     let mode = if wants_json {
         Mode::Json { schema }
     } else {
@@ -597,10 +605,7 @@ pub fn prepare_messages(obj: &Map<String, Value>) -> Result<Prepared, ApiError> 
         turn: Turn {
             hash: blake3::hash(canon.as_bytes()),
             mode,
-            source: match previous_answer {
-                Some(_) => answered_user.unwrap_or(last_user),
-                None => last_user,
-            },
+            source,
             previous_answer,
             // Claude's tokenizer is not public: cl100k stands in.
             enc: Encoding::Cl100kBase,

@@ -97,22 +97,45 @@ impl Extraction {
     }
 }
 
-/// A JSON Schema written into a prompt after the words "valid against this
-/// JSON Schema:" (any case), optionally inside a Markdown fence.
-pub fn schema_in_text(text: &str) -> Option<Value> {
+/// Where a schema sits in a prompt: the byte range from the start of the
+/// line holding the marker to the end of the schema (and its closing fence).
+fn schema_span(text: &str) -> Option<(usize, usize, Value)> {
     const MARK: &str = "valid against this json schema:";
     // ASCII lowercasing keeps byte offsets.
     let at = text.to_ascii_lowercase().find(MARK)?;
-    let rest = text[at + MARK.len()..].trim_start();
-    let rest = rest
+    let after_mark = &text[at + MARK.len()..];
+    let rest = after_mark.trim_start();
+    let fenced = rest
         .strip_prefix("```json")
-        .or_else(|| rest.strip_prefix("```"))
-        .unwrap_or(rest);
-    serde_json::Deserializer::from_str(rest)
-        .into_iter::<Value>()
-        .next()?
-        .ok()
-        .filter(Value::is_object)
+        .or_else(|| rest.strip_prefix("```"));
+    let json_text = fenced.unwrap_or(rest);
+    let json_start = text.len() - json_text.len();
+    let mut values = serde_json::Deserializer::from_str(json_text).into_iter::<Value>();
+    let value = values.next()?.ok().filter(Value::is_object)?;
+    let mut end = json_start + values.byte_offset();
+    if fenced.is_some() {
+        let tail = &text[end..];
+        if let Some(close) = tail.trim_start().strip_prefix("```") {
+            end = text.len() - close.len();
+        }
+    }
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    Some((line_start, end, value))
+}
+
+/// A JSON Schema written into a prompt after the words "valid against this
+/// JSON Schema:" (any case), optionally inside a Markdown fence.
+pub fn schema_in_text(text: &str) -> Option<Value> {
+    schema_span(text).map(|(_, _, v)| v)
+}
+
+/// `text` without the instruction line that carries a schema (the model
+/// does not extract entities from the schema itself).
+pub fn without_schema(text: &str) -> Cow<'_, str> {
+    match schema_span(text) {
+        Some((start, end, _)) => Cow::Owned(format!("{}{}", &text[..start], &text[end..])),
+        None => Cow::Borrowed(text),
+    }
 }
 
 fn first_u64(h: blake3::Hash) -> u64 {
@@ -768,6 +791,9 @@ mod tests {
             Some(json!({"type": "object", "properties": {}}))
         );
         assert_eq!(schema_in_text("no schema here"), None);
+        assert_eq!(without_schema(t), "\nThanks.");
+        let inline = "CDR: Houston.\nAnswer with JSON valid against this JSON Schema: {\"type\":\"object\"} ok";
+        assert_eq!(without_schema(inline), "CDR: Houston.\n ok");
     }
 
     #[test]

@@ -417,3 +417,60 @@ async fn a_repair_turn_can_repeat_the_same_mistake() {
         assert_eq!(fixed, clean);
     }
 }
+
+#[tokio::test]
+async fn anthropic_mistakes_repairs_and_truncation() {
+    let sim = start(SimConfig::default()).await;
+    let schema = kg_schema();
+    let ask = format!("{APOLLO}\n\nAnswer with JSON valid against this JSON Schema: {schema}");
+    let first = json!({"model": "claude-haiku-4-5", "max_tokens": 1500,
+        "messages": [{"role": "user", "content": ask}]});
+    let text = |v: &Value| v["content"][0]["text"].as_str().unwrap_or("").to_string();
+    let send = |body: Value| {
+        let sim = sim.clone();
+        async move {
+            let r = sim.messages("k", &body).await;
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.expect("json")
+        }
+    };
+    sim.configure(&SimConfig {
+        fault_wrong_json: 1.0,
+        wrong_json_kinds: vec![WrongJsonKind::Truncated],
+        ..SimConfig::default()
+    })
+    .await;
+    let v = send(first.clone()).await;
+    assert_eq!(v["stop_reason"], "max_tokens");
+    assert_eq!(v["usage"]["output_tokens"], 1500);
+    let bad = text(&v);
+    assert!(serde_json::from_str::<Value>(&bad).is_err());
+
+    // The repair turn (schema only in the original request) repeats the cut-off answer.
+    let mut repair = first.clone();
+    if let Some(msgs) = repair["messages"].as_array_mut() {
+        msgs.push(json!({"role": "assistant", "content": bad}));
+        msgs.push(
+            json!({"role": "user", "content": "Your answer was cut off. Answer again, shorter."}),
+        );
+    }
+    sim.configure(&SimConfig {
+        repeat_mistake: 1.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let v = send(repair.clone()).await;
+    assert_eq!(v["stop_reason"], "max_tokens");
+    // Without repeats the repair answers the original text, against the schema.
+    sim.configure(&SimConfig::default()).await;
+    let v = send(repair).await;
+    assert_eq!(v["stop_reason"], "end_turn");
+    let fixed: Value = serde_json::from_str(&text(&v)).expect("valid JSON");
+    assert!(errors(&schema, &fixed).is_empty(), "{fixed}");
+    assert_eq!(entity_types(&fixed)[0], ("CDR".into(), "Person".into()));
+    // The schema's own words are instructions, not content.
+    let names: Vec<String> = entity_types(&fixed).into_iter().map(|(n, _)| n).collect();
+    for word in ["Answer", "JSON", "Person", "Spacecraft"] {
+        assert!(!names.iter().any(|n| n.contains(word)), "{names:?}");
+    }
+}
