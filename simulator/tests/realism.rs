@@ -360,8 +360,16 @@ async fn context_window_refuses_like_each_vendor() {
             .as_str()
             .is_some_and(|m| m.starts_with("input length and `max_tokens` exceed context limit"))
     );
+    let m =
+        json!({"model": "c", "max_tokens": 10, "messages": [{"role": "user", "content": long}]});
+    let v: Value = sim.messages("k", &m).await.json().await.expect("json");
+    assert_eq!(
+        v["error"]["message"],
+        format!("prompt is too long: {} tokens > 100 maximum", tokens(&long))
+    );
     let stats = sim.stats().await;
     assert_eq!(stats["by_error_code"]["context_length_exceeded"], 2);
+    assert_eq!(stats["by_error_code"]["invalid_request_error"], 2);
     assert_eq!(stats["billed"]["requests"], 1);
 }
 
