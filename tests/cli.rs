@@ -450,9 +450,20 @@ stages:
     assert!(String::from_utf8_lossy(&out.stdout).contains("interrupted (drained)"));
     let report = only_report(&dir.path().join("s"));
     assert_eq!(report["status"], "interrupted");
-    // Nothing in flight was lost: every generated document was chunked, every chunk written.
-    let written = read_jsonl(&dir.path().join("out.jsonl"));
-    assert!(!partial.exists(), "the sink was finished and renamed");
+    // Nothing in flight was lost: every generated document was chunked, every chunk written —
+    // and the output of an interrupted input does not pass for a complete one: it stays in
+    // the .partial file, which the report names.
+    assert!(
+        !dir.path().join("out.jsonl").exists(),
+        "an interrupted run's output is not renamed into place"
+    );
+    let written = read_jsonl(&partial);
+    let notes = stage(&report, "out")["notes"].to_string();
+    assert!(
+        notes.contains("out.jsonl.partial") && notes.contains("interrupted"),
+        "{notes}"
+    );
+    assert_eq!(stage(&report, "out")["committed"], 0);
     let generated = stage(&report, "gen")["out"].as_u64().unwrap();
     assert!(generated > 0);
     assert_eq!(stage(&report, "chunk")["in"].as_u64().unwrap(), generated);
@@ -619,4 +630,117 @@ fn every_example_pipeline_validates_and_runs() {
             .sum();
         assert!(sink_in > 0, "{}: nothing reached a sink", file.display());
     }
+}
+
+fn spawn_slow_pipeline(dir: &Path, delay_ms: u64) -> (std::process::Child, PathBuf) {
+    let file = write(
+        dir,
+        "p.yaml",
+        &format!(
+            r#"
+stages:
+  - {{ id: gen, kind: generate, config: {{ interval_ms: 1 }} }}
+  - {{ id: out, kind: jsonl, inputs: [gen], buffer: 8, concurrency: 2, config: {{ path: out.jsonl, batch: 4 }} }}
+  - {{ id: slow, kind: blackhole, inputs: [gen], buffer: 8, config: {{ batch: 4, delay_ms: {delay_ms} }} }}
+"#
+        ),
+    );
+    let child = Command::new(PIPE)
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--state-dir",
+            "s",
+            "--progress-interval",
+            "0.2",
+        ])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial = dir.join("out.jsonl.partial");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&partial)
+        .map(|m| m.len() == 0)
+        .unwrap_or(true)
+    {
+        assert!(std::time::Instant::now() < deadline, "never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    (child, partial)
+}
+
+#[test]
+fn sigterm_drains_like_ctrl_c() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let dir = tempfile::tempdir().unwrap();
+    let (child, partial) = spawn_slow_pipeline(dir.path(), 20);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(stderr.contains("SIGTERM: stopping"), "{stderr}");
+    let report = only_report(&dir.path().join("s"));
+    assert_eq!(report["status"], "interrupted");
+    let generated = stage(&report, "gen")["out"].as_u64().unwrap();
+    assert_eq!(
+        read_jsonl(&partial).len() as u64,
+        generated,
+        "drained, nothing lost"
+    );
+    assert_eq!(stage(&report, "slow")["out"].as_u64().unwrap(), generated);
+    assert_eq!(report["dead_letters"]["count"], 0);
+}
+
+#[test]
+fn a_second_signal_aborts_but_still_writes_the_dead_letters_and_the_report() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let dir = tempfile::tempdir().unwrap();
+    // The slow sink takes 2 s per batch of 4: draining would take a long time.
+    let (child, partial) = spawn_slow_pipeline(dir.path(), 2000);
+    let pid = Pid::from_raw(child.id() as i32);
+    kill(pid, Signal::SIGINT).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    kill(pid, Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "an abort does not wait for the slow sink"
+    );
+    assert!(stderr.contains("aborting"), "{stderr}");
+    let report = only_report(&dir.path().join("s"));
+    assert_eq!(report["status"], "failed");
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("aborted by a second signal")
+    );
+    // Every generated record is accounted for in both branches: written, or dead-lettered.
+    let generated = stage(&report, "gen")["out"].as_u64().unwrap();
+    let dead_path = report["dead_letters"]["path"].as_str().unwrap();
+    let dead = read_jsonl(Path::new(dead_path));
+    assert_eq!(
+        dead.len() as u64,
+        report["dead_letters"]["count"].as_u64().unwrap()
+    );
+    let dead_in = |id: &str| dead.iter().filter(|d| d["stage"] == id).count() as u64;
+    let slow = stage(&report, "slow");
+    assert!(
+        dead_in("slow") > 0,
+        "the abandoned writes are dead-lettered"
+    );
+    assert_eq!(slow["out"].as_u64().unwrap() + dead_in("slow"), generated);
+    assert_eq!(
+        read_jsonl(&partial).len() as u64 + dead_in("out"),
+        generated
+    );
+    assert!(!dir.path().join("out.jsonl").exists());
 }

@@ -452,7 +452,9 @@ async fn the_budget_stops_admitting_calls_and_says_so() {
     let budget = &report["totals"]["budget"];
     assert!(budget["spent_usd"].as_f64().unwrap() <= 0.01, "{budget}");
     assert_eq!(budget["reached"], true);
-    let written = lines(&dir.path().join("out.jsonl")).len() as u64;
+    // A run cut short by the budget does not publish its output as complete.
+    assert!(!dir.path().join("out.jsonl").exists());
+    let written = lines(&dir.path().join("out.jsonl.partial")).len() as u64;
     let dead = dead_letters(&report);
     assert!(written > 0 && !dead.is_empty());
     assert_eq!(written + dead.len() as u64, 200, "nothing lost");

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+pub mod index;
 pub mod policy;
 pub mod record;
 pub mod registry;
@@ -10,13 +11,16 @@ pub mod runtime;
 pub mod schema;
 pub mod stage;
 
-pub use config::{Diagnostic, Diagnostics, LoadOptions, Plan, load};
+pub use config::{Diagnostic, Diagnostics, LoadOptions, Plan, YamlJson, load};
 pub use error::{ErrorClass, Rejected, StageError};
-pub use record::{Chunk, Document, KindSet, Payload, PayloadKind, Provenance, Record};
+pub use record::{
+    Chunk, Document, Embedded, Entity, Graph, KindSet, Mention, Payload, PayloadKind, Provenance,
+    Record, Relation,
+};
 pub use registry::Registry;
 pub use stage::{
-    BuildContext, BuiltStage, ConfigIssue, Processor, Produces, Role, Sink, Source, StageConfig,
-    Transform,
+    Aggregator, BatchProcessor, Batching, BuildContext, BuiltStage, ConfigIssue, Facts, Finished,
+    InputEnd, Processor, Produces, Role, Sink, Source, StageConfig, Transform, Written,
 };
 
 /// Re-exported so stage crates use the same versions as the core.

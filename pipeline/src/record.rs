@@ -10,17 +10,32 @@ pub enum PayloadKind {
     Document,
     Chunk,
     Json,
+    /// Entities and relations as an extractor found them (names, not ids yet).
+    Extraction,
+    /// Normalised entities and relations: deterministic ids, ready for a graph store.
+    Graph,
+    /// A text with its embedding vector.
+    Embedded,
 }
 
 impl PayloadKind {
-    pub const ALL: [PayloadKind; 3] =
-        [PayloadKind::Document, PayloadKind::Chunk, PayloadKind::Json];
+    pub const ALL: [PayloadKind; 6] = [
+        PayloadKind::Document,
+        PayloadKind::Chunk,
+        PayloadKind::Json,
+        PayloadKind::Extraction,
+        PayloadKind::Graph,
+        PayloadKind::Embedded,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             PayloadKind::Document => "Document",
             PayloadKind::Chunk => "Chunk",
             PayloadKind::Json => "Json",
+            PayloadKind::Extraction => "Extraction",
+            PayloadKind::Graph => "Graph",
+            PayloadKind::Embedded => "Embedded",
         }
     }
 
@@ -35,7 +50,7 @@ pub struct KindSet(u8);
 
 impl KindSet {
     pub const EMPTY: KindSet = KindSet(0);
-    pub const ANY: KindSet = KindSet(0b111);
+    pub const ANY: KindSet = KindSet(0b11_1111);
 
     pub fn of(kinds: &[PayloadKind]) -> KindSet {
         KindSet(kinds.iter().fold(0, |acc, k| acc | k.bit()))
@@ -104,15 +119,131 @@ pub struct Chunk {
     /// Token count by the chunker's tokenizer.
     pub tokens: u32,
     pub tokenizer: String,
+    /// A short text situating the chunk in its document (contextual retrieval), written by
+    /// `contextualize`; embedded in front of `text`, never part of `text` (spans stay exact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
 }
 
-/// Typed payloads. Later issues add Extraction and Embedded kinds.
+impl Chunk {
+    /// What to embed or index: the context (when there is one), then the chunk.
+    pub fn text_for_retrieval(&self) -> std::borrow::Cow<'_, str> {
+        match &self.context {
+            Some(context) if !context.trim().is_empty() => {
+                std::borrow::Cow::Owned(format!("{}\n\n{}", context.trim(), self.text))
+            }
+            _ => std::borrow::Cow::Borrowed(&self.text),
+        }
+    }
+}
+
+/// Where a fact was read: the document, the chunk, and (when the mention was found verbatim
+/// in the chunk) its characters in the document.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Mention {
+    pub document_id: String,
+    /// Id of the chunk record the fact was extracted from.
+    pub chunk_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_path: Option<String>,
+    /// Character (not byte) span of the mention inside the document text, end exclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub char_span: Option<[u64; 2]>,
+}
+
+/// An entity (a graph node).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Entity {
+    /// Deterministic id (from the normalised name and type); empty before `normalize`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    pub name: String,
+    /// Entity type, as the schema names it (becomes the node label).
+    #[serde(rename = "type")]
+    pub entity_type: String,
+    /// Other names it was seen under.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Descriptions, merged from every mention (distinct, in first-seen order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub descriptions: Vec<String>,
+    /// Further properties (schema-defined).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub properties: serde_json::Map<String, serde_json::Value>,
+    /// The extractor's confidence (0..1), when it gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<Mention>,
+}
+
+/// A relation (a graph edge) between two entities.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Relation {
+    /// Deterministic id (from source, type and target ids); empty before `normalize`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// Before `normalize`: the source entity's name as extracted; after: its id.
+    pub source: String,
+    pub target: String,
+    /// Relation type, as the schema names it (becomes the relationship type).
+    #[serde(rename = "type")]
+    pub relation_type: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub descriptions: Vec<String>,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub properties: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// How strongly it is supported: the number of distinct mentions (co-occurrences for
+    /// `nlp_extract`).
+    #[serde(default = "one")]
+    pub weight: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<Mention>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Entities and relations: an extractor's answer for one chunk (`Extraction`), or a normalised
+/// fragment of the knowledge graph (`Graph`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Graph {
+    /// What produced it (`kg_extract:gpt-4o-mini`, `nlp_extract`, ...).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub extractor: String,
+    #[serde(default)]
+    pub entities: Vec<Entity>,
+    #[serde(default)]
+    pub relations: Vec<Relation>,
+}
+
+/// A text and its embedding. The record keeps the id of the record that was embedded (a
+/// chunk's id), so stores can link vectors, chunks and the graph's mentions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Embedded {
+    /// The original text (a chunk's `text`).
+    pub text: String,
+    /// The chunk's context, when `contextualize` wrote one (it was embedded with the text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    pub vector: Vec<f32>,
+    /// Embedding model (or `hashing-<dim>` for the feature-hashing fallback).
+    pub model: String,
+}
+
+/// Typed payloads.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Payload {
     Document(Document),
     Chunk(Chunk),
     Json { value: serde_json::Value },
+    Extraction(Graph),
+    Graph(Graph),
+    Embedded(Embedded),
 }
 
 impl Payload {
@@ -121,6 +252,9 @@ impl Payload {
             Payload::Document(_) => PayloadKind::Document,
             Payload::Chunk(_) => PayloadKind::Chunk,
             Payload::Json { .. } => PayloadKind::Json,
+            Payload::Extraction(_) => PayloadKind::Extraction,
+            Payload::Graph(_) => PayloadKind::Graph,
+            Payload::Embedded(_) => PayloadKind::Embedded,
         }
     }
 
@@ -129,7 +263,8 @@ impl Payload {
         match self {
             Payload::Document(d) => Some(&d.text),
             Payload::Chunk(c) => Some(&c.text),
-            Payload::Json { .. } => None,
+            Payload::Embedded(e) => Some(&e.text),
+            Payload::Json { .. } | Payload::Extraction(_) | Payload::Graph(_) => None,
         }
     }
 }
@@ -196,6 +331,7 @@ mod tests {
             text: "hi".into(),
             tokens: 1,
             tokenizer: "cl100k_base".into(),
+            context: None,
         });
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["kind"], "chunk");

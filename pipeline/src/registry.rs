@@ -29,6 +29,18 @@ pub trait ErasedConfig: Send + Sync {
     fn validate(&self) -> Vec<ConfigIssue>;
     fn providers(&self) -> Vec<(String, String)>;
     async fn build(&self, ctx: &BuildContext) -> Result<BuiltStage, StageError>;
+    async fn open_vector_index(
+        &self,
+        ctx: &BuildContext,
+    ) -> Option<Result<Arc<dyn crate::index::VectorIndex>, StageError>>;
+    async fn open_graph_index(
+        &self,
+        ctx: &BuildContext,
+    ) -> Option<Result<Arc<dyn crate::index::GraphIndex>, StageError>>;
+    async fn open_embedder(
+        &self,
+        ctx: &BuildContext,
+    ) -> Option<Result<Arc<dyn crate::index::TextEmbedder>, StageError>>;
 }
 
 #[async_trait]
@@ -41,6 +53,24 @@ impl<T: StageConfig> ErasedConfig for T {
     }
     async fn build(&self, ctx: &BuildContext) -> Result<BuiltStage, StageError> {
         StageConfig::build(self, ctx).await
+    }
+    async fn open_vector_index(
+        &self,
+        ctx: &BuildContext,
+    ) -> Option<Result<Arc<dyn crate::index::VectorIndex>, StageError>> {
+        StageConfig::open_vector_index(self, ctx).await
+    }
+    async fn open_graph_index(
+        &self,
+        ctx: &BuildContext,
+    ) -> Option<Result<Arc<dyn crate::index::GraphIndex>, StageError>> {
+        StageConfig::open_graph_index(self, ctx).await
+    }
+    async fn open_embedder(
+        &self,
+        ctx: &BuildContext,
+    ) -> Option<Result<Arc<dyn crate::index::TextEmbedder>, StageError>> {
+        StageConfig::open_embedder(self, ctx).await
     }
 }
 
@@ -61,7 +91,9 @@ impl<T: StageConfig> ErasedKind for Kind<T> {
         &self.info
     }
     fn parse(&self, node: &Node) -> Result<Box<dyn ErasedConfig>, FromNodeError> {
-        let config: T = marked_yaml::from_node(node)?;
+        // Free-form `YamlJson` fields find their YAML types in this node (see `yaml_json`).
+        let config: T =
+            crate::config::yaml_json::with_source(node, || marked_yaml::from_node(node))?;
         Ok(Box::new(config))
     }
     fn schema_ref(&self, generator: &mut SchemaGenerator) -> Schema {

@@ -238,7 +238,10 @@ fn print_plan(report: &RunReport) {
                 && s.received == 0
                 && matches!(
                     s.role,
-                    pipeline::Role::Processor | pipeline::Role::Transform
+                    pipeline::Role::Processor
+                        | pipeline::Role::Transform
+                        | pipeline::Role::Batch
+                        | pipeline::Role::Aggregate
                 )
         })
         .map(|s| s.id.as_str())
@@ -347,6 +350,18 @@ async fn run(registry: Registry, args: RunArgs) -> ExitCode {
             if !args.quiet {
                 print_summary(&report, &args.state_dir);
             }
+            let aborted = report
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("aborted by a second signal"));
+            if aborted {
+                eprintln!(
+                    "aborted: {} records dead-lettered in {}",
+                    report.dead_letters.count,
+                    report.dead_letters.path.as_deref().unwrap_or("-")
+                );
+                return ExitCode::from(EXIT_ABORTED as u8);
+            }
             match report.status {
                 RunStatus::Failed => {
                     eprintln!(
@@ -383,21 +398,33 @@ async fn run_plan(
     let mut options = RunOptions::new(args.state_dir.clone());
     options.limit = args.limit;
     options.no_cache = args.no_cache;
-    let stop = options.stop.clone();
-    // First Ctrl-C: stop the sources and drain. Second: abort at once.
+    let (stop, abort) = (options.stop.clone(), options.abort.clone());
+    // First signal (Ctrl-C or SIGTERM): stop the sources and drain. Second: abort — work in
+    // flight is abandoned and dead-lettered, the report is still written, exit 130. Third:
+    // exit at once.
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_err() {
-            return;
-        }
+        let mut signals = match Signals::new() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot listen for signals: {e}");
+                return;
+            }
+        };
+        let first = signals.next().await;
         // Through tracing, so it is printed above the progress bars rather than under them.
         tracing::warn!(
-            "stopping: sources closed, draining what is in flight (Ctrl-C again to abort)"
+            "{first}: stopping — sources closed, draining what is in flight (again to abort)"
         );
         stop.cancel();
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("aborted");
-            std::process::exit(EXIT_ABORTED);
-        }
+        let second = signals.next().await;
+        tracing::warn!(
+            "{second}: aborting — work in flight is dead-lettered, the report is being written \
+             (again to exit at once)"
+        );
+        abort.cancel();
+        signals.next().await;
+        eprintln!("aborted");
+        std::process::exit(EXIT_ABORTED);
     });
     tracing::info!(run_id = %options.run_id, pipeline = %plan.file.display(), "starting run");
     let prepared = runtime::prepare(plan, options)
@@ -410,6 +437,37 @@ async fn run_plan(
     let result = prepared.run().await;
     progress.finish().await;
     Ok(result?)
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM (what `kill`, systemd and container runtimes send), as one
+/// stream of named signals.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => "interrupt",
+                _ = self.term.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "interrupt"
+        }
+    }
 }
 
 fn print_summary(report: &RunReport, state_dir: &Path) {
@@ -476,6 +534,15 @@ fn print_summary(report: &RunReport, state_dir: &Path) {
                 progress::human(e.tokens),
                 e.cost_usd
             );
+        }
+    }
+    for s in &report.stages {
+        if !s.counts.is_empty() {
+            let counts: Vec<String> = s.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!("  {:<width$} {}", s.id, counts.join(" · "));
+        }
+        for note in &s.notes {
+            println!("  {:<width$} {note}", s.id);
         }
     }
     if let Some(b) = &report.totals.budget {

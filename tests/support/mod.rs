@@ -6,9 +6,9 @@ use pipeline::config::{Env, Locator};
 use pipeline::futures::stream::{self, BoxStream, StreamExt};
 use pipeline::runtime::{self, RunOptions, RunReport};
 use pipeline::{
-    BuildContext, BuiltStage, Document, KindSet, Payload, PayloadKind, Processor, Produces,
-    Provenance, Record, Registry, Rejected, Role, Sink, Source, StageConfig, StageError,
-    async_trait,
+    BatchProcessor, Batching, BuildContext, BuiltStage, Document, InputEnd, KindSet, Payload,
+    PayloadKind, Processor, Produces, Provenance, Record, Registry, Rejected, Role, Sink, Source,
+    StageConfig, StageError, Written, async_trait,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -27,6 +27,12 @@ pub struct Probe {
     pub max_alive: AtomicU64,
     pub in_flight: AtomicI64,
     pub max_in_flight: AtomicI64,
+    /// Sink write attempts (retries included).
+    pub write_attempts: AtomicU64,
+    /// Batch sizes a batch processor was called with.
+    pub batches: Mutex<Vec<usize>>,
+    /// How an aggregator was told its input ended.
+    pub ends: Mutex<Vec<InputEnd>>,
 }
 
 static PROBES: LazyLock<Mutex<HashMap<String, Arc<Probe>>>> = LazyLock::new(Default::default);
@@ -108,6 +114,8 @@ pub enum Behaviour {
     FatalAt,
     /// Panics at record number `n`.
     PanicAt,
+    /// Sleeps `n` ms (an I/O-bound call).
+    Sleep,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -170,6 +178,10 @@ impl Processor for ProbeProcessor {
             ))),
             Behaviour::FatalAt if n == self.n => Err(StageError::run("credentials rejected (401)")),
             Behaviour::PanicAt if n == self.n => panic!("boom at {n}"),
+            Behaviour::Sleep => {
+                tokio::time::sleep(Duration::from_millis(self.n)).await;
+                Ok(vec![record.clone()])
+            }
             _ => Ok(vec![record.clone()]),
         };
         self.probe.in_flight.fetch_sub(1, SeqCst);
@@ -186,6 +198,15 @@ pub struct CollectConfig {
     /// Busy work per record, in microseconds: a sink slower than the source.
     #[serde(default)]
     pub slow_us: u64,
+    /// Async wait per batch, in milliseconds (an I/O-bound store).
+    #[serde(default)]
+    pub wait_ms: u64,
+    /// Records whose number is a multiple of this fail alone (per-record outcome).
+    #[serde(default)]
+    pub fail_every: Option<u64>,
+    /// The first this-many write attempts fail with a retryable error (a store restarting).
+    #[serde(default)]
+    pub transient_failures: u64,
 }
 
 fn one() -> usize {
@@ -208,6 +229,9 @@ impl StageConfig for CollectConfig {
             probe: probe(&self.probe),
             batch: self.batch,
             slow: Duration::from_micros(self.slow_us),
+            wait: Duration::from_millis(self.wait_ms),
+            fail_every: self.fail_every,
+            transient_failures: AtomicU64::new(self.transient_failures),
         })))
     }
 }
@@ -216,6 +240,9 @@ struct Collect {
     probe: Arc<Probe>,
     batch: usize,
     slow: Duration,
+    wait: Duration,
+    fail_every: Option<u64>,
+    transient_failures: AtomicU64,
 }
 
 #[async_trait]
@@ -223,8 +250,26 @@ impl Sink for Collect {
     fn batch_size(&self) -> usize {
         self.batch
     }
-    async fn write(&self, batch: &[Record]) -> Result<(), StageError> {
-        for record in batch {
+    async fn write(&self, batch: &[Record]) -> Result<Written, StageError> {
+        self.probe.write_attempts.fetch_add(1, SeqCst);
+        if !self.wait.is_zero() {
+            tokio::time::sleep(self.wait).await;
+        }
+        let transient = self
+            .transient_failures
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if transient {
+            return Err(StageError::retryable("store restarting", Some(0.01)));
+        }
+        let mut failed = Vec::new();
+        for (index, record) in batch.iter().enumerate() {
+            if let Some(every) = self.fail_every
+                && number(record).is_multiple_of(every)
+            {
+                failed.push((index, StageError::record(format!("{} refused", record.id))));
+                continue;
+            }
             if !self.slow.is_zero() {
                 let until = std::time::Instant::now() + self.slow;
                 while std::time::Instant::now() < until {
@@ -234,7 +279,7 @@ impl Sink for Collect {
             self.probe.collected.lock().unwrap().push(record.clone());
             self.probe.consumed.fetch_add(1, SeqCst);
         }
-        Ok(())
+        Ok(Written::durable().with_failures(failed))
     }
 }
 
@@ -244,8 +289,164 @@ pub fn registry() -> Registry {
         .register::<NumbersConfig>()
         .register::<ProbeConfig>()
         .register::<CollectConfig>()
-        .register::<WindowConfig>();
+        .register::<WindowConfig>()
+        .register::<BatcherConfig>()
+        .register::<GatherConfig>();
     registry
+}
+
+/// `batcher`: a batch processor that passes records on, `size` per call; records whose number
+/// is a multiple of `fail_every` fail alone; a batch holding record `panic_at` panics.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatcherConfig {
+    pub probe: String,
+    pub size: usize,
+    #[serde(default)]
+    pub max_weight: Option<u64>,
+    #[serde(default)]
+    pub max_wait_ms: u64,
+    #[serde(default)]
+    pub fail_every: Option<u64>,
+    #[serde(default)]
+    pub panic_at: Option<u64>,
+    /// Async wait per call, in milliseconds.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+#[async_trait]
+impl StageConfig for BatcherConfig {
+    const KIND: &'static str = "batcher";
+    const DESCRIPTION: &'static str = "test batch processor";
+    const ROLE: Role = Role::Batch;
+    fn accepts() -> KindSet {
+        KindSet::ANY
+    }
+    fn produces() -> Produces {
+        Produces::SameAsInput
+    }
+    async fn build(&self, _: &BuildContext) -> Result<BuiltStage, StageError> {
+        Ok(BuiltStage::Batch(Arc::new(Batcher {
+            probe: probe(&self.probe),
+            batching: Batching {
+                max_records: self.size,
+                max_weight: self.max_weight,
+                max_wait: Duration::from_millis(self.max_wait_ms),
+            },
+            fail_every: self.fail_every,
+            panic_at: self.panic_at,
+            wait: Duration::from_millis(self.wait_ms),
+        })))
+    }
+}
+
+struct Batcher {
+    probe: Arc<Probe>,
+    batching: Batching,
+    fail_every: Option<u64>,
+    panic_at: Option<u64>,
+    wait: Duration,
+}
+
+#[async_trait]
+impl BatchProcessor for Batcher {
+    fn batching(&self) -> Batching {
+        self.batching
+    }
+    /// Weight = the record's number + 1 (so tests can shape batches by weight).
+    fn weight(&self, record: &Record) -> u64 {
+        number(record) + 1
+    }
+    async fn process_batch(&self, batch: &[Record]) -> Vec<Result<Vec<Record>, StageError>> {
+        self.probe.batches.lock().unwrap().push(batch.len());
+        if !self.wait.is_zero() {
+            tokio::time::sleep(self.wait).await;
+        }
+        if let Some(at) = self.panic_at
+            && batch.iter().any(|r| number(r) == at)
+        {
+            panic!("batch with {at} exploded");
+        }
+        batch
+            .iter()
+            .map(|r| match self.fail_every {
+                Some(every) if number(r).is_multiple_of(every) => {
+                    Err(StageError::record(format!("{} is bad", r.id)))
+                }
+                _ => Ok(vec![r.clone()]),
+            })
+            .collect()
+    }
+}
+
+/// `gather`: an aggregator that emits one Json record `{ids: [...]}` when its input is
+/// complete, and dead-letters what it holds otherwise.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatherConfig {
+    pub probe: String,
+}
+
+#[async_trait]
+impl StageConfig for GatherConfig {
+    const KIND: &'static str = "gather";
+    const DESCRIPTION: &'static str = "test aggregator";
+    const ROLE: Role = Role::Aggregate;
+    fn accepts() -> KindSet {
+        KindSet::ANY
+    }
+    fn produces() -> Produces {
+        Produces::Kinds(KindSet::of(&[PayloadKind::Json]))
+    }
+    async fn build(&self, _: &BuildContext) -> Result<BuiltStage, StageError> {
+        Ok(BuiltStage::Aggregate(Box::new(Gather {
+            probe: probe(&self.probe),
+            held: Vec::new(),
+        })))
+    }
+}
+
+struct Gather {
+    probe: Arc<Probe>,
+    held: Vec<Record>,
+}
+
+#[async_trait]
+impl pipeline::Aggregator for Gather {
+    async fn add(&mut self, record: &Record) -> Result<(), StageError> {
+        self.held.push(record.clone());
+        Ok(())
+    }
+    async fn finish(&mut self, end: &InputEnd) -> pipeline::Finished {
+        self.probe.ends.lock().unwrap().push(end.clone());
+        let held = std::mem::take(&mut self.held);
+        if !end.is_complete() {
+            let error = StageError::record(format!("not gathered: input {}", end.describe()));
+            return pipeline::Finished {
+                emit: Vec::new(),
+                dead_letter: held.into_iter().map(|r| (r, error.clone())).collect(),
+            };
+        }
+        let mut ids: Vec<String> = held.into_iter().map(|r| r.id).collect();
+        ids.sort_by_key(|id| {
+            id.chars()
+                .filter(char::is_ascii_digit)
+                .collect::<String>()
+                .parse::<u64>()
+                .unwrap_or(0)
+        });
+        pipeline::Finished {
+            emit: vec![Record::new(
+                "gathered".into(),
+                Provenance::default(),
+                Payload::Json {
+                    value: serde_json::json!({ "ids": ids }),
+                },
+            )],
+            dead_letter: Vec::new(),
+        }
+    }
 }
 
 /// Loads YAML text and runs it to the end; the state dir is a fresh temp dir.
@@ -284,6 +485,12 @@ pub struct WindowConfig {
     pub size: usize,
     #[serde(default)]
     pub reject: Option<String>,
+    /// Stop after emitting this many windows (ends early, leaving input behind).
+    #[serde(default)]
+    pub stop_after: Option<usize>,
+    /// Panic when asked for the window after this many.
+    #[serde(default)]
+    pub panic_after: Option<usize>,
 }
 
 #[async_trait]
@@ -301,6 +508,8 @@ impl StageConfig for WindowConfig {
         Ok(BuiltStage::Transform(Arc::new(Window {
             size: self.size,
             reject: self.reject.clone(),
+            stop_after: self.stop_after,
+            panic_after: self.panic_after,
         })))
     }
 }
@@ -308,6 +517,8 @@ impl StageConfig for WindowConfig {
 struct Window {
     size: usize,
     reject: Option<String>,
+    stop_after: Option<usize>,
+    panic_after: Option<usize>,
 }
 
 impl pipeline::Transform for Window {
@@ -316,6 +527,11 @@ impl pipeline::Transform for Window {
         input: BoxStream<'static, Record>,
     ) -> BoxStream<'static, Result<Record, Rejected>> {
         let this = self.clone();
+        // Ending early takes only the records of the windows it emits; the rest stays queued.
+        let input = match self.stop_after {
+            Some(n) => input.take(n * self.size).boxed(),
+            None => input,
+        };
         let rejected = input.map(move |r| {
             if this.reject.as_deref() == Some(r.id.as_str()) {
                 Err(Rejected::new(
@@ -327,31 +543,38 @@ impl pipeline::Transform for Window {
             }
         });
         let size = self.size;
+        let rejected = rejected.chunks(size).flat_map(|items| {
+            let mut out: Vec<Result<Record, Rejected>> = Vec::new();
+            let mut ids = Vec::new();
+            for item in items {
+                match item {
+                    Ok(r) => ids.push(r.id),
+                    Err(e) => out.push(Err(e)),
+                }
+            }
+            if !ids.is_empty() {
+                let id = ids.join("+");
+                out.push(Ok(Record::new(
+                    id.clone(),
+                    Provenance {
+                        document_id: id,
+                        ..Default::default()
+                    },
+                    Payload::Json {
+                        value: serde_json::json!({ "ids": ids }),
+                    },
+                )));
+            }
+            stream::iter(out)
+        });
+        let panic_after = self.panic_after;
         rejected
-            .chunks(size)
-            .flat_map(|items| {
-                let mut out: Vec<Result<Record, Rejected>> = Vec::new();
-                let mut ids = Vec::new();
-                for item in items {
-                    match item {
-                        Ok(r) => ids.push(r.id),
-                        Err(e) => out.push(Err(e)),
-                    }
+            .enumerate()
+            .map(move |(i, item)| {
+                if panic_after.is_some_and(|n| i >= n) {
+                    panic!("window {i} exploded");
                 }
-                if !ids.is_empty() {
-                    let id = ids.join("+");
-                    out.push(Ok(Record::new(
-                        id.clone(),
-                        Provenance {
-                            document_id: id,
-                            ..Default::default()
-                        },
-                        Payload::Json {
-                            value: serde_json::json!({ "ids": ids }),
-                        },
-                    )));
-                }
-                stream::iter(out)
+                item
             })
             .boxed()
     }

@@ -5,9 +5,11 @@
 pub mod diagnostic;
 pub mod interpolate;
 pub mod overrides;
+pub mod yaml_json;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Location, Locator, did_you_mean};
 pub use interpolate::Env;
+pub use yaml_json::YamlJson;
 
 use crate::policy::{BudgetSpec, LimitSpec, ProviderSpec};
 use crate::record::KindSet;
@@ -113,6 +115,28 @@ pub struct Plan {
     pub budget: BudgetSpec,
 }
 
+impl Plan {
+    /// For every stage, the ids of the stages upstream of it, nearest first (breadth-first).
+    pub fn upstream_ids(&self) -> Vec<Vec<String>> {
+        self.stages
+            .iter()
+            .map(|stage| {
+                let mut seen = std::collections::BTreeSet::new();
+                let mut order = Vec::new();
+                let mut queue: std::collections::VecDeque<usize> =
+                    stage.inputs.iter().copied().collect();
+                while let Some(i) = queue.pop_front() {
+                    if seen.insert(i) {
+                        order.push(self.stages[i].id.clone());
+                        queue.extend(self.stages[i].inputs.iter().copied());
+                    }
+                }
+                order
+            })
+            .collect()
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// `--set KEY=VALUE` arguments, in order.
@@ -169,8 +193,22 @@ pub fn load_str(
 ) -> Result<Plan, Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut root = parse_yaml(text, locator)?;
+    // Quoting is what tells "8" from 8 in free-form JSON fields (`YamlJson`): note it before
+    // interpolation rewrites scalars, and again for the values `--set` brings.
+    let mut quoted = std::collections::HashSet::new();
+    yaml_json::note_quoted(&mut root, &mut quoted);
     interpolate::interpolate_tree(&mut root, env, locator, &mut diags);
     overrides::apply_overrides(&mut root, &locator.overrides, &mut diags);
+    yaml_json::note_quoted(&mut root, &mut quoted);
+    yaml_json::with_quoted(quoted, || load_tree(root, locator, registry, diags))
+}
+
+fn load_tree(
+    root: Node,
+    locator: &Locator,
+    registry: &Registry,
+    mut diags: Diagnostics,
+) -> Result<Plan, Diagnostics> {
     let Some(top) = root.as_mapping() else {
         diags.push(Diagnostic::new(
             locator.span(root.span()),
@@ -210,7 +248,9 @@ pub fn load_str(
 
 fn parse_yaml(text: &str, locator: &Locator) -> Result<Node, Diagnostics> {
     use marked_yaml::LoadError;
-    let options = LoaderOptions::default().error_on_duplicate_keys(true);
+    let options = LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .prevent_coercion(true);
     marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| {
         let (marker, message) = match &e {
             LoadError::TopLevelMustBeMapping(m) => (
@@ -388,6 +428,11 @@ fn check_limit(
         ("rpd", limit.rpd),
         ("tpd", limit.tpd),
         ("max_concurrency", limit.max_concurrency.map(|c| c as u64)),
+        ("min_concurrency", limit.min_concurrency.map(|c| c as u64)),
+        (
+            "initial_concurrency",
+            limit.initial_concurrency.map(|c| c as u64),
+        ),
     ];
     for (field, value) in zero {
         if value == Some(0) {
@@ -397,6 +442,7 @@ fn check_limit(
             ));
         }
     }
+    check_adaptive_bounds(name, limit, at, locator, diags);
     if limit
         .burst_seconds
         .is_some_and(|b| !positive(b) || b > 60.0)
@@ -405,6 +451,68 @@ fn check_limit(
             locator.span(field_or(at, "burst_seconds").span()),
             format!("limit `{name}`: `burst_seconds` must be more than 0 and at most 60"),
         ));
+    }
+}
+
+/// `min_concurrency <= initial_concurrency <= max_concurrency`, on adaptive limits only.
+fn check_adaptive_bounds(
+    name: &str,
+    limit: &LimitSpec,
+    at: &Node,
+    locator: &Locator,
+    diags: &mut Diagnostics,
+) {
+    let adaptive_only = [
+        ("min_concurrency", limit.min_concurrency),
+        ("initial_concurrency", limit.initial_concurrency),
+    ];
+    if !limit.is_adaptive() {
+        for (field, value) in adaptive_only {
+            if value.is_some() {
+                diags.push(
+                    Diagnostic::new(
+                        locator.span(field_or(at, field).span()),
+                        format!("limit `{name}`: `{field}` applies to adaptive limits only"),
+                    )
+                    .with_help(Some(
+                        "a limit with `rpm` or `tpm` is fixed unless it says `adaptive: true`"
+                            .into(),
+                    )),
+                );
+            }
+        }
+        return;
+    }
+    let min = limit.min_concurrency;
+    let ordered = [
+        (
+            "min_concurrency",
+            min,
+            "initial_concurrency",
+            limit.initial_concurrency,
+        ),
+        (
+            "min_concurrency",
+            min,
+            "max_concurrency",
+            limit.max_concurrency,
+        ),
+        (
+            "initial_concurrency",
+            limit.initial_concurrency,
+            "max_concurrency",
+            limit.max_concurrency,
+        ),
+    ];
+    for (low_field, low, high_field, high) in ordered {
+        if let (Some(low), Some(high)) = (low, high)
+            && low > high
+        {
+            diags.push(Diagnostic::new(
+                locator.span(field_or(at, low_field).span()),
+                format!("limit `{name}`: `{low_field}` ({low}) is above `{high_field}` ({high})"),
+            ));
+        }
     }
 }
 

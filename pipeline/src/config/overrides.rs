@@ -89,7 +89,8 @@ fn apply_one(root: &mut Node, arg: &str, source: usize) -> Result<(), Failure> {
 /// The value is YAML too, so `--set stages.x.inputs=[a,b]` works.
 fn parse_value(raw: &str, source: usize) -> Result<Node, Failure> {
     let doc = format!("v: {raw}");
-    let parsed = marked_yaml::parse_yaml(source, &doc)
+    let options = marked_yaml::LoaderOptions::default().prevent_coercion(true);
+    let parsed = marked_yaml::parse_yaml_with_options(source, &doc, options)
         .map_err(|e| (format!("value `{raw}` is not valid YAML: {e}"), None))?;
     parsed
         .as_mapping()

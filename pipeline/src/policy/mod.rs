@@ -30,8 +30,9 @@ pub mod flight;
 pub mod limiter;
 pub mod resources;
 pub mod stats;
+pub mod writes;
 
-pub use adaptive::{Concurrency, Signal};
+pub use adaptive::{AdaptiveSettings, Concurrency, Signal};
 pub use breaker::{Breaker, BreakerSettings, BreakerState};
 pub use budget::{Budget, BudgetSpec};
 pub use cache::{CachedAnswer, ResponseCache, cache_key};
@@ -41,6 +42,7 @@ pub use resources::{
     LimitSpec, OutputTokens, Price, ProviderSpec, Resources, ResourcesOptions, Secret,
 };
 pub use stats::{CallReport, CallStats, PlanReport};
+pub use writes::write_with_retries;
 
 use crate::error::{ErrorClass, StageError};
 use flight::{Flight, Joined};
@@ -573,7 +575,9 @@ impl CallPolicy {
             drop(in_flight);
             let (failed, timed_out) = match outcome {
                 Ok(Ok(answer)) => {
-                    self.concurrency.record(rtt, Signal::Answered);
+                    let output_tokens = answer.usage.output;
+                    self.concurrency
+                        .record(rtt, Signal::Answered { output_tokens });
                     drop(slot);
                     self.breaker.succeeded(pass);
                     self.limiter.observe(&ticket, &answer.server, true);
@@ -641,18 +645,25 @@ impl CallPolicy {
                 // The provider is fine; this request is not (or its quota is).
                 ErrorClass::Record => {
                     self.breaker.reachable(pass);
-                    self.concurrency.record(rtt, Signal::Answered);
+                    self.concurrency.record(rtt, Signal::Neutral);
                 }
                 ErrorClass::Retryable if rate_limited => {
                     self.breaker.reachable(pass);
-                    self.concurrency.record(rtt, Signal::BackPressure);
+                    // With the account's state it is a rate limit (the limiter's business);
+                    // without it, the provider is full: overload.
+                    let signal = if failed.server.is_empty() {
+                        Signal::BackPressure
+                    } else {
+                        Signal::Neutral
+                    };
+                    self.concurrency.record(rtt, signal);
                 }
                 ErrorClass::Retryable => {
                     unreachable = self.breaker.failed(pass, &failed.error.message).err();
                     let signal = if overloaded {
                         Signal::BackPressure
                     } else {
-                        Signal::Answered
+                        Signal::Neutral
                     };
                     self.concurrency.record(rtt, signal);
                 }

@@ -2,7 +2,7 @@
 //! objects built from them once per run (one limiter per limit, one breaker per provider, one
 //! response cache, one budget), handed to stages through their `BuildContext`.
 
-use super::adaptive::Concurrency;
+use super::adaptive::{AdaptiveSettings, Concurrency, DEFAULT_MIN_CONCURRENCY};
 use super::breaker::{Breaker, BreakerSettings};
 use super::budget::{Budget, BudgetSpec};
 use super::cache::ResponseCache;
@@ -50,9 +50,14 @@ pub struct LimitSpec {
     /// Most calls in flight at once (the cap for adaptive concurrency; default: no cap, or
     /// 256 when adaptive).
     pub max_concurrency: Option<usize>,
-    /// Find the concurrency the provider sustains (AIMD on latency and 429s). Implied when
-    /// neither `rpm` nor `tpm` is given.
+    /// Find the concurrency the provider sustains (grows while calls wait for a slot, backs off
+    /// on overload: 429 without account state, 503/529, timeouts). Implied when neither `rpm`
+    /// nor `tpm` is given.
     pub adaptive: Option<bool>,
+    /// Adaptive only: the floor, never undercut without an overload signal (default 4).
+    pub min_concurrency: Option<usize>,
+    /// Adaptive only: where the limit starts (default: `min_concurrency`).
+    pub initial_concurrency: Option<usize>,
     /// Seconds of the per-minute limit that may be spent back to back (default 1: providers
     /// enforce limits over short windows, not per whole minute).
     pub burst_seconds: Option<f64>,
@@ -237,12 +242,24 @@ fn limit_settings(spec: &LimitSpec) -> LimitSettings {
     }
 }
 
+impl LimitSpec {
+    /// `adaptive`, or implied by knowing neither `rpm` nor `tpm`.
+    pub fn is_adaptive(&self) -> bool {
+        self.adaptive
+            .unwrap_or(self.rpm.is_none() && self.tpm.is_none())
+    }
+}
+
 fn concurrency_for(spec: &LimitSpec) -> Concurrency {
-    let adaptive = spec
-        .adaptive
-        .unwrap_or(spec.rpm.is_none() && spec.tpm.is_none());
-    match (adaptive, spec.max_concurrency) {
-        (true, max) => Concurrency::adaptive(max.unwrap_or(DEFAULT_ADAPTIVE_MAX)),
+    match (spec.is_adaptive(), spec.max_concurrency) {
+        (true, max) => {
+            let min = spec.min_concurrency.unwrap_or(DEFAULT_MIN_CONCURRENCY);
+            Concurrency::adaptive(AdaptiveSettings {
+                min,
+                initial: spec.initial_concurrency.unwrap_or(min),
+                max: max.unwrap_or(DEFAULT_ADAPTIVE_MAX),
+            })
+        }
         (false, Some(max)) => Concurrency::fixed(max),
         (false, None) => Concurrency::unlimited(),
     }

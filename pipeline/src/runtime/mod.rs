@@ -17,17 +17,20 @@ pub mod stats;
 
 pub use dead_letter::DeadLetters;
 pub use report::{RunReport, RunStatus, StageReport};
-pub use stats::{RunStats, StageStats};
+pub use stats::{RunStats, StageNotes, StageStats};
 
 use crate::config::Plan;
 use crate::error::{ErrorClass, Rejected, StageError};
 use crate::policy::{Resources, ResourcesOptions};
 use crate::record::Record;
-use crate::stage::{BuildContext, BuiltStage, Processor, Sink, Source, Transform};
+use crate::stage::{
+    Aggregator, BatchProcessor, Batching, BuildContext, BuiltStage, InputEnd, Processor, Sink,
+    Source, Transform, Written,
+};
 use futures::FutureExt;
 use futures::stream::StreamExt;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -51,8 +54,12 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     /// Stop each source after this many records (try before you pay).
     pub limit: Option<u64>,
-    /// Cancel to stop the sources and drain (Ctrl-C).
+    /// Cancel to stop the sources and drain (Ctrl-C, SIGTERM).
     pub stop: CancellationToken,
+    /// Cancel to abort (a second signal): calls and writes in flight are abandoned and their
+    /// records dead-lettered, everything still queued is dead-lettered unprocessed, and the
+    /// report is written — quickly, and without losing track of a record.
+    pub abort: CancellationToken,
     /// `--no-cache`: do not read cached answers (fresh ones are still stored).
     pub no_cache: bool,
     /// `pipe plan`: read and prepare the input for real, count what the remote calls would
@@ -67,6 +74,7 @@ impl RunOptions {
             state_dir,
             limit: None,
             stop: CancellationToken::new(),
+            abort: CancellationToken::new(),
             no_cache: false,
             dry_run: false,
         }
@@ -89,9 +97,26 @@ struct Control {
     /// Set with the first run-fatal error; processors stop calling and dead-letter what is left.
     aborted: AtomicBool,
     fatal: Mutex<Option<String>>,
+    /// A source stopped before its end because the run was stopping.
+    sources_cut: AtomicBool,
+    budget: Arc<crate::policy::Budget>,
+    abort: CancellationToken,
 }
 
 impl Control {
+    /// How the input of a stage whose producers have all finished ended.
+    fn input_end(&self) -> InputEnd {
+        if self.aborted.load(Relaxed) {
+            InputEnd::Failed(self.fatal().unwrap_or_default())
+        } else if self.budget.exhausted().is_some() {
+            InputEnd::BudgetReached
+        } else if self.sources_cut.load(Relaxed) {
+            InputEnd::Interrupted
+        } else {
+            InputEnd::Complete
+        }
+    }
+
     fn fail(&self, message: String) {
         if let Ok(mut fatal) = self.fatal.lock()
             && fatal.is_none()
@@ -320,12 +345,6 @@ pub async fn prepare(plan: Plan, options: RunOptions) -> Result<PreparedRun, Run
     // Absolute, so paths in the report work from any directory.
     let run_dir = std::path::absolute(&run_dir).unwrap_or(run_dir);
     let dead_letters = Arc::new(DeadLetters::new(&run_dir.join("dead_letters.jsonl")));
-    let control = Arc::new(Control {
-        stop: options.stop.clone(),
-        stopping: AtomicBool::new(false),
-        aborted: AtomicBool::new(false),
-        fatal: Mutex::new(None),
-    });
     let pools: BTreeMap<String, Arc<Semaphore>> = plan
         .pools
         .iter()
@@ -346,10 +365,21 @@ pub async fn prepare(plan: Plan, options: RunOptions) -> Result<PreparedRun, Run
         )
         .map_err(RunError::Io)?,
     );
+    let control = Arc::new(Control {
+        stop: options.stop.clone(),
+        stopping: AtomicBool::new(false),
+        aborted: AtomicBool::new(false),
+        fatal: Mutex::new(None),
+        sources_cut: AtomicBool::new(false),
+        budget: resources.budget().clone(),
+        abort: options.abort.clone(),
+    });
     let started = Instant::now();
     let mut nodes = Vec::with_capacity(plan.stages.len());
     let mut all_stats = Vec::with_capacity(plan.stages.len());
-    for planned in plan.stages {
+    let upstream = plan.upstream_ids();
+    let facts = crate::stage::Facts::default();
+    for (index, planned) in plan.stages.into_iter().enumerate() {
         let stats = Arc::new(StageStats::new(&planned.id, &planned.kind, planned.role));
         let ctx = BuildContext {
             stage_id: planned.id.clone(),
@@ -358,7 +388,10 @@ pub async fn prepare(plan: Plan, options: RunOptions) -> Result<PreparedRun, Run
             run_dir: run_dir.clone(),
             resources: resources.clone(),
             calls: stats.calls.clone(),
+            notes: stats.notes.clone(),
             dry_run: options.dry_run,
+            upstream: upstream[index].clone(),
+            facts: facts.clone(),
         };
         let stage = if options.dry_run && planned.role == crate::stage::Role::Sink {
             // A plan writes nothing: sinks are not even opened.
@@ -375,6 +408,9 @@ pub async fn prepare(plan: Plan, options: RunOptions) -> Result<PreparedRun, Run
             match built {
                 BuiltStage::Processor(p) if options.dry_run && p.calls_remote() => {
                     BuiltStage::Processor(Arc::new(Planner(p)))
+                }
+                BuiltStage::Batch(p) if options.dry_run && p.calls_remote() => {
+                    BuiltStage::Batch(Arc::new(BatchPlanner(p)))
                 }
                 other => other,
             }
@@ -472,6 +508,8 @@ impl PreparedRun {
             tokio::spawn(async move {
                 control.stop.cancelled().await;
                 control.stopping.store(true, Relaxed);
+                control.abort.cancelled().await;
+                control.fail("aborted by a second signal: work in flight was abandoned".into());
             })
         };
         let mut tasks = Vec::with_capacity(nodes.len());
@@ -512,6 +550,21 @@ impl PreparedRun {
                             node.pool,
                         )
                         .await
+                    }
+                    (BuiltStage::Batch(p), Some(rx)) => {
+                        run_batch(
+                            p,
+                            rx,
+                            outputs,
+                            node.ctx,
+                            node.concurrency,
+                            node.ordered,
+                            node.pool,
+                        )
+                        .await
+                    }
+                    (BuiltStage::Aggregate(a), Some(rx)) => {
+                        run_aggregate(a, rx, outputs, node.ctx).await
                     }
                     (BuiltStage::Sink(sink), Some(rx)) => {
                         run_sink(sink, rx, node.ctx, node.concurrency, node.pool).await
@@ -586,7 +639,14 @@ async fn run_source(
     let mut stream = source.records();
     let mut emitted: u64 = 0;
     loop {
-        if limit.is_some_and(|l| emitted >= l) || ctx.control.stopping.load(Relaxed) {
+        if limit.is_some_and(|l| emitted >= l) {
+            break;
+        }
+        if ctx.control.stopping.load(Relaxed) {
+            // Stopped before the end, unless the end was already there.
+            if !matches!(stream.next().now_or_never(), Some(None)) {
+                ctx.control.sources_cut.store(true, Relaxed);
+            }
             break;
         }
         // Take what is ready; before waiting for more, send what is staged.
@@ -596,7 +656,10 @@ async fn run_source(
                 outputs.flush(&ctx).await;
                 tokio::select! {
                     biased;
-                    _ = ctx.control.stop.cancelled() => break,
+                    _ = ctx.control.stop.cancelled() => {
+                        ctx.control.sources_cut.store(true, Relaxed);
+                        break;
+                    }
                     item = stream.next() => item,
                 }
             }
@@ -623,8 +686,8 @@ struct Discard;
 
 #[async_trait::async_trait]
 impl Sink for Discard {
-    async fn write(&self, _batch: &[Record]) -> Result<(), StageError> {
-        Ok(())
+    async fn write(&self, _batch: &[Record]) -> Result<Written, StageError> {
+        Ok(Written::durable())
     }
 }
 
@@ -637,6 +700,27 @@ impl Processor for Planner {
     async fn process(&self, record: &Record) -> Result<Vec<Record>, StageError> {
         self.0.plan(record).await?;
         Ok(Vec::new())
+    }
+}
+
+/// [`Planner`] for batch processors: the batches are formed as in a run, then counted.
+struct BatchPlanner(Arc<dyn BatchProcessor>);
+
+#[async_trait::async_trait]
+impl BatchProcessor for BatchPlanner {
+    fn batching(&self) -> Batching {
+        self.0.batching()
+    }
+
+    fn weight(&self, record: &Record) -> u64 {
+        self.0.weight(record)
+    }
+
+    async fn process_batch(&self, batch: &[Record]) -> Vec<Result<Vec<Record>, StageError>> {
+        match self.0.plan_batch(batch).await {
+            Ok(()) => batch.iter().map(|_| Ok(Vec::new())).collect(),
+            Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+        }
     }
 }
 
@@ -661,15 +745,18 @@ async fn call_processor(
 }
 
 fn panic_error(panic: Option<Box<dyn std::any::Any + Send>>) -> StageError {
-    let message = panic
+    StageError::record(format!("stage panicked: {}", panic_message(panic)))
+}
+
+fn panic_message(panic: Option<Box<dyn std::any::Any + Send>>) -> String {
+    panic
         .as_ref()
         .and_then(|p| {
             p.downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
         })
-        .unwrap_or_else(|| "unknown panic".into());
-    StageError::record(format!("stage panicked: {message}"))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Calls in progress: completion order, or input order for `ordered: true`.
@@ -679,6 +766,14 @@ enum Pending<F: std::future::Future> {
 }
 
 impl<F: std::future::Future> Pending<F> {
+    fn new(ordered: bool) -> Self {
+        if ordered {
+            Pending::Ordered(Default::default())
+        } else {
+            Pending::Unordered(Default::default())
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Pending::Unordered(p) => p.len(),
@@ -693,12 +788,6 @@ impl<F: std::future::Future> Pending<F> {
         }
     }
 
-    /// A call that finishes on its first poll may skip the queue, unless order must be kept
-    /// behind calls still running.
-    fn may_complete_inline(&self) -> bool {
-        matches!(self, Pending::Unordered(_)) || self.len() == 0
-    }
-
     async fn next(&mut self) -> Option<F::Output> {
         match self {
             Pending::Unordered(p) => p.next().await,
@@ -707,27 +796,109 @@ impl<F: std::future::Future> Pending<F> {
     }
 }
 
+/// A stage's calls in flight. While the stage waits to deliver downstream (a full edge), the
+/// calls keep being polled — see [`InFlight::drive_while`] — so they finish and give back what
+/// they hold (a provider's concurrency slot, a pool permit, the breaker's probe, a budget
+/// reservation) instead of pinning it while this stage waits. A stage downstream that shares
+/// the provider or the pool can then always run, and the pipeline cannot deadlock on them.
+struct InFlight<F: std::future::Future> {
+    pending: Pending<F>,
+    /// Calls that finished while the stage was waiting downstream, in delivery order.
+    parked: VecDeque<F::Output>,
+}
+
+impl<F: std::future::Future> InFlight<F> {
+    fn new(ordered: bool) -> Self {
+        InFlight {
+            pending: Pending::new(ordered),
+            parked: VecDeque::new(),
+        }
+    }
+
+    /// Calls started and not yet delivered (parked ones count: they hold their results).
+    fn len(&self) -> usize {
+        self.pending.len() + self.parked.len()
+    }
+
+    /// A call that finishes on its first poll may skip the queue, unless order must be kept
+    /// behind calls still running or parked.
+    fn may_complete_inline(&self) -> bool {
+        matches!(self.pending, Pending::Unordered(_)) || self.len() == 0
+    }
+
+    /// Awaits `work` while driving the calls in flight; what finishes meanwhile is parked.
+    async fn drive_while<W: std::future::Future>(&mut self, work: W) -> W::Output {
+        let mut work = std::pin::pin!(work);
+        loop {
+            if self.pending.len() == 0 {
+                return work.await;
+            }
+            tokio::select! {
+                biased;
+                out = &mut work => return out,
+                done = self.pending.next() => {
+                    if let Some(done) = done {
+                        self.parked.push_back(done);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Lives for one loop turn on the stack: boxing the record would cost an allocation per record.
+#[allow(clippy::large_enum_variant)]
 enum Event<T> {
     Done(Option<T>),
     Input(Option<Record>),
+    Timer,
 }
 
-async fn deliver(
-    done: (Record, Result<Vec<Record>, StageError>),
+/// Passes on the outputs of one record, or dead-letters it.
+async fn deliver<F: std::future::Future>(
+    record: Record,
+    result: Result<Vec<Record>, StageError>,
     outputs: &mut Outputs,
     ctx: &StageCtx,
+    in_flight: &mut InFlight<F>,
 ) {
-    let (record, result) = done;
     match result {
         Ok(out) => {
             for r in out {
-                outputs.push(r, ctx).await;
+                in_flight.drive_while(outputs.push(r, ctx)).await;
             }
         }
         Err(error) => {
             ctx.failed(&error);
             ctx.dead_letter_record(&error, &record);
         }
+    }
+}
+
+/// Runs `work` unless the run is aborted first; then the work is dropped (whatever it held is
+/// released) and its record(s) get the reason instead.
+async fn abortable<T>(
+    control: &Control,
+    work: impl std::future::Future<Output = Result<T, StageError>>,
+) -> Result<T, StageError> {
+    tokio::select! {
+        biased;
+        result = work => result,
+        _ = control.abort.cancelled() => Err(StageError::record(
+            "aborted by a second signal before this record was finished (re-run to process it)",
+        )),
+    }
+}
+
+fn not_processed(ctx: &StageCtx) -> StageError {
+    let reason = ctx.control.fatal().unwrap_or_default();
+    StageError::record(format!("not processed: the run was stopped ({reason})"))
+}
+
+async fn acquire_pool(pool: &Option<Arc<Semaphore>>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match pool {
+        Some(pool) => pool.clone().acquire_owned().await.ok(),
+        None => None,
     }
 }
 
@@ -745,47 +916,48 @@ async fn run_processor(
     let call = move |record: Record| {
         Box::pin(async move {
             if ctx_ref.control.aborted.load(Relaxed) {
-                let reason = ctx_ref.control.fatal().unwrap_or_default();
-                let error =
-                    StageError::record(format!("not processed: the run was stopped ({reason})"));
-                return (record, Err(error));
+                return (record, Err(not_processed(ctx_ref)));
             }
-            let _permit = match pool {
-                Some(pool) => pool.clone().acquire_owned().await.ok(),
-                None => None,
-            };
-            let result = call_processor(processor, &record).await;
+            let result = abortable(&ctx_ref.control, async {
+                let _permit = acquire_pool(pool).await;
+                call_processor(processor, &record).await
+            })
+            .await;
             (record, result)
         })
     };
     let mut input = input_records(rx, ctx.stats.clone()).boxed();
     let mut input_done = false;
-    let mut pending = if ordered {
-        Pending::Ordered(Default::default())
-    } else {
-        Pending::Unordered(Default::default())
-    };
+    let mut in_flight = InFlight::new(ordered);
     loop {
+        // What finished while this stage waited downstream goes first (in order).
+        if let Some((record, result)) = in_flight.parked.pop_front() {
+            deliver(record, result, &mut outputs, &ctx, &mut in_flight).await;
+            continue;
+        }
         // Start calls while there is room and input is ready right now.
-        while !input_done && pending.len() < concurrency {
+        while !input_done && in_flight.len() < concurrency {
             match input.next().now_or_never() {
                 None => break,
                 Some(None) => input_done = true,
                 Some(Some(record)) => {
                     let mut future = call(record);
-                    if pending.may_complete_inline()
-                        && let Some(done) = future.as_mut().now_or_never()
+                    if in_flight.may_complete_inline()
+                        && let Some((record, result)) = future.as_mut().now_or_never()
                     {
-                        deliver(done, &mut outputs, &ctx).await;
+                        deliver(record, result, &mut outputs, &ctx, &mut in_flight).await;
                         continue;
                     }
-                    pending.push(future);
+                    in_flight.pending.push(future);
                 }
             }
         }
-        if pending.len() > 0 {
-            if let Some(Some(done)) = pending.next().now_or_never() {
-                deliver(done, &mut outputs, &ctx).await;
+        if !in_flight.parked.is_empty() {
+            continue;
+        }
+        if in_flight.pending.len() > 0 {
+            if let Some(Some((record, result))) = in_flight.pending.next().now_or_never() {
+                deliver(record, result, &mut outputs, &ctx, &mut in_flight).await;
                 continue;
             }
         } else if input_done {
@@ -793,21 +965,261 @@ async fn run_processor(
         }
         // Nothing ready: send what is staged, then wait for a call to finish or, if there is
         // room, for more input. (The in-flight gauge is refreshed here, not per call.)
-        ctx.stats.in_flight.store(pending.len() as i64, Relaxed);
-        outputs.flush(&ctx).await;
-        let room = !input_done && pending.len() < concurrency;
+        ctx.stats.in_flight.store(in_flight.len() as i64, Relaxed);
+        in_flight.drive_while(outputs.flush(&ctx)).await;
+        if !in_flight.parked.is_empty() {
+            continue;
+        }
+        let room = !input_done && in_flight.len() < concurrency;
         let event = tokio::select! {
-            done = pending.next(), if pending.len() > 0 => Event::Done(done),
+            done = in_flight.pending.next(), if in_flight.pending.len() > 0 => Event::Done(done),
             record = input.next(), if room => Event::Input(record),
+            else => continue,
         };
         match event {
-            Event::Done(Some(done)) => deliver(done, &mut outputs, &ctx).await,
-            Event::Done(None) => {}
+            Event::Done(Some((record, result))) => {
+                deliver(record, result, &mut outputs, &ctx, &mut in_flight).await
+            }
+            Event::Done(None) | Event::Timer => {}
             Event::Input(None) => input_done = true,
-            Event::Input(Some(record)) => pending.push(call(record)),
+            Event::Input(Some(record)) => in_flight.pending.push(call(record)),
         }
     }
     ctx.stats.in_flight.store(0, Relaxed);
+    outputs.flush(&ctx).await;
+}
+
+/// The batch a [`BatchProcessor`] stage is filling.
+struct Filling {
+    records: Vec<Record>,
+    weight: u64,
+    /// When the batch must go even if it is not full.
+    due: Option<tokio::time::Instant>,
+    /// A record that did not fit (weight): it starts the next batch.
+    carry: Option<(Record, u64)>,
+}
+
+impl Filling {
+    fn new() -> Self {
+        Filling {
+            records: Vec::new(),
+            weight: 0,
+            due: None,
+            carry: None,
+        }
+    }
+
+    fn is_full(&self, batching: &Batching) -> bool {
+        self.carry.is_some()
+            || self.records.len() >= batching.max_records.max(1)
+            || batching
+                .max_weight
+                .is_some_and(|max| self.weight >= max && !self.records.is_empty())
+    }
+
+    fn add(&mut self, record: Record, weight: u64, batching: &Batching) {
+        let over = batching
+            .max_weight
+            .is_some_and(|max| self.weight + weight > max);
+        if over && !self.records.is_empty() {
+            self.carry = Some((record, weight));
+            return;
+        }
+        if self.records.is_empty() {
+            self.due = Some(tokio::time::Instant::now() + batching.max_wait);
+        }
+        self.records.push(record);
+        self.weight += weight;
+    }
+
+    /// Takes the batch to send; the carried record (if any) starts the next one.
+    fn take(&mut self, batching: &Batching) -> Vec<Record> {
+        let batch = std::mem::take(&mut self.records);
+        self.weight = 0;
+        self.due = None;
+        if let Some((record, weight)) = self.carry.take() {
+            self.add(record, weight, batching);
+        }
+        batch
+    }
+}
+
+type Outcomes = Vec<(Record, Result<Vec<Record>, StageError>)>;
+
+async fn run_batch(
+    processor: Arc<dyn BatchProcessor>,
+    rx: Inbox,
+    mut outputs: Outputs,
+    ctx: StageCtx,
+    concurrency: usize,
+    ordered: bool,
+    pool: Option<Arc<Semaphore>>,
+) {
+    let batching = processor.batching();
+    let (processor_ref, ctx_ref, pool_ref) = (&processor, &ctx, &pool);
+    let call = move |batch: Vec<Record>| {
+        Box::pin(async move {
+            if ctx_ref.control.aborted.load(Relaxed) {
+                let error = not_processed(ctx_ref);
+                return batch
+                    .into_iter()
+                    .map(|r| (r, Err(error.clone())))
+                    .collect::<Outcomes>();
+            }
+            let results = abortable(&ctx_ref.control, async {
+                let _permit = acquire_pool(pool_ref).await;
+                Ok(AssertUnwindSafe(processor_ref.process_batch(&batch))
+                    .catch_unwind()
+                    .await)
+            })
+            .await;
+            let results = match results {
+                Err(aborted) => batch.iter().map(|_| Err(aborted.clone())).collect(),
+                Ok(results) => match results {
+                    Ok(results) if results.len() == batch.len() => results,
+                    Ok(results) => {
+                        let error = StageError::record(format!(
+                            "stage returned {} results for a batch of {} records (a bug in the \
+                         stage: every record needs exactly one)",
+                            results.len(),
+                            batch.len()
+                        ));
+                        batch.iter().map(|_| Err(error.clone())).collect()
+                    }
+                    Err(panic) => {
+                        let error = panic_error(Some(panic));
+                        batch.iter().map(|_| Err(error.clone())).collect()
+                    }
+                },
+            };
+            batch.into_iter().zip(results).collect::<Outcomes>()
+        })
+    };
+    let mut input = input_records(rx, ctx.stats.clone()).boxed();
+    let mut input_done = false;
+    let mut filling = Filling::new();
+    let mut in_flight = InFlight::new(ordered);
+    loop {
+        if let Some(outcomes) = in_flight.parked.pop_front() {
+            for (record, result) in outcomes {
+                deliver(record, result, &mut outputs, &ctx, &mut in_flight).await;
+            }
+            continue;
+        }
+        // Fill the batch from what is ready now.
+        while !input_done && !filling.is_full(&batching) {
+            match input.next().now_or_never() {
+                None => break,
+                Some(None) => input_done = true,
+                Some(Some(record)) => {
+                    let weight = processor.weight(&record);
+                    filling.add(record, weight, &batching);
+                }
+            }
+        }
+        let has_batch = !filling.records.is_empty();
+        let due = has_batch
+            && (filling.is_full(&batching)
+                || input_done
+                || filling
+                    .due
+                    .is_some_and(|d| d <= tokio::time::Instant::now()));
+        if due && in_flight.len() < concurrency {
+            let batch = filling.take(&batching);
+            in_flight.pending.push(call(batch));
+            continue;
+        }
+        if in_flight.pending.len() > 0 {
+            if let Some(Some(outcomes)) = in_flight.pending.next().now_or_never() {
+                in_flight.parked.push_back(outcomes);
+                continue;
+            }
+        } else if input_done && !has_batch {
+            break;
+        }
+        let records_in_flight: usize = in_flight.len() * batching.max_records.max(1);
+        ctx.stats
+            .in_flight
+            .store(records_in_flight.min(i64::MAX as usize) as i64, Relaxed);
+        in_flight.drive_while(outputs.flush(&ctx)).await;
+        if !in_flight.parked.is_empty() {
+            continue;
+        }
+        let read_more = !input_done && !filling.is_full(&batching);
+        let timer = match filling.due {
+            Some(at) if has_batch && !due && in_flight.len() < concurrency => Some(at),
+            _ => None,
+        };
+        let event = tokio::select! {
+            done = in_flight.pending.next(), if in_flight.pending.len() > 0 => Event::Done(done),
+            record = input.next(), if read_more => Event::Input(record),
+            _ = tokio::time::sleep_until(timer.unwrap_or_else(tokio::time::Instant::now)), if timer.is_some() => Event::Timer,
+            else => continue,
+        };
+        match event {
+            Event::Done(Some(outcomes)) => in_flight.parked.push_back(outcomes),
+            Event::Done(None) | Event::Timer => {}
+            Event::Input(None) => input_done = true,
+            Event::Input(Some(record)) => {
+                let weight = processor.weight(&record);
+                filling.add(record, weight, &batching);
+            }
+        }
+    }
+    ctx.stats.in_flight.store(0, Relaxed);
+    outputs.flush(&ctx).await;
+}
+
+async fn run_aggregate(
+    mut aggregator: Box<dyn Aggregator>,
+    rx: Inbox,
+    mut outputs: Outputs,
+    ctx: StageCtx,
+) {
+    let mut input = input_records(rx, ctx.stats.clone()).boxed();
+    let mut held: i64 = 0;
+    while let Some(record) = input.next().await {
+        let added = AssertUnwindSafe(aggregator.add(&record))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(panic_error(Some(panic))));
+        match added {
+            Ok(()) => {
+                held += 1;
+                ctx.stats.in_flight.store(held, Relaxed);
+            }
+            Err(error) => {
+                ctx.failed(&error);
+                ctx.dead_letter_record(&error, &record);
+            }
+        }
+    }
+    drop(input);
+    let end = ctx.control.input_end();
+    let finished = AssertUnwindSafe(aggregator.finish(&end))
+        .catch_unwind()
+        .await;
+    ctx.stats.in_flight.store(0, Relaxed);
+    let finished = match finished {
+        Ok(finished) => finished,
+        Err(panic) => {
+            // What it held is gone: say so loudly rather than end as if nothing happened.
+            ctx.control.fail(format!(
+                "stage `{}` panicked while finishing; the {held} records it had taken in were \
+                 not passed on: {}",
+                ctx.stats.id,
+                panic_message(Some(panic))
+            ));
+            return;
+        }
+    };
+    for (record, error) in finished.dead_letter {
+        ctx.failed(&error);
+        ctx.dead_letter_record(&error, &record);
+    }
+    for record in finished.emit {
+        outputs.push(record, &ctx).await;
+    }
     outputs.flush(&ctx).await;
 }
 
@@ -819,30 +1231,71 @@ async fn run_sink(
     pool: Option<Arc<Semaphore>>,
 ) {
     let batch_size = sink.batch_size().max(1);
-    let (sink, ctx_ref, pool) = (&sink, &ctx, &pool);
+    let retry = sink.retry();
+    let (sink, ctx_ref, pool, retry) = (&sink, &ctx, &pool, &retry);
     let writes = input_records(rx, ctx.stats.clone())
         .ready_chunks(batch_size)
         .map(move |batch| {
             let ctx = ctx_ref;
             async move {
-                let _permit = match pool {
-                    Some(pool) => pool.clone().acquire_owned().await.ok(),
-                    None => None,
-                };
+                let _permit = acquire_pool(pool).await;
                 ctx.stats.in_flight.fetch_add(batch.len() as i64, Relaxed);
-                let result = AssertUnwindSafe(sink.write(&batch))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|panic| Err(panic_error(Some(panic))));
+                let result = abortable(
+                    &ctx.control,
+                    crate::policy::write_with_retries(
+                        retry,
+                        || ctx.control.aborted.load(Relaxed),
+                        |attempt, error| {
+                            ctx.stats.retries.fetch_add(1, Relaxed);
+                            tracing::warn!(
+                                "stage `{}`: writing {} records failed (attempt {attempt}), \
+                             retrying: {}",
+                                ctx.stats.id,
+                                batch.len(),
+                                error.message
+                            );
+                        },
+                        || async {
+                            AssertUnwindSafe(sink.write(&batch))
+                                .catch_unwind()
+                                .await
+                                .unwrap_or_else(|panic| Err(panic_error(Some(panic))))
+                        },
+                    ),
+                )
+                .await;
                 ctx.stats.in_flight.fetch_sub(batch.len() as i64, Relaxed);
                 (batch, result)
             }
         });
     let mut results = writes.buffer_unordered(concurrency);
+    // Written, but durable only once `finish` succeeds on a complete input.
+    let mut awaiting_finish: u64 = 0;
     while let Some((batch, result)) = results.next().await {
         match result {
-            Ok(()) => {
-                ctx.stats.emitted.fetch_add(batch.len() as u64, Relaxed);
+            Ok(written) => {
+                let mut failed = vec![false; batch.len()];
+                for (index, error) in written.failed {
+                    match failed.get_mut(index) {
+                        Some(flag) if !*flag => {
+                            *flag = true;
+                            ctx.failed(&error);
+                            ctx.dead_letter_record(&error, &batch[index]);
+                        }
+                        _ => tracing::warn!(
+                            "stage `{}` reported a failure for record {index} of a batch of {}",
+                            ctx.stats.id,
+                            batch.len()
+                        ),
+                    }
+                }
+                let ok = failed.iter().filter(|f| !**f).count() as u64;
+                ctx.stats.emitted.fetch_add(ok, Relaxed);
+                if written.durable {
+                    ctx.stats.committed.fetch_add(ok, Relaxed);
+                } else {
+                    awaiting_finish += ok;
+                }
             }
             Err(error) => {
                 ctx.failed(&error);
@@ -852,12 +1305,26 @@ async fn run_sink(
             }
         }
     }
-    if let Err(e) = sink.finish().await {
-        ctx.control.fail(format!(
+    drop(results);
+    let end = ctx.control.input_end();
+    match sink.finish(&end).await {
+        Ok(()) if end.is_complete() => {
+            ctx.stats.committed.fetch_add(awaiting_finish, Relaxed);
+        }
+        Ok(()) => {}
+        Err(e) => ctx.control.fail(format!(
             "sink `{}` could not finish: {}",
             ctx.stats.id, e.message
-        ));
+        )),
     }
+}
+
+/// A transform's input: the stage's inbox behind a lock, so that what the transform did not
+/// take before it ended (or panicked) can still be found and dead-lettered.
+struct SharedInput {
+    inbox: Inbox,
+    /// The rest of the batch last taken from the channel.
+    current: VecDeque<Record>,
 }
 
 async fn run_transform(
@@ -866,14 +1333,57 @@ async fn run_transform(
     mut outputs: Outputs,
     ctx: StageCtx,
 ) {
-    let input = input_records(rx, ctx.stats.clone()).boxed();
+    let shared = Arc::new(Mutex::new(SharedInput {
+        inbox: rx,
+        current: VecDeque::new(),
+    }));
+    let input = {
+        let shared = shared.clone();
+        let stats = ctx.stats.clone();
+        futures::stream::poll_fn(move |cx| {
+            let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
+            let s = &mut *guard;
+            loop {
+                if let Some(record) = s.current.pop_front() {
+                    return std::task::Poll::Ready(Some(record));
+                }
+                match s.inbox.rx.poll_recv(cx) {
+                    std::task::Poll::Ready(Some(batch)) => {
+                        s.inbox.permits.add_permits(batch.len());
+                        stats.received.fetch_add(batch.len() as u64, Relaxed);
+                        s.current.extend(batch);
+                    }
+                    other => return other.map(|_| None),
+                }
+            }
+        })
+        .boxed()
+    };
     let mut output = transform.transform(input);
+    let mut panicked = None;
     loop {
-        let item = match output.next().now_or_never() {
-            Some(item) => item,
-            None => {
+        // A panic inside the transform's stream ends the stage; both polls are guarded.
+        let ready = std::panic::catch_unwind(AssertUnwindSafe(|| output.next().now_or_never()));
+        let item = match ready {
+            Ok(Some(item)) => item,
+            Ok(None) => {
                 outputs.flush(&ctx).await;
-                output.next().await
+                let next = tokio::select! {
+                    biased;
+                    next = AssertUnwindSafe(output.next()).catch_unwind() => next,
+                    _ = ctx.control.abort.cancelled() => break,
+                };
+                match next {
+                    Ok(item) => item,
+                    Err(panic) => {
+                        panicked = Some(panic_message(Some(panic)));
+                        break;
+                    }
+                }
+            }
+            Err(panic) => {
+                panicked = Some(panic_message(Some(panic)));
+                break;
             }
         };
         let Some(item) = item else { break };
@@ -887,6 +1397,40 @@ async fn run_transform(
     }
     drop(output);
     outputs.flush(&ctx).await;
+    // Whatever is still queued for the transform would be lost: dead-letter it. Closing the
+    // permits first makes producers that are still sending dead-letter their records too.
+    let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
+    let s = &mut *guard;
+    s.inbox.permits.close();
+    s.inbox.rx.close();
+    let reason = match &panicked {
+        Some(message) => format!(
+            "stage `{}` panicked before taking this record: {message}",
+            ctx.stats.id
+        ),
+        None => format!("stage `{}` ended before taking this record", ctx.stats.id),
+    };
+    let error = StageError::record(reason);
+    let mut left: Vec<Record> = s.current.drain(..).collect();
+    while let Ok(batch) = s.inbox.rx.try_recv() {
+        ctx.stats.received.fetch_add(batch.len() as u64, Relaxed);
+        left.extend(batch);
+    }
+    drop(guard);
+    for record in &left {
+        ctx.failed(&error);
+        ctx.dead_letter_record(&error, record);
+    }
+    if let Some(message) = panicked {
+        ctx.control
+            .fail(format!("stage `{}` panicked: {message}", ctx.stats.id));
+    } else if !left.is_empty() {
+        tracing::warn!(
+            "stage `{}` ended with {} records still queued for it; they are dead-lettered",
+            ctx.stats.id,
+            left.len()
+        );
+    }
 }
 
 #[cfg(test)]

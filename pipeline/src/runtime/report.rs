@@ -11,13 +11,17 @@ use std::sync::atomic::Ordering::Relaxed;
 pub enum RunStatus {
     /// Every source was read to its end (or to `--limit`) and everything drained.
     Completed,
-    /// Stopped early by Ctrl-C; what was in flight was drained and flushed.
+    /// Stopped early by Ctrl-C or SIGTERM; what was in flight was drained and flushed.
     Interrupted,
     /// A run-fatal error stopped it (see `error`).
     Failed,
     /// The budget was spent: no new calls were admitted, the rest was dead-lettered with
     /// the reason (see `error`); a re-run with a larger budget finishes it.
     BudgetReached,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -32,6 +36,18 @@ pub struct StageReport {
     pub dead_lettered: u64,
     pub wall_time_s: f64,
     pub max_queue_depth: u64,
+    /// Sinks: records durably committed (see `Written::durable`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub committed: Option<u64>,
+    /// Sinks: batch writes retried after a retryable store error.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub retries: u64,
+    /// Named counts the stage reported (e.g. `empty_extractions`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub counts: std::collections::BTreeMap<String, u64>,
+    /// Notes the stage reported (e.g. which extractor ran).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Remote calls (stages that call a provider).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calls: Option<CallReport>,
@@ -140,6 +156,10 @@ impl RunReport {
                     .unwrap_or_else(|| stats.started.elapsed())
                     .as_secs_f64(),
                 max_queue_depth: s.max_queue_depth.load(Relaxed),
+                committed: (s.role == crate::stage::Role::Sink).then(|| s.committed.load(Relaxed)),
+                retries: s.retries.load(Relaxed),
+                counts: s.notes.counts(),
+                notes: s.notes.lines(),
                 calls: (s.calls.calls.load(Relaxed) > 0).then(|| s.calls.report()),
                 plan: (dry_run && s.calls.planned_calls.load(Relaxed) > 0)
                     .then(|| s.calls.plan_report()),

@@ -26,8 +26,55 @@ pub struct StageStats {
     pub expected: AtomicU64,
     /// Remote calls made through the policy stack (zero for local stages).
     pub calls: std::sync::Arc<crate::policy::CallStats>,
+    /// Sinks: records durably committed (at write for durable writes, at a successful
+    /// `finish` of a complete input for the others).
+    pub committed: AtomicU64,
+    /// Sinks: batches written again after a retryable error.
+    pub retries: AtomicU64,
+    /// What the stage itself reports (named counts and notes), see [`StageNotes`].
+    pub notes: StageNotes,
     /// Nanoseconds from run start until the stage finished (0 = still running).
     finished_after_ns: AtomicU64,
+}
+
+/// Named counts and one-line notes a stage reports about its own work ("empty extractions",
+/// "extractor: nlp_extract"): shown in the report and at the end of the run. Shared with the
+/// stage through its `BuildContext`.
+#[derive(Debug, Default, Clone)]
+pub struct StageNotes(std::sync::Arc<std::sync::Mutex<NotesInner>>);
+
+#[derive(Debug, Default)]
+struct NotesInner {
+    counts: std::collections::BTreeMap<String, u64>,
+    lines: Vec<String>,
+}
+
+impl StageNotes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, NotesInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds `n` to the count called `name`.
+    pub fn count(&self, name: &str, n: u64) {
+        *self.lock().counts.entry(name.to_string()).or_default() += n;
+    }
+
+    /// A line for the report and the end-of-run summary (repeated lines are kept once).
+    pub fn note(&self, line: impl Into<String>) {
+        let line = line.into();
+        let mut inner = self.lock();
+        if !inner.lines.contains(&line) {
+            inner.lines.push(line);
+        }
+    }
+
+    pub fn counts(&self) -> std::collections::BTreeMap<String, u64> {
+        self.lock().counts.clone()
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lock().lines.clone()
+    }
 }
 
 impl StageStats {
@@ -45,6 +92,9 @@ impl StageStats {
             max_queue_depth: AtomicU64::new(0),
             expected: AtomicU64::new(0),
             calls: Default::default(),
+            committed: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            notes: StageNotes::default(),
             finished_after_ns: AtomicU64::new(0),
         }
     }

@@ -3,7 +3,7 @@
 
 use pipeline::{
     BuildContext, BuiltStage, ConfigIssue, KindSet, Produces, Record, Role, Sink, StageConfig,
-    StageError, async_trait,
+    StageError, Written, async_trait,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -66,10 +66,10 @@ impl Sink for BlackholeSink {
         self.batch
     }
 
-    async fn write(&self, _batch: &[Record]) -> Result<(), StageError> {
+    async fn write(&self, _batch: &[Record]) -> Result<Written, StageError> {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
-        Ok(())
+        Ok(Written::durable())
     }
 }

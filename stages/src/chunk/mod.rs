@@ -172,6 +172,7 @@ impl ChunkProcessor {
                     text: text.to_string(),
                     tokens: span.tokens as u32,
                     tokenizer: self.tokenizer_name.to_string(),
+                    context: None,
                 }),
             ));
         }

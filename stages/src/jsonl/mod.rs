@@ -2,8 +2,8 @@
 //! finishes (or drains after Ctrl-C), so the final file is never half-written.
 
 use pipeline::{
-    BuildContext, BuiltStage, ConfigIssue, KindSet, Produces, Record, Role, Sink, StageConfig,
-    StageError, async_trait,
+    BuildContext, BuiltStage, ConfigIssue, InputEnd, KindSet, Produces, Record, Role, Sink,
+    StageConfig, StageError, Written, async_trait,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -69,6 +69,7 @@ impl StageConfig for JsonlConfig {
             partial,
             batch: self.batch,
             writer: Mutex::new(Some(BufWriter::new(file))),
+            notes: ctx.notes.clone(),
         })))
     }
 }
@@ -78,6 +79,7 @@ struct JsonlSink {
     partial: PathBuf,
     batch: usize,
     writer: Mutex<Option<BufWriter<File>>>,
+    notes: pipeline::runtime::StageNotes,
 }
 
 #[async_trait]
@@ -86,14 +88,23 @@ impl Sink for JsonlSink {
         self.batch
     }
 
-    async fn write(&self, batch: &[Record]) -> Result<(), StageError> {
+    async fn write(&self, batch: &[Record]) -> Result<Written, StageError> {
         // Serialise outside the lock; one write per batch keeps each batch's lines together.
+        // A record that cannot be serialised fails alone.
         let mut buf = Vec::with_capacity(batch.len() * 256);
-        for record in batch {
-            serde_json::to_writer(&mut buf, record).map_err(|e| {
-                StageError::record(format!("cannot serialise record {}: {e}", record.id))
-            })?;
-            buf.push(b'\n');
+        let mut failed = Vec::new();
+        for (index, record) in batch.iter().enumerate() {
+            let start = buf.len();
+            match serde_json::to_writer(&mut buf, record) {
+                Ok(()) => buf.push(b'\n'),
+                Err(e) => {
+                    buf.truncate(start);
+                    failed.push((
+                        index,
+                        StageError::record(format!("cannot serialise record {}: {e}", record.id)),
+                    ));
+                }
+            }
         }
         let mut guard = self
             .writer
@@ -102,12 +113,14 @@ impl Sink for JsonlSink {
         let writer = guard
             .as_mut()
             .ok_or_else(|| StageError::run("jsonl sink already finished"))?;
-        writer
-            .write_all(&buf)
-            .map_err(|e| StageError::run(format!("cannot write {}: {e}", self.partial.display())))
+        writer.write_all(&buf).map_err(|e| {
+            StageError::run(format!("cannot write {}: {e}", self.partial.display()))
+        })?;
+        // Durable (and visible under its real name) only once `finish` renames the file.
+        Ok(Written::pending().with_failures(failed))
     }
 
-    async fn finish(&self) -> Result<(), StageError> {
+    async fn finish(&self, end: &InputEnd) -> Result<(), StageError> {
         let writer = self
             .writer
             .lock()
@@ -124,6 +137,18 @@ impl Sink for JsonlSink {
             file.sync_all().map_err(|e| {
                 StageError::run(format!("cannot sync {}: {e}", self.partial.display()))
             })?;
+            if !end.is_complete() {
+                // A partial output must not pass for the whole: it stays under `.partial`.
+                let note = format!(
+                    "input {}: the records written so far stay in {} (not renamed to {})",
+                    end.describe(),
+                    self.partial.display(),
+                    self.path.display()
+                );
+                tracing::warn!("{note}");
+                self.notes.note(note);
+                return Ok(());
+            }
             std::fs::rename(&self.partial, &self.path).map_err(|e| {
                 StageError::run(format!("cannot rename to {}: {e}", self.path.display()))
             })?;

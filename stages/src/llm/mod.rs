@@ -11,7 +11,7 @@ use crate::provider::{Chat, Prompt, Reply};
 use pipeline::policy::{CallPolicy, CallSpec, Called, cache_key};
 use pipeline::{
     BuildContext, BuiltStage, ConfigIssue, KindSet, Payload, PayloadKind, Processor, Produces,
-    Record, Role, StageConfig, StageError, async_trait, record::stable_id,
+    Record, Role, StageConfig, StageError, YamlJson, async_trait, record::stable_id,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -48,7 +48,7 @@ pub struct LlmConfig {
     /// JSON Schema the answer must satisfy (`output: json`); sent as the structured-output
     /// format where the provider supports it.
     #[serde(default)]
-    pub schema: Option<Value>,
+    pub schema: Option<YamlJson>,
     /// Field of the output record that holds the answer.
     #[serde(default = "default_field")]
     pub output_field: String,
@@ -179,7 +179,7 @@ impl StageConfig for LlmConfig {
             policy,
             templates,
             output: self.output,
-            schema: self.schema.clone(),
+            schema: self.schema.clone().map(YamlJson::into_inner),
             validator: validator.map(Arc::new),
             output_field: self.output_field.clone(),
             max_tokens: self.max_tokens,

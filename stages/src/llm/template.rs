@@ -102,6 +102,7 @@ mod tests {
                 text: text.into(),
                 tokens: 2,
                 tokenizer: "cl100k_base".into(),
+                context: None,
             }),
         )
     }
