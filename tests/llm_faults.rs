@@ -166,7 +166,7 @@ fn n(v: &Value) -> u64 {
 }
 
 /// What the sink wrote: `out.jsonl`, or `out.jsonl.partial` when the run did not complete.
-fn written(dir: &Path) -> Vec<Value> {
+fn written_lines(dir: &Path) -> Vec<Value> {
     let done = dir.join("out.jsonl");
     if done.exists() {
         lines(&done)
@@ -177,7 +177,7 @@ fn written(dir: &Path) -> Vec<Value> {
 
 /// Input = written + dead-lettered, and the report says the same.
 fn assert_nothing_lost(dir: &Path, report: &Value, total: usize) -> (Vec<Value>, Vec<Value>) {
-    let written = written(dir);
+    let written = written_lines(dir);
     let dead = dead_letters(report);
     assert_eq!(written.len() + dead.len(), total, "{report:#}");
     let stage = ask(report);
@@ -271,7 +271,7 @@ async fn wrong_json_is_repaired_and_a_rerun_asks_nothing() {
     let report = last_report(dir.path());
     let calls = &ask(&report)["calls"];
     assert_eq!(n(&calls["cache_hits"]), total as u64, "{calls:#}");
-    assert_eq!(written(dir.path()).len(), total);
+    assert_eq!(written_lines(dir.path()).len(), total);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,7 +506,7 @@ async fn a_damaged_cache_file_is_set_aside_and_the_run_goes_on() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("is damaged"), "{}", stderr(&out));
-    assert_eq!(written(dir.path()).len(), 10);
+    assert_eq!(written_lines(dir.path()).len(), 10);
     let aside = std::fs::read_dir(dir.path().join(".pipe"))
         .unwrap()
         .filter(|e| {
