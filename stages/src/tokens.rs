@@ -11,13 +11,16 @@
 //!   tests below) in time linear in the piece, where tiktoken's merge loop is quadratic: a
 //!   10 MB piece without spaces takes seconds, not days.
 //!
-//! `bpe-openai`'s own `Tokenizer` is not used for cl100k because its pattern is tiktoken's
-//! older one: it splits whitespace that ends a text after a newline ("a\n ") differently.
+//! `bpe-openai`'s own `Tokenizer` is not used: its cl100k pattern is tiktoken's older one,
+//! which cuts whitespace that ends a text after a newline ("a\n  ") into two pieces where
+//! tiktoken 0.14 makes one. No text was found where that changes the tokens, but the chunker
+//! reasons about piece boundaries (`exact_count` in the splitter), so they are tiktoken's.
 
 use std::sync::LazyLock;
 
 use bpe_openai::byte_pair_encoding::BytePairEncoding;
 use regex_automata::{Anchored, Input, meta::Regex};
+use rustc_hash::FxHashMap;
 
 /// A tokenizer of OpenAI models, named as tiktoken names its encodings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,23 +56,42 @@ const LOOKAHEAD_PATTERN: usize = 1;
 
 struct Encoding {
     pretokenizer: Regex,
+    /// The same pre-tokenizer hand-written for ASCII text, where it knows the answer.
+    ascii_piece: Option<fn(&[u8], usize) -> Option<usize>>,
     bpe: &'static BytePairEncoding,
+    /// Every token by its bytes. Like tiktoken, a piece that is a token is that one token
+    /// (most pieces are): a hash look-up instead of running the encoder.
+    tokens: FxHashMap<&'static [u8], u32>,
 }
 
 impl Encoding {
-    fn new(patterns: &[&str], bpe: &'static BytePairEncoding) -> Self {
+    fn new(
+        patterns: &[&str],
+        ascii_piece: Option<fn(&[u8], usize) -> Option<usize>>,
+        bpe: &'static BytePairEncoding,
+    ) -> Self {
+        let tokens = (0..bpe.num_tokens() as u32)
+            .map(|id| (bpe.token_bytes(id), id))
+            .collect();
         Encoding {
             pretokenizer: Regex::new_many(patterns).expect("static pre-tokenizer patterns compile"),
+            ascii_piece,
             bpe,
+            tokens,
         }
     }
 }
 
 // Deserializing a dictionary and compiling the pattern take a while: once per process.
-static CL100K_BASE: LazyLock<Encoding> =
-    LazyLock::new(|| Encoding::new(&CL100K_PATTERNS, &bpe_openai::cl100k_base().bpe));
+static CL100K_BASE: LazyLock<Encoding> = LazyLock::new(|| {
+    Encoding::new(
+        &CL100K_PATTERNS,
+        Some(cl100k_ascii_piece),
+        &bpe_openai::cl100k_base().bpe,
+    )
+});
 static O200K_BASE: LazyLock<Encoding> =
-    LazyLock::new(|| Encoding::new(&O200K_PATTERNS, &bpe_openai::o200k_base().bpe));
+    LazyLock::new(|| Encoding::new(&O200K_PATTERNS, None, &bpe_openai::o200k_base().bpe));
 
 impl Tokenizer {
     fn encoding(&self) -> &'static Encoding {
@@ -96,8 +118,10 @@ impl Tokenizer {
 
     /// The pre-tokenizer's pieces of `text`, as byte ranges: they tile the text in order.
     pub(crate) fn pieces<'t>(&self, text: &'t str) -> Pieces<'t> {
+        let encoding = self.encoding();
         Pieces {
-            regex: &self.encoding().pretokenizer,
+            regex: &encoding.pretokenizer,
+            ascii_piece: encoding.ascii_piece,
             text,
             pos: 0,
         }
@@ -106,15 +130,21 @@ impl Tokenizer {
     /// Tokens of one pre-tokenizer piece.
     pub(crate) fn count_piece(&self, piece: &str) -> usize {
         work::add_encoded(piece.len());
-        self.encoding().bpe.count(piece.as_bytes())
+        let encoding = self.encoding();
+        if encoding.tokens.contains_key(piece.as_bytes()) {
+            return 1;
+        }
+        encoding.bpe.count(piece.as_bytes())
     }
 
     /// Token ids of one pre-tokenizer piece.
     pub(crate) fn encode_piece(&self, piece: &str) -> Vec<u32> {
         work::add_encoded(piece.len());
-        self.encoding()
-            .bpe
-            .encode_via_backtracking(piece.as_bytes())
+        let encoding = self.encoding();
+        if let Some(&id) = encoding.tokens.get(piece.as_bytes()) {
+            return vec![id];
+        }
+        encoding.bpe.encode_via_backtracking(piece.as_bytes())
     }
 
     /// Length in bytes of a token.
@@ -126,6 +156,7 @@ impl Tokenizer {
 /// Iterator over pre-tokenizer pieces; see [`Tokenizer::pieces`].
 pub(crate) struct Pieces<'t> {
     regex: &'static Regex,
+    ascii_piece: Option<fn(&[u8], usize) -> Option<usize>>,
     text: &'t str,
     pos: usize,
 }
@@ -137,14 +168,24 @@ impl Iterator for Pieces<'_> {
         if self.pos >= self.text.len() {
             return None;
         }
+        let start = self.pos;
+        if let Some(end) = self
+            .ascii_piece
+            .and_then(|piece| piece(self.text.as_bytes(), start))
+            .filter(|&end| end > start)
+        {
+            self.pos = end;
+            work::add_pretokenized(end - start);
+            return Some((start, end));
+        }
         let input = Input::new(self.text)
             .range(self.pos..)
             .anchored(Anchored::Yes);
         // The last alternative matches any single character, so a match always exists;
         // should it not, the rest of the text is one piece rather than lost.
-        let start = self.pos;
-        let mut end = self.regex.find(input).map_or(self.text.len(), |m| {
-            let mut end = m.end();
+        // Anchored, the start is known: only the end is searched for (no second pass).
+        let mut end = self.regex.search_half(&input).map_or(self.text.len(), |m| {
+            let mut end = m.offset();
             if m.pattern().as_usize() == LOOKAHEAD_PATTERN {
                 // `\s+\s` stands for `\s+(?!\S)`: give the look-ahead character back.
                 let last = self.text[start..end]
@@ -162,6 +203,92 @@ impl Iterator for Pieces<'_> {
         work::add_pretokenized(end - start);
         Some((start, end))
     }
+}
+
+/// The cl100k_base piece that starts at `p`, worked out by hand when the bytes that decide
+/// it are ASCII (most text); `None` leaves it to the regex. Each step is one alternative of
+/// the pattern, in the pattern's order; `tests::ascii_pieces_are_the_regex_pieces` checks
+/// it against the regex.
+fn cl100k_ascii_piece(bytes: &[u8], p: usize) -> Option<usize> {
+    // Rust's `\s` on ASCII: \t \n \v \f \r and space.
+    let ws = |b: u8| matches!(b, b'\t'..=b'\r' | b' ');
+    let newline = |b: u8| b == b'\r' || b == b'\n';
+    let other = |b: u8| b.is_ascii() && !b.is_ascii_alphanumeric() && !ws(b);
+    // The next byte, if the decision may hang on it: `Err` for non-ASCII (not decided here).
+    let peek = |i: usize| match bytes.get(i) {
+        Some(&b) if !b.is_ascii() => Err(()),
+        b => Ok(b.copied()),
+    };
+    let run = |mut i: usize, class: &dyn Fn(u8) -> bool| -> Option<usize> {
+        while let Some(&b) = bytes.get(i).filter(|&&b| class(b)) {
+            debug_assert!(b.is_ascii());
+            i += 1;
+        }
+        peek(i).ok().map(|_| i)
+    };
+    let c = *bytes.get(p).filter(|b| b.is_ascii())?;
+    // '(?i:[sdmt]|ll|ve|re)
+    if c == b'\'' {
+        match peek(p + 1).ok()?.map(|b| b.to_ascii_lowercase()) {
+            Some(b's' | b'd' | b'm' | b't') => return Some(p + 2),
+            Some(first @ (b'l' | b'v' | b'r')) => {
+                let second = peek(p + 2).ok()?.map(|b| b.to_ascii_lowercase());
+                if matches!(
+                    (first, second),
+                    (b'l', Some(b'l')) | (b'v' | b'r', Some(b'e'))
+                ) {
+                    return Some(p + 3);
+                }
+            }
+            _ => {}
+        }
+    }
+    // [^\r\n\p{L}\p{N}]?\p{L}+
+    if c.is_ascii_alphabetic() {
+        return run(p, &|b: u8| b.is_ascii_alphabetic());
+    }
+    if !newline(c)
+        && !c.is_ascii_digit()
+        && peek(p + 1).ok()?.is_some_and(|b| b.is_ascii_alphabetic())
+    {
+        return run(p + 1, &|b: u8| b.is_ascii_alphabetic());
+    }
+    // \p{N}{1,3}
+    if c.is_ascii_digit() {
+        let mut i = p + 1;
+        while i < p + 3 {
+            match peek(i).ok()? {
+                Some(b) if b.is_ascii_digit() => i += 1,
+                _ => break,
+            }
+        }
+        return Some(i);
+    }
+    // ` ?[^\s\p{L}\p{N}]+[\r\n]*`
+    let symbols = if other(c) {
+        Some(p)
+    } else if c == b' ' && peek(p + 1).ok()?.is_some_and(other) {
+        Some(p + 1)
+    } else {
+        None
+    };
+    if let Some(i) = symbols {
+        let i = run(i, &other)?;
+        let mut i = i;
+        while bytes.get(i).is_some_and(|&b| newline(b)) {
+            i += 1;
+        }
+        return Some(i);
+    }
+    // Whitespace: \s++$ | \s*[\r\n] | \s+(?!\S) | \s
+    let end = run(p, &ws)?;
+    if end == bytes.len() {
+        return Some(end);
+    }
+    if let Some(last) = bytes[p..end].iter().rposition(|&b| newline(b)) {
+        return Some(p + last + 1);
+    }
+    Some(if end - p >= 2 { end - 1 } else { p + 1 })
 }
 
 /// How much text the tokenizer has processed on this thread, so tests can check that the
@@ -193,7 +320,7 @@ pub(crate) mod work {
 }
 
 #[cfg(not(test))]
-mod work {
+pub(crate) mod work {
     #[inline(always)]
     pub(crate) fn add_encoded(_bytes: usize) {}
     #[inline(always)]
@@ -337,6 +464,53 @@ mod tests {
             assert_same_tokens(tokenizer, &format!("x{}y", " ".repeat(5_000)));
             assert_same_tokens(tokenizer, &"!?".repeat(3_000));
             assert_same_tokens(tokenizer, &"9".repeat(5_000));
+        }
+    }
+
+    /// The pieces of the regex alone, for checking the ASCII fast path.
+    fn regex_pieces(tokenizer: Tokenizer, text: &str) -> Vec<(usize, usize)> {
+        Pieces {
+            regex: &tokenizer.encoding().pretokenizer,
+            ascii_piece: None,
+            text,
+            pos: 0,
+        }
+        .collect()
+    }
+
+    #[test]
+    fn ascii_pieces_are_the_regex_pieces() {
+        // ASCII of every class, with some non-ASCII where the fast path must step aside.
+        let mut alphabet: Vec<char> = (0u8..128).map(char::from).collect();
+        alphabet.extend(['é', 'ſ', '\u{a0}', '\u{85}', '٣', '—', '日', '🚀']);
+        let ascii: Vec<char> = (0u8..128).map(char::from).collect();
+        let words = [
+            "'s", "'S", "'ll", "'LL", "'lL", "'ve", "'Re", "'d", "'x", "'", "' ", "a", "ab", "123",
+            "1234", " ", "  ", "\n", "\r\n", "\t", "\x0b", "\x0c", " !", "!!", " x", "\tx", "(x",
+            "é", "\u{a0}", "x\u{301}", "1٣", "٣", "'tis", "'Mx", "'dd", "'vex", "'rex", "'llx",
+            "'Lx", "'ver", "'v", "'r", "'l", "'ſ",
+        ];
+        let mut state = 5u64;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize % n
+        };
+        for round in 0..20_000 {
+            let len = 1 + next(40);
+            let text: String = match round % 3 {
+                0 => (0..len).map(|_| ascii[next(ascii.len())]).collect(),
+                1 => (0..len).map(|_| alphabet[next(alphabet.len())]).collect(),
+                _ => (0..len / 3 + 1).map(|_| words[next(words.len())]).collect(),
+            };
+            let tokenizer = Tokenizer::Cl100kBase;
+            let fast: Vec<_> = tokenizer.pieces(&text).collect();
+            assert_eq!(fast, regex_pieces(tokenizer, &text), "{text:?}");
+        }
+        for text in TRICKY {
+            let fast: Vec<_> = Tokenizer::Cl100kBase.pieces(text).collect();
+            assert_eq!(fast, regex_pieces(Tokenizer::Cl100kBase, text), "{text:?}");
         }
     }
 

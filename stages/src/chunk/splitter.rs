@@ -16,6 +16,7 @@ use std::fmt;
 use std::sync::LazyLock;
 
 use regex::Regex;
+use rustc_hash::FxHashMap;
 
 /// The tokenizer lives in [`crate::tokens`]; re-exported where it was first defined.
 pub use crate::tokens::Tokenizer;
@@ -32,6 +33,9 @@ static TURN_RE: LazyLock<Regex> = LazyLock::new(|| {
 
 /// Labels longer than this many words are more likely prose than a speaker.
 const MAX_LABEL_WORDS: usize = 4;
+
+/// Longest piece (bytes) whose count is remembered while a text is indexed.
+const MAX_CACHED_PIECE: usize = 24;
 
 /// Candidate overlap starts whose exact count is checked before a chunk goes without overlap.
 const MAX_OVERLAP_TRIES: usize = 8;
@@ -138,10 +142,15 @@ fn scan_lines(text: &str) -> LineScan {
 }
 
 fn is_turn_start(line: &str) -> bool {
-    TURN_RE
-        .captures(line)
-        .and_then(|c| c.get(1))
-        .is_some_and(|label| label.as_str().split_whitespace().count() <= MAX_LABEL_WORDS)
+    // `find` runs a DFA; `captures` would zero a backtracker's state for every line. The
+    // label is the match from its first letter (the timestamps before it have none) to the
+    // colon.
+    TURN_RE.find(line).is_some_and(|m| {
+        let matched = m.as_str();
+        let label_start = matched.find(char::is_alphabetic).unwrap_or(matched.len());
+        let label = matched[label_start..].trim_end().trim_end_matches(':');
+        label.split_whitespace().count() <= MAX_LABEL_WORDS
+    })
 }
 
 /// Trimmed, non-empty byte range of `text[start..end]`.
@@ -182,9 +191,29 @@ impl<'t> PieceIndex<'t> {
         bounds.push(0);
         cum.push(0);
         let mut total = 0u32;
+        // Words recur (a transcript says "Roger" thousands of times): count each short piece
+        // once per text. Single-token pieces are found faster by the tokenizer itself.
+        let mut seen: FxHashMap<&str, u32> = FxHashMap::default();
         for (start, end) in tokenizer.pieces(text) {
             let piece = &text[start..end];
-            let tokens = if piece.len() > large_above {
+            let tokens = if piece.len() == 1 {
+                // Every byte is a token of both encodings.
+                crate::tokens::work::add_encoded(1);
+                1
+            } else if piece.len() <= MAX_CACHED_PIECE && piece.len() <= large_above {
+                match seen.get(piece) {
+                    Some(&n) => {
+                        // Counted as encoded: work tests measure bytes counted either way.
+                        crate::tokens::work::add_encoded(piece.len());
+                        n as usize
+                    }
+                    None => {
+                        let n = tokenizer.count_piece(piece);
+                        seen.insert(piece, n as u32);
+                        n
+                    }
+                }
+            } else if piece.len() > large_above {
                 let ids = tokenizer.encode_piece(piece);
                 let n = ids.len();
                 if n > large_above {
@@ -384,11 +413,46 @@ struct Atom {
 /// Whether text ending in `content` (no trailing whitespace) ends a sentence: `None`, or
 /// whether the break also needs whitespace after it (`.` does, `。` does not).
 fn sentence_end(content: &str) -> Option<bool> {
+    // Most content ends in a letter or digit: no need to look further.
+    let last = *content.as_bytes().last()?;
+    if last.is_ascii() && !matches!(last, b'.' | b'!' | b'?' | b'"' | b'\'' | b')' | b']' | b'}') {
+        return None;
+    }
     let body = content.trim_end_matches(['"', '\'', ')', ']', '}', '”', '’', '»', '」', '』']);
     match body.chars().next_back()? {
         '.' | '!' | '?' | '…' => Some(true),
         '。' | '！' | '？' => Some(false),
         _ => None,
+    }
+}
+
+/// Bytes of whitespace that `s` starts with (as `str::trim_start` sees whitespace).
+fn leading_whitespace(s: &str) -> usize {
+    let ascii = s
+        .bytes()
+        .take_while(|b| matches!(b, b'\t'..=b'\r' | b' '))
+        .count();
+    match s.as_bytes().get(ascii) {
+        Some(b) if !b.is_ascii() => s.len() - s.trim_start().len(),
+        _ => ascii,
+    }
+}
+
+/// Bytes of whitespace that `s` ends with (as `str::trim_end` sees whitespace).
+fn trailing_whitespace(s: &str) -> usize {
+    let ascii = s
+        .bytes()
+        .rev()
+        .take_while(|b| matches!(b, b'\t'..=b'\r' | b' '))
+        .count();
+    match s
+        .as_bytes()
+        .len()
+        .checked_sub(ascii + 1)
+        .map(|i| s.as_bytes()[i])
+    {
+        Some(b) if !b.is_ascii() => s.len() - s.trim_end().len(),
+        _ => ascii,
     }
 }
 
@@ -420,19 +484,23 @@ fn atoms(index: &PieceIndex, start: usize, end: usize) -> Vec<Atom> {
         }
         let (s, e) = (ps.max(start), pe.min(end));
         let piece = &text[s..e];
-        let content = piece.trim();
-        if content.is_empty() {
+        let lead_len = leading_whitespace(piece);
+        if lead_len == piece.len() {
             gap_newlines += newlines(piece);
             gap = true;
             continue;
         }
+        let content = &piece[lead_len..piece.len() - trailing_whitespace(piece)];
         // cl100k puts a full-width stop in front of the next sentence's letters ("。这是"):
         // the break goes after the stop (when no whitespace made a better one before it).
-        let stop = piece
-            .chars()
-            .next()
-            .filter(|&c| sentence_end(c.encode_utf8(&mut [0; 4])) == Some(false))
-            .map_or(0, char::len_utf8);
+        let stop = match piece.as_bytes()[0] {
+            b if b.is_ascii() => 0,
+            _ => piece
+                .chars()
+                .next()
+                .filter(|&c| sentence_end(c.encode_utf8(&mut [0; 4])) == Some(false))
+                .map_or(0, char::len_utf8),
+        };
         if stop > 0 && stop < piece.len() && !gap {
             atoms.push(Atom {
                 pos: (s + stop) as u32,
@@ -441,7 +509,7 @@ fn atoms(index: &PieceIndex, start: usize, end: usize) -> Vec<Atom> {
                 level: Break::Sentence,
             });
         } else if s > start {
-            let lead = &piece[..piece.len() - piece.trim_start().len()];
+            let lead = &piece[..lead_len];
             let newlines = gap_newlines + newlines(lead);
             let spaced = gap || !lead.is_empty();
             let level = match (newlines, ends_sentence) {
@@ -479,7 +547,7 @@ fn atoms(index: &PieceIndex, start: usize, end: usize) -> Vec<Atom> {
                 }
             }
         }
-        let trail = &piece[piece.trim_end().len()..];
+        let trail = &piece[lead_len + content.len()..];
         gap_newlines = newlines(trail);
         gap = !trail.is_empty();
         ends_sentence = sentence_end(content);
@@ -1062,6 +1130,26 @@ mod tests {
         }
         text.truncate(cut);
         text
+    }
+
+    #[test]
+    fn whitespace_helpers_agree_with_trim() {
+        let alphabet = [
+            ' ', '\t', '\n', '\r', '\x0b', '\x0c', '\u{a0}', '\u{3000}', '\u{85}', 'a', 'é', '.',
+        ];
+        for seed in 0..2000 {
+            let s = random_text(seed, (seed % 9) as usize, &alphabet);
+            assert_eq!(
+                leading_whitespace(&s),
+                s.len() - s.trim_start().len(),
+                "{s:?}"
+            );
+            assert_eq!(
+                trailing_whitespace(&s),
+                s.len() - s.trim_end().len(),
+                "{s:?}"
+            );
+        }
     }
 
     #[test]
