@@ -138,9 +138,9 @@ def criterion_result(root: Path, group: str, bench: str, since: float) -> dict |
     return {
         "bytes": size,
         # Criterion's times are in ns per iteration; a slower bound is a lower MB/s.
-        "mean_mb_s": size / 1e3 / mean["point_estimate"],
-        "low_mb_s": size / 1e3 / mean["confidence_interval"]["upper_bound"],
-        "high_mb_s": size / 1e3 / mean["confidence_interval"]["lower_bound"],
+        "mean_mb_s": size * 1e3 / mean["point_estimate"],
+        "low_mb_s": size * 1e3 / mean["confidence_interval"]["upper_bound"],
+        "high_mb_s": size * 1e3 / mean["confidence_interval"]["lower_bound"],
     }
 
 
@@ -209,14 +209,24 @@ def main() -> None:
         f"tiktoken {metadata.version('tiktoken')}, Python {sys.version.split()[0]}"
     )
     table = "\n".join(lines)
+    load = "load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(table)
     print(versions)
+    print(load)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         Path(f"{args.out}.json").write_text(
-            json.dumps({"versions": versions, "rows": rows}, indent=2) + "\n"
+            json.dumps({"versions": versions, "load": load, "rows": rows}, indent=2) + "\n"
         )
-        Path(f"{args.out}.md").write_text(table + "\n\n" + versions + "\n")
+        header = (
+            "# Chunking: pipe vs LangChain, one run\n\n"
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, written by `bash benches/chunking.sh`.\n"
+            "Both chunk with max 800 tokens, overlap 100, cl100k_base. pipe: criterion "
+            "(`benches/chunking.rs`), exact token count on every chunk. LangChain: "
+            "`RecursiveCharacterTextSplitter.from_tiktoken_encoder(...).split_text`, "
+            f"{args.repeat} runs per input. Raw: `chunking.json`, `chunking-criterion.log`.\n\n"
+        )
+        Path(f"{args.out}.md").write_text(header + table + "\n\n" + versions + "; " + load + "\n")
 
 
 if __name__ == "__main__":

@@ -54,10 +54,13 @@ const O200K_PATTERNS: [&str; 3] = [
 /// Index of the pattern whose match ends with one look-ahead character to give back.
 const LOOKAHEAD_PATTERN: usize = 1;
 
+/// A hand-written pre-tokenizer for ASCII: the end of the piece at a position, if it knows.
+type AsciiPiece = fn(&[u8], usize) -> Option<usize>;
+
 struct Encoding {
     pretokenizer: Regex,
     /// The same pre-tokenizer hand-written for ASCII text, where it knows the answer.
-    ascii_piece: Option<fn(&[u8], usize) -> Option<usize>>,
+    ascii_piece: Option<AsciiPiece>,
     bpe: &'static BytePairEncoding,
     /// Every token by its bytes. Like tiktoken, a piece that is a token is that one token
     /// (most pieces are): a hash look-up instead of running the encoder.
@@ -67,7 +70,7 @@ struct Encoding {
 impl Encoding {
     fn new(
         patterns: &[&str],
-        ascii_piece: Option<fn(&[u8], usize) -> Option<usize>>,
+        ascii_piece: Option<AsciiPiece>,
         bpe: &'static BytePairEncoding,
     ) -> Self {
         let tokens = (0..bpe.num_tokens() as u32)
@@ -156,7 +159,7 @@ impl Tokenizer {
 /// Iterator over pre-tokenizer pieces; see [`Tokenizer::pieces`].
 pub(crate) struct Pieces<'t> {
     regex: &'static Regex,
-    ascii_piece: Option<fn(&[u8], usize) -> Option<usize>>,
+    ascii_piece: Option<AsciiPiece>,
     text: &'t str,
     pos: usize,
 }

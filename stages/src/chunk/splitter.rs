@@ -445,12 +445,7 @@ fn trailing_whitespace(s: &str) -> usize {
         .rev()
         .take_while(|b| matches!(b, b'\t'..=b'\r' | b' '))
         .count();
-    match s
-        .as_bytes()
-        .len()
-        .checked_sub(ascii + 1)
-        .map(|i| s.as_bytes()[i])
-    {
+    match s.len().checked_sub(ascii + 1).map(|i| s.as_bytes()[i]) {
         Some(b) if !b.is_ascii() => s.len() - s.trim_end().len(),
         _ => ascii,
     }
@@ -533,10 +528,8 @@ fn atoms(index: &PieceIndex, start: usize, end: usize) -> Vec<Atom> {
         if let Some((_, ids)) = index.large.get(large).filter(|(lp, _)| *lp == p) {
             // Token boundaries inside a large piece, where they fall between characters.
             let mut offset = ps;
-            let mut cum = index.cum[p];
-            for &id in ids {
+            for (cum, &id) in (index.cum[p] + 1..).zip(ids) {
                 offset += index.tokenizer.token_len(id);
-                cum += 1;
                 if offset > s && offset < e && text.is_char_boundary(offset) {
                     atoms.push(Atom {
                         pos: offset as u32,
@@ -661,12 +654,7 @@ fn overlap_start(
     let words = (first..to).filter(|&i| atoms[i].level >= Break::Word);
     let any = first..to;
     // Word breaks first, else any break; the first whose repeated text really fits.
-    let mut tried = 0;
-    for i in words.chain(any) {
-        if tried == MAX_OVERLAP_TRIES {
-            break;
-        }
-        tried += 1;
+    for i in words.chain(any).take(MAX_OVERLAP_TRIES) {
         let start = atoms[i].pos as usize;
         let start = start + (index.text[start..].len() - index.text[start..].trim_start().len());
         if index.exact_count(start, chunk.end) <= opts.overlap {
