@@ -246,6 +246,8 @@ async fn refusals_are_dead_lettered_with_their_text_and_paid_for() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_json_is_repaired_and_a_rerun_asks_nothing() {
+    // The mistake is drawn per body, so a repair turn can go wrong too (as a real model's can):
+    // most records are repaired, the rest are dead-lettered with the reason.
     let sim =
         Sim::start(json!({ "fault_wrong_json": 0.3, "repeat_mistake": 0.0, "seed": 3 })).await;
     let dir = tempfile::tempdir().unwrap();
@@ -255,23 +257,37 @@ async fn wrong_json_is_repaired_and_a_rerun_asks_nothing() {
     let out = run(dir.path()).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let report = last_report(dir.path());
-    let (written, _) = assert_nothing_lost(dir.path(), &report, total);
-    assert_eq!(written.len(), total, "every mistake was repaired");
+    let (written, dead) = assert_nothing_lost(dir.path(), &report, total);
+    assert!(
+        written.len() >= total * 3 / 4,
+        "most mistakes were repaired"
+    );
+    for d in &dead {
+        let error = d["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("repair"),
+            "dead-lettered after a failed repair: {d}"
+        );
+    }
     let calls = &ask(&report)["calls"];
     assert!(
         n(&calls["calls"]) >= total as u64 + 10,
         "repair turns were made: {calls:#}"
     );
     assert_tokens_match_the_bill(&report, &sim.stats().await);
-    // Again: every answer, repaired ones included, comes from the cache.
+    // Again: every answer that landed, repaired ones included, comes from the cache; only
+    // the dead-lettered records are asked again.
     sim.reset().await;
     let again = run(dir.path()).await;
     assert!(again.status.success(), "{}", stderr(&again));
-    assert_eq!(sim.stats().await["total_requests"], 0);
     let report = last_report(dir.path());
     let calls = &ask(&report)["calls"];
-    assert_eq!(n(&calls["cache_hits"]), total as u64, "{calls:#}");
-    assert_eq!(written_lines(dir.path()).len(), total);
+    assert_eq!(n(&calls["cache_hits"]), written.len() as u64, "{calls:#}");
+    let first_turns = n(&sim.stats().await["total_requests"]);
+    assert!(
+        first_turns >= dead.len() as u64 && first_turns <= 2 * dead.len() as u64,
+        "only the dead-lettered records were asked again: {first_turns}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -346,14 +346,10 @@ async fn run(registry: Registry, args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     match run_plan(plan, &args, mode, bars).await {
-        Ok(report) => {
+        Ok((report, aborted)) => {
             if !args.quiet {
                 print_summary(&report, &args.state_dir);
             }
-            let aborted = report
-                .error
-                .as_deref()
-                .is_some_and(|e| e.starts_with("aborted by a second signal"));
             if aborted {
                 eprintln!(
                     "aborted: {} records dead-lettered in {}",
@@ -394,7 +390,7 @@ async fn run_plan(
     args: &RunArgs,
     mode: Mode,
     bars: Option<indicatif::MultiProgress>,
-) -> anyhow::Result<RunReport> {
+) -> anyhow::Result<(RunReport, bool)> {
     let mut options = RunOptions::new(args.state_dir.clone());
     options.limit = args.limit;
     options.no_cache = args.no_cache;
@@ -402,8 +398,11 @@ async fn run_plan(
     // First signal (Ctrl-C or SIGTERM): stop the sources and drain. Second: abort — work in
     // flight is abandoned and dead-lettered, the report is still written, exit 130. Third:
     // exit at once.
+    // Listen before the run starts, so an early signal is never the default "kill at once".
+    let signals = Signals::new();
+    let aborted = abort.clone();
     tokio::spawn(async move {
-        let mut signals = match Signals::new() {
+        let mut signals = match signals {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("cannot listen for signals: {e}");
@@ -436,21 +435,28 @@ async fn run_plan(
     let progress = Progress::start(mode, prepared.stats(), bars);
     let result = prepared.run().await;
     progress.finish().await;
-    Ok(result?)
+    Ok((result?, aborted.is_cancelled()))
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM (what `kill`, systemd and container runtimes send), as one
-/// stream of named signals.
+/// stream of named signals. Both handlers are installed when it is made (a lazily made
+/// `ctrl_c()` future would miss a signal that arrives between two calls).
 struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
 }
 
 impl Signals {
     fn new() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        use tokio::signal::unix::{SignalKind, signal};
         Ok(Signals {
             #[cfg(unix)]
-            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            #[cfg(unix)]
+            term: signal(SignalKind::terminate())?,
         })
     }
 
@@ -458,7 +464,7 @@ impl Signals {
         #[cfg(unix)]
         {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => "interrupt",
+                _ = self.interrupt.recv() => "interrupt",
                 _ = self.term.recv() => "SIGTERM",
             }
         }

@@ -101,6 +101,9 @@ struct Control {
     sources_cut: AtomicBool,
     budget: Arc<crate::policy::Budget>,
     abort: CancellationToken,
+    /// Cancelled with the first run-fatal error: calls not yet answered are dropped (a call
+    /// waiting for a slot would otherwise still be sent to a provider that refuses them all).
+    failed: CancellationToken,
 }
 
 impl Control {
@@ -127,6 +130,7 @@ impl Control {
         self.aborted.store(true, Relaxed);
         self.stopping.store(true, Relaxed);
         self.stop.cancel();
+        self.failed.cancel();
     }
 
     fn fatal(&self) -> Option<String> {
@@ -373,6 +377,7 @@ pub async fn prepare(plan: Plan, options: RunOptions) -> Result<PreparedRun, Run
         sources_cut: AtomicBool::new(false),
         budget: resources.budget().clone(),
         abort: options.abort.clone(),
+        failed: CancellationToken::new(),
     });
     let started = Instant::now();
     let mut nodes = Vec::with_capacity(plan.stages.len());
@@ -890,6 +895,22 @@ async fn abortable<T>(
     }
 }
 
+/// A processor's work on one record, dropped when the run is aborted or has failed (whatever
+/// it held is released; nothing more is sent); its record(s) get the reason instead.
+async fn unless_stopped<T>(
+    control: &Control,
+    work: impl std::future::Future<Output = Result<T, StageError>>,
+) -> Result<T, StageError> {
+    tokio::select! {
+        biased;
+        result = abortable(control, work) => result,
+        _ = control.failed.cancelled() => Err(StageError::record(format!(
+            "not finished: the run was stopped ({})",
+            control.fatal().unwrap_or_default()
+        ))),
+    }
+}
+
 fn not_processed(ctx: &StageCtx) -> StageError {
     let reason = ctx.control.fatal().unwrap_or_default();
     StageError::record(format!("not processed: the run was stopped ({reason})"))
@@ -918,7 +939,7 @@ async fn run_processor(
             if ctx_ref.control.aborted.load(Relaxed) {
                 return (record, Err(not_processed(ctx_ref)));
             }
-            let result = abortable(&ctx_ref.control, async {
+            let result = unless_stopped(&ctx_ref.control, async {
                 let _permit = acquire_pool(pool).await;
                 call_processor(processor, &record).await
             })
@@ -1066,7 +1087,7 @@ async fn run_batch(
                     .map(|r| (r, Err(error.clone())))
                     .collect::<Outcomes>();
             }
-            let results = abortable(&ctx_ref.control, async {
+            let results = unless_stopped(&ctx_ref.control, async {
                 let _permit = acquire_pool(pool_ref).await;
                 Ok(AssertUnwindSafe(processor_ref.process_batch(&batch))
                     .catch_unwind()
