@@ -22,8 +22,19 @@ fn load(yaml: &str, vars: &[(&str, &str)]) -> Result<Plan, String> {
     pipeline::config::load_str(yaml, &locator, &support::registry(), &env).map_err(|d| d.to_string())
 }
 
+/// The diagnostics of a pipeline that must not load.
+fn load_err(yaml: &str, vars: &[(&str, &str)]) -> String {
+    match load(yaml, vars) {
+        Ok(plan) => panic!("loaded, but should not: stages {:?}", ids(&plan)),
+        Err(error) => error,
+    }
+}
+
+/// The stages that run, sorted (the plan's order is one topological order of several).
 fn ids(plan: &Plan) -> Vec<&str> {
-    plan.stages.iter().map(|s| s.id.as_str()).collect()
+    let mut ids: Vec<&str> = plan.stages.iter().map(|s| s.id.as_str()).collect();
+    ids.sort_unstable();
+    ids
 }
 
 fn skipped(plan: &Plan) -> Vec<(&str, &str)> {
@@ -73,7 +84,7 @@ fn the_environment_chooses_the_branch() {
     let with = load(CHOOSE, &[("KEY", "sk-test")]).unwrap();
     assert_eq!(
         ids(&with),
-        vec!["docs", "with_key", "ask", "answers", "normalize", "graph"]
+        vec!["answers", "ask", "docs", "graph", "normalize", "with_key"]
     );
     assert_eq!(skipped(&with), vec![("without_key", "`unless` is true")]);
     // normalize reads only from the branch that runs.
@@ -92,7 +103,7 @@ fn the_environment_chooses_the_branch() {
         let without = load(CHOOSE, vars).unwrap();
         assert_eq!(
             ids(&without),
-            vec!["docs", "without_key", "normalize", "graph"]
+            vec!["docs", "graph", "normalize", "without_key"]
         );
         assert_eq!(
             skipped(&without),
@@ -141,9 +152,9 @@ stages:
   - { id: docs, kind: generate, when: maybe }
   - { id: out, kind: blackhole, inputs: [docs], unless: "${SECRET}" }
 "#;
-    let error = load(bad, &[("SECRET", "sk-live-123")]).unwrap_err();
+    let error = load_err(bad, &[("SECRET", "sk-live-123")]);
     assert!(
-        error.contains("p.yaml:3:41: error: stage `docs`: `when` must be true or false after interpolation"),
+        error.contains("p.yaml:3:39: error: stage `docs`: `when` must be true or false after interpolation"),
         "{error}"
     );
     assert!(
@@ -158,7 +169,7 @@ stages:
   - { id: docs, kind: generate }
   - { id: out, kind: blackhole, inputs: [docs], when: "false" }
 "#;
-    let error = load(orphan, &[]).unwrap_err();
+    let error = load_err(orphan, &[]);
     assert!(
         error.contains("stage `docs` runs, but every stage reading it is off (`out`: `when` is false), so its records would be lost"),
         "{error}"
@@ -169,7 +180,7 @@ stages:
   - { id: docs, kind: generate, unless: "yes" }
   - { id: out, kind: blackhole, inputs: [docs] }
 "#;
-    let error = load(nothing, &[]).unwrap_err();
+    let error = load_err(nothing, &[]);
     assert!(error.contains("every stage is off"), "{error}");
 
     // A stage that is off is still checked: its config errors are reported.
@@ -179,6 +190,6 @@ stages:
   - { id: nlp, kind: nlp_extract, inputs: [docs], when: "off", config: { min_chars: 0 } }
   - { id: out, kind: blackhole, inputs: [docs, nlp] }
 "#;
-    let error = load(broken_off, &[]).unwrap_err();
+    let error = load_err(broken_off, &[]);
     assert!(error.contains("`min_chars` must be at least 1"), "{error}");
 }

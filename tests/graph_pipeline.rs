@@ -172,14 +172,17 @@ fn offline_reference_pipeline_builds_a_graph_of_the_corpus() {
     for acronym in ["CSM", "LM", "O2", "S-IVB", "DSKY", "RCS"] {
         assert!(find(&graph, "Acronym", acronym).is_some(), "{acronym}");
     }
-    let o2_tank = find(&graph, "Concept", "O2 tank").expect("O2 tank");
-    let chunk_ids: BTreeSet<&str> = o2_tank["mentions"]
+    // "O2 tank" is written 6 times in the transcripts; "fuel cell" 96 times.
+    assert!(find(&graph, "Concept", "O2 tank").is_some(), "O2 tank");
+    let fuel_cell = find(&graph, "Concept", "fuel cell").expect("fuel cell");
+    let chunk_ids: BTreeSet<&str> = fuel_cell["mentions"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| m["chunk_id"].as_str().unwrap())
         .collect();
-    assert!(chunk_ids.len() > 5, "O2 tank in {} chunks", chunk_ids.len());
+    // Measured: 20 chunks (longer phrases, "fuel cell pressure", are nodes of their own).
+    assert!(chunk_ids.len() >= 15, "fuel cell in {} chunks", chunk_ids.len());
 
     // A consistent graph: every relation end is a node, relation ids are unique, weights are
     // the distinct mentions behind them.

@@ -413,7 +413,7 @@ impl Extractor {
 
     /// Noun phrases from the chunker: runs of tokens it marks, cut at punctuation, with
     /// determiners, pronouns, numbers and stop words trimmed from the start and function words
-    /// from the end; kept when they end in a noun (or a word the tagger does not know), hold a
+    /// and verbs from the end; kept when they end in a noun (or a word the tagger does not know), hold a
     /// lower-case word (all-capitals runs are switch labels, capitalised ones names) and have
     /// between `noun_phrase_words` words (longer ones keep their last words).
     #[allow(clippy::too_many_arguments)]
@@ -471,6 +471,8 @@ impl Extractor {
                             | UPOS::AUX
                             | UPOS::ADJ
                             | UPOS::ADV
+                            // The chunker can run on into the verb ("the oxygen tank failed").
+                            | UPOS::VERB
                     )
                 )
             };
