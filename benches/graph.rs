@@ -28,8 +28,10 @@ fn chunks() -> (Vec<Record>, u64) {
         .collect();
     paths.sort();
     let chunker = ChunkProcessor::new(
-        &serde_json::from_value::<ChunkConfig>(serde_json::json!({ "max_tokens": 800, "overlap": 100 }))
-            .unwrap(),
+        &serde_json::from_value::<ChunkConfig>(
+            serde_json::json!({ "max_tokens": 800, "overlap": 100 }),
+        )
+        .unwrap(),
     );
     let mut out = Vec::new();
     let mut bytes = 0;
@@ -80,7 +82,8 @@ fn graph_stages(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let resolve_all = |fragments: &[Record]| -> usize {
         runtime.block_on(async {
-            let mut resolve = Resolve::new(ResolveConfig::default(), "resolve", StageNotes::default());
+            let mut resolve =
+                Resolve::new(ResolveConfig::default(), "resolve", StageNotes::default());
             for f in fragments {
                 resolve.add(f).await.unwrap();
             }

@@ -19,7 +19,8 @@ fn load(yaml: &str, vars: &[(&str, &str)]) -> Result<Plan, String> {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<HashMap<_, _>>(),
     );
-    pipeline::config::load_str(yaml, &locator, &support::registry(), &env).map_err(|d| d.to_string())
+    pipeline::config::load_str(yaml, &locator, &support::registry(), &env)
+        .map_err(|d| d.to_string())
 }
 
 /// The diagnostics of a pipeline that must not load.
@@ -154,14 +155,19 @@ stages:
 "#;
     let error = load_err(bad, &[("SECRET", "sk-live-123")]);
     assert!(
-        error.contains("p.yaml:3:39: error: stage `docs`: `when` must be true or false after interpolation"),
+        error.contains(
+            "p.yaml:3:39: error: stage `docs`: `when` must be true or false after interpolation"
+        ),
         "{error}"
     );
     assert!(
         error.contains("stage `out`: `unless` must be true or false"),
         "{error}"
     );
-    assert!(!error.contains("sk-live-123"), "a value from the environment is never echoed");
+    assert!(
+        !error.contains("sk-live-123"),
+        "a value from the environment is never echoed"
+    );
 
     // A stage that runs, read only by stages that are off: its records would be lost.
     let orphan = r#"

@@ -111,7 +111,14 @@ fn offline_reference_pipeline_builds_a_graph_of_the_corpus() {
     let dir = tempfile::tempdir().unwrap();
     let out = pipe(
         dir.path(),
-        &["run", "pipelines.yaml", "--state-dir", "s", "--progress-interval", "60"],
+        &[
+            "run",
+            "pipelines.yaml",
+            "--state-dir",
+            "s",
+            "--progress-interval",
+            "60",
+        ],
         None,
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -151,8 +158,16 @@ fn offline_reference_pipeline_builds_a_graph_of_the_corpus() {
         resolve_counts["relations_out"].as_u64(),
         Some(graph.relations.len() as u64)
     );
-    assert!(graph.entities.len() > 2_000, "{} entities", graph.entities.len());
-    assert!(graph.relations.len() > 10_000, "{} relations", graph.relations.len());
+    assert!(
+        graph.entities.len() > 2_000,
+        "{} entities",
+        graph.entities.len()
+    );
+    assert!(
+        graph.relations.len() > 10_000,
+        "{} relations",
+        graph.relations.len()
+    );
 
     // Known entities of the mission.
     for speaker in ["CDR", "CMP", "LMP", "Houston"] {
@@ -166,7 +181,10 @@ fn offline_reference_pipeline_builds_a_graph_of_the_corpus() {
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
-    assert!(aliases.contains(&"CC"), "the CC speaker label is Houston: {aliases:?}");
+    assert!(
+        aliases.contains(&"CC"),
+        "the CC speaker label is Houston: {aliases:?}"
+    );
     assert!(find(&graph, "Name", "Houston").is_some());
     assert!(find(&graph, "Name", "Jim Lovell").is_some());
     for acronym in ["CSM", "LM", "O2", "S-IVB", "DSKY", "RCS"] {
@@ -182,7 +200,11 @@ fn offline_reference_pipeline_builds_a_graph_of_the_corpus() {
         .map(|m| m["chunk_id"].as_str().unwrap())
         .collect();
     // Measured: 20 chunks (longer phrases, "fuel cell pressure", are nodes of their own).
-    assert!(chunk_ids.len() >= 15, "fuel cell in {} chunks", chunk_ids.len());
+    assert!(
+        chunk_ids.len() >= 15,
+        "fuel cell in {} chunks",
+        chunk_ids.len()
+    );
 
     // A consistent graph: every relation end is a node, relation ids are unique, weights are
     // the distinct mentions behind them.
@@ -193,32 +215,45 @@ fn offline_reference_pipeline_builds_a_graph_of_the_corpus() {
         assert!(relation_ids.insert(r["id"].as_str().unwrap().to_string()));
         assert!(r["weight"].as_f64().unwrap() >= 1.0);
     }
-    let id_of = |t: &str, n: &str| find(&graph, t, n).unwrap()["id"].as_str().unwrap().to_string();
+    let id_of = |t: &str, n: &str| {
+        find(&graph, t, n).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     let (cdr, houston_id) = (id_of("Speaker", "CDR"), id_of("Name", "Houston"));
     let cdr_names_houston = graph
         .relations
         .iter()
-        .find(|r| r["source"] == cdr.as_str() && r["target"] == houston_id.as_str() && r["type"] == "MENTIONS")
+        .find(|r| {
+            r["source"] == cdr.as_str()
+                && r["target"] == houston_id.as_str()
+                && r["type"] == "MENTIONS"
+        })
         .expect("CDR MENTIONS Houston");
     assert!(cdr_names_houston["weight"].as_f64().unwrap() > 50.0);
 
     // Every entity mention is a document-level span of the chunk it names.
-    let chunk_spans: BTreeMap<String, [u64; 2]> = std::fs::read_to_string(dir.path().join("out/chunks.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            let span = &v["provenance"]["char_span"];
-            (
-                v["id"].as_str().unwrap().to_string(),
-                [span[0].as_u64().unwrap(), span[1].as_u64().unwrap()],
-            )
-        })
-        .collect();
+    let chunk_spans: BTreeMap<String, [u64; 2]> =
+        std::fs::read_to_string(dir.path().join("out/chunks.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                let span = &v["provenance"]["char_span"];
+                (
+                    v["id"].as_str().unwrap().to_string(),
+                    [span[0].as_u64().unwrap(), span[1].as_u64().unwrap()],
+                )
+            })
+            .collect();
     for e in graph.entities.values().take(200) {
         for m in e["mentions"].as_array().unwrap() {
             let chunk = chunk_spans[m["chunk_id"].as_str().unwrap()];
-            let (s, t) = (m["char_span"][0].as_u64().unwrap(), m["char_span"][1].as_u64().unwrap());
+            let (s, t) = (
+                m["char_span"][0].as_u64().unwrap(),
+                m["char_span"][1].as_u64().unwrap(),
+            );
             assert!(chunk[0] <= s && t <= chunk[1], "{m} outside {chunk:?}");
         }
     }
@@ -230,7 +265,11 @@ fn offline_reference_pipeline_builds_a_graph_of_the_corpus() {
         &["run", "pipelines.yaml", "--state-dir", "s2", "--quiet"],
         None,
     );
-    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     assert!(first == std::fs::read(dir.path().join("out/graph.jsonl")).unwrap());
 }
 
@@ -244,7 +283,11 @@ fn with_an_api_key_the_offline_extractor_is_off() {
         "pipelines.yaml: ok (7 stages, 6 edges)\n"
     );
     let with = pipe(dir.path(), &["validate", "pipelines.yaml"], Some("sk-test"));
-    assert!(with.status.success(), "{}", String::from_utf8_lossy(&with.stderr));
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
     let stdout = String::from_utf8_lossy(&with.stdout);
     assert_eq!(
         stdout,

@@ -714,7 +714,9 @@ fn stage_condition(
                 diags.push(
                     Diagnostic::new(
                         locator.span(value.span()),
-                        format!("stage `{id}`: `{field}` must be true or false after interpolation"),
+                        format!(
+                            "stage `{id}`: `{field}` must be true or false after interpolation"
+                        ),
                     )
                     .with_help(Some(
                         "true/yes/on/1 or false/no/off/0/empty, e.g. `${OPENAI_API_KEY:+true}`"
@@ -1112,7 +1114,11 @@ fn plan_topology(
     for (i, stage) in parsed.iter().enumerate() {
         let reading_it_off: Vec<String> = consumers[i]
             .iter()
-            .filter_map(|&c| off[c].as_ref().map(|why| format!("`{}`: {why}", parsed[c].id)))
+            .filter_map(|&c| {
+                off[c]
+                    .as_ref()
+                    .map(|why| format!("`{}`: {why}", parsed[c].id))
+            })
             .collect();
         if off[i].is_none()
             && role(i) != Some(Role::Sink)
@@ -1157,7 +1163,11 @@ fn plan_topology(
 
     // Renumber the stages that run into topological order; edges to stages that are off go.
     // No diagnostics means every stage is sound.
-    let running: Vec<usize> = order.iter().copied().filter(|&i| off[i].is_none()).collect();
+    let running: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&i| off[i].is_none())
+        .collect();
     let mut new_index = vec![usize::MAX; n];
     for (pos, &i) in running.iter().enumerate() {
         new_index[i] = pos;
@@ -1189,7 +1199,11 @@ fn plan_topology(
                 id: stage.id,
                 kind: stage.kind,
                 role: info.role,
-                inputs: inputs[i].iter().filter(runs).map(|&j| new_index[j]).collect(),
+                inputs: inputs[i]
+                    .iter()
+                    .filter(runs)
+                    .map(|&j| new_index[j])
+                    .collect(),
                 consumers: consumers[i]
                     .iter()
                     .filter(runs)

@@ -12,28 +12,175 @@ use std::sync::Arc;
 /// Function words and radio-procedure words: never an entity on their own, trimmed from the
 /// edges of names and phrases.
 pub const BUILTIN_STOP_WORDS: &[&str] = &[
-    "a", "about", "affirm", "affirmative", "after", "again", "all", "also", "am", "an", "and",
-    "any", "are", "as", "at", "be", "because", "been", "before", "being", "both", "but", "by",
-    "can", "copy", "could", "did", "do", "does", "done", "down", "each", "else", "even", "every",
-    "few", "fine", "for", "from", "go", "good", "got", "had", "has", "have", "he", "hello",
-    "her", "here", "hey", "hi", "him", "his", "how", "i", "if", "in", "into", "is", "it", "its",
-    "just", "let", "like", "many", "mark", "may", "me", "might", "more", "most", "much", "must",
-    "my", "negative", "no", "nor", "not", "now", "of", "off", "ok", "okay", "on", "once", "one",
-    "only", "or", "other", "our", "out", "over", "own", "please", "really", "right", "roger",
-    "said", "same", "say", "see", "she", "should", "so", "some", "sorry", "stand", "standby",
-    "still", "such", "sure", "than", "thank", "thanks", "that", "the", "their", "them", "then",
-    "there", "these", "they", "thing", "things", "this", "those", "though", "through", "to",
-    "too", "uh", "um", "understand", "until", "up", "us", "very", "want", "was", "we", "well",
-    "were", "what", "when", "where", "which", "while", "who", "why", "wilco", "will", "with",
-    "would", "yeah", "yep", "yes", "yet", "you", "your",
+    "a",
+    "about",
+    "affirm",
+    "affirmative",
+    "after",
+    "again",
+    "all",
+    "also",
+    "am",
+    "an",
+    "and",
+    "any",
+    "are",
+    "as",
+    "at",
+    "be",
+    "because",
+    "been",
+    "before",
+    "being",
+    "both",
+    "but",
+    "by",
+    "can",
+    "copy",
+    "could",
+    "did",
+    "do",
+    "does",
+    "done",
+    "down",
+    "each",
+    "else",
+    "even",
+    "every",
+    "few",
+    "fine",
+    "for",
+    "from",
+    "go",
+    "good",
+    "got",
+    "had",
+    "has",
+    "have",
+    "he",
+    "hello",
+    "her",
+    "here",
+    "hey",
+    "hi",
+    "him",
+    "his",
+    "how",
+    "i",
+    "if",
+    "in",
+    "into",
+    "is",
+    "it",
+    "its",
+    "just",
+    "let",
+    "like",
+    "many",
+    "mark",
+    "may",
+    "me",
+    "might",
+    "more",
+    "most",
+    "much",
+    "must",
+    "my",
+    "negative",
+    "no",
+    "nor",
+    "not",
+    "now",
+    "of",
+    "off",
+    "ok",
+    "okay",
+    "on",
+    "once",
+    "one",
+    "only",
+    "or",
+    "other",
+    "our",
+    "out",
+    "over",
+    "own",
+    "please",
+    "really",
+    "right",
+    "roger",
+    "said",
+    "same",
+    "say",
+    "see",
+    "she",
+    "should",
+    "so",
+    "some",
+    "sorry",
+    "stand",
+    "standby",
+    "still",
+    "such",
+    "sure",
+    "than",
+    "thank",
+    "thanks",
+    "that",
+    "the",
+    "their",
+    "them",
+    "then",
+    "there",
+    "these",
+    "they",
+    "thing",
+    "things",
+    "this",
+    "those",
+    "though",
+    "through",
+    "to",
+    "too",
+    "uh",
+    "um",
+    "understand",
+    "until",
+    "up",
+    "us",
+    "very",
+    "want",
+    "was",
+    "we",
+    "well",
+    "were",
+    "what",
+    "when",
+    "where",
+    "which",
+    "while",
+    "who",
+    "why",
+    "wilco",
+    "will",
+    "with",
+    "would",
+    "yeah",
+    "yep",
+    "yes",
+    "yet",
+    "you",
+    "your",
 ];
 
 /// "we" of "we've", "do" of "don't": the word before an English contraction suffix.
 fn contraction_base(lower: &str) -> Option<&str> {
-    ["n't", "n’t", "'s", "’s", "'ve", "’ve", "'re", "’re", "'ll", "’ll", "'d", "’d", "'m", "’m"]
-        .iter()
-        .find_map(|suffix| lower.strip_suffix(suffix))
-        .filter(|base| !base.is_empty())
+    [
+        "n't", "n’t", "'s", "’s", "'ve", "’ve", "'re", "’re", "'ll", "’ll", "'d", "’d", "'m", "’m",
+    ]
+    .iter()
+    .find_map(|suffix| lower.strip_suffix(suffix))
+    .filter(|base| !base.is_empty())
 }
 
 /// The kinds of entity `nlp_extract` finds.
@@ -185,7 +332,13 @@ impl Extractor {
             for sentence in sentences(text, utterance.body) {
                 let found = self.sentence_entities(text, sentence);
                 if self.settings.co_occurrence == Some(Scope::Sentence) {
-                    self.pair(&mut graph, &mut add_relation, &found, mention(sentence.0, sentence.1), &mut stats);
+                    self.pair(
+                        &mut graph,
+                        &mut add_relation,
+                        &found,
+                        mention(sentence.0, sentence.1),
+                        &mut stats,
+                    );
                 }
                 in_utterance.extend(found);
             }
@@ -273,7 +426,13 @@ impl Extractor {
                 } else {
                     (&b.name, &a.name)
                 };
-                add_relation(graph, source, &self.settings.co_occurs_type, target, m.clone());
+                add_relation(
+                    graph,
+                    source,
+                    &self.settings.co_occurs_type,
+                    target,
+                    m.clone(),
+                );
             }
         }
     }
@@ -284,7 +443,10 @@ impl Extractor {
         if toks.is_empty() {
             return Vec::new();
         }
-        let words: Vec<String> = toks.iter().map(|t| text[t.start..t.end].to_string()).collect();
+        let words: Vec<String> = toks
+            .iter()
+            .map(|t| text[t.start..t.end].to_string())
+            .collect();
         let tags = self.tagger.tag_sentence(&words);
         let mut found = Vec::new();
         let mut taken = vec![false; toks.len()];
@@ -319,7 +481,10 @@ impl Extractor {
     fn found(&self, toks: &[Token], text: &str, kind: Kind) -> Found {
         let (start, end) = (toks[0].start, toks[toks.len() - 1].end);
         Found {
-            name: text[start..end].split_whitespace().collect::<Vec<_>>().join(" "),
+            name: text[start..end]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
             kind,
             start,
             end,
@@ -435,9 +600,7 @@ impl Extractor {
                 continue;
             }
             let mut end = i;
-            while end < toks.len()
-                && in_phrase.get(end).copied().unwrap_or(false)
-                && toks[end].word
+            while end < toks.len() && in_phrase.get(end).copied().unwrap_or(false) && toks[end].word
             {
                 end += 1;
             }
@@ -487,9 +650,10 @@ impl Extractor {
             if stop - start > max_words {
                 start = stop - max_words;
             }
-            let head_is_noun = stop > start
-                && matches!(tags[stop - 1], Some(UPOS::NOUN | UPOS::PROPN) | None);
-            let has_lower = (start..stop).any(|k| words[k].chars().next().is_some_and(char::is_lowercase));
+            let head_is_noun =
+                stop > start && matches!(tags[stop - 1], Some(UPOS::NOUN | UPOS::PROPN) | None);
+            let has_lower =
+                (start..stop).any(|k| words[k].chars().next().is_some_and(char::is_lowercase));
             let whole_name = (start..stop).all(|k| taken[k]);
             if stop - start >= min_words && head_is_noun && has_lower && !whole_name {
                 found.push(self.found(&toks[start..stop], text, Kind::NounPhrase));

@@ -287,7 +287,10 @@ impl StageConfig for NlpExtractConfig {
             issues.push(ConfigIssue::new("min_chars", "must be at least 1"));
         }
         if self.noun_phrase_min_words == 0 {
-            issues.push(ConfigIssue::new("noun_phrase_min_words", "must be at least 1"));
+            issues.push(ConfigIssue::new(
+                "noun_phrase_min_words",
+                "must be at least 1",
+            ));
         }
         if self.noun_phrase_max_words < self.noun_phrase_min_words {
             issues.push(ConfigIssue::new(

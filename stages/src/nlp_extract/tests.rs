@@ -61,7 +61,10 @@ const TURNS: &str = "[055:55:20] CMP: Okay, Houston, we've had a problem here.\n
 #[test]
 fn transcript_turns_give_speakers_names_acronyms_and_phrases() {
     // The chunk starts at character 1000 of its document, after some multi-byte text.
-    let (graph, notes) = extract(&NlpExtractConfig::default(), &chunk_record("c1", TURNS, 1000));
+    let (graph, notes) = extract(
+        &NlpExtractConfig::default(),
+        &chunk_record("c1", TURNS, 1000),
+    );
     let entities = typed(&graph);
     for (entity_type, name) in [
         ("Speaker", "CMP"),
@@ -130,10 +133,7 @@ fn transcript_turns_give_speakers_names_acronyms_and_phrases() {
         assert_eq!(r.weight, r.mentions.len() as f64);
     }
     assert_eq!(notes.counts()["chunks"], 1);
-    assert_eq!(
-        notes.counts()["entities"],
-        graph.entities.len() as u64
-    );
+    assert_eq!(notes.counts()["entities"], graph.entities.len() as u64);
 }
 
 #[test]
@@ -152,7 +152,10 @@ fn prose_gives_names_and_noun_phrases_without_speakers() {
                 lunar module while Mission Control worked out the carbon dioxide problem.";
     let (graph, _) = extract(&NlpExtractConfig::default(), &chunk_record("c", text, 0));
     let entities = typed(&graph);
-    assert!(!graph.entities.iter().any(|e| e.entity_type == "Speaker"), "{entities:?}");
+    assert!(
+        !graph.entities.iter().any(|e| e.entity_type == "Speaker"),
+        "{entities:?}"
+    );
     for (entity_type, name) in [
         ("Name", "Jim Lovell"),
         ("Name", "Fred Haise"),
@@ -161,10 +164,21 @@ fn prose_gives_names_and_noun_phrases_without_speakers() {
         ("Concept", "lunar module"),
         ("Concept", "carbon dioxide problem"),
     ] {
-        assert!(has(&graph, entity_type, name), "{entity_type} {name}: {entities:?}");
+        assert!(
+            has(&graph, entity_type, name),
+            "{entity_type} {name}: {entities:?}"
+        );
     }
-    assert!(!graph.entities.iter().any(|e| e.name == "Note"), "{entities:?}");
-    assert!(graph.relations.iter().all(|r| r.relation_type == "CO_OCCURS"));
+    assert!(
+        !graph.entities.iter().any(|e| e.name == "Note"),
+        "{entities:?}"
+    );
+    assert!(
+        graph
+            .relations
+            .iter()
+            .all(|r| r.relation_type == "CO_OCCURS")
+    );
     assert!(
         graph
             .relations
@@ -187,15 +201,30 @@ fn settings_choose_kinds_types_scope_and_stop_words() {
     let (graph, _) = extract(&config, &chunk_record("c", TURNS, 0));
     assert!(has(&graph, "Person", "CDR"));
     assert!(has(&graph, "Equipment", "S-IVB"));
-    assert!(!graph.entities.iter().any(|e| e.name == "CSM" || e.name == "Houston"));
+    assert!(
+        !graph
+            .entities
+            .iter()
+            .any(|e| e.name == "CSM" || e.name == "Houston")
+    );
     assert!(graph.entities.iter().all(|e| e.entity_type != "Concept"));
     assert!(graph.relations.iter().any(|r| r.relation_type == "SAYS"));
     // Utterance scope: BUS and UNDERVOLT, said in one turn, are paired.
-    assert!(graph.relations.iter().any(|r| r.relation_type == "CO_OCCURS"));
+    assert!(
+        graph
+            .relations
+            .iter()
+            .any(|r| r.relation_type == "CO_OCCURS")
+    );
     let off: NlpExtractConfig =
         serde_json::from_value(serde_json::json!({ "co_occurrence": "off" })).unwrap();
     let (graph, _) = extract(&off, &chunk_record("c", TURNS, 0));
-    assert!(graph.relations.iter().all(|r| r.relation_type == "MENTIONS"));
+    assert!(
+        graph
+            .relations
+            .iter()
+            .all(|r| r.relation_type == "MENTIONS")
+    );
 
     let bad: NlpExtractConfig = serde_json::from_value(serde_json::json!({
         "kinds": [],
@@ -246,18 +275,19 @@ fn documents_are_their_own_chunk() {
 #[test]
 fn corpus_recall_of_acronyms_and_speakers() {
     use crate::chunk::{ChunkConfig, ChunkProcessor};
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/apollo13");
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("apollo-13-tecatg.json")).unwrap(),
-    )
-    .unwrap();
+    let root =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/apollo13");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("apollo-13-tecatg.json")).unwrap())
+            .unwrap();
     let mut paths: Vec<_> = std::fs::read_dir(root.join("transcripts"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     paths.sort();
     assert_eq!(paths.len(), 6);
-    let chunker = ChunkProcessor::new(&serde_json::from_value::<ChunkConfig>(serde_json::json!({})).unwrap());
+    let chunker =
+        ChunkProcessor::new(&serde_json::from_value::<ChunkConfig>(serde_json::json!({})).unwrap());
     let stage = NlpExtract::new(&NlpExtractConfig::default(), "nlp", StageNotes::default());
 
     let mut texts = Vec::new();
@@ -337,7 +367,11 @@ fn corpus_recall_of_acronyms_and_speakers() {
 
     // Speakers of the reference that occur as speaker labels ("P-l, P-2, etc." lists several).
     let mut speakers = Vec::new();
-    for group in reference["acronyms"]["speakers"].as_object().unwrap().values() {
+    for group in reference["acronyms"]["speakers"]
+        .as_object()
+        .unwrap()
+        .values()
+    {
         for item in group.as_array().unwrap() {
             for label in item["abbreviation"].as_str().unwrap().split(", ") {
                 let label = label.trim();
@@ -383,9 +417,22 @@ fn corpus_recall_of_acronyms_and_speakers() {
         speakers.len(),
         100.0 * speaker_recall
     );
-    assert_eq!(occurring.len(), 65, "the reference list as measured when written");
-    assert!(equipment_recall >= 0.9, "equipment recall {equipment_recall}");
-    assert!(occurrence_recall >= 0.9, "occurrence recall {occurrence_recall}");
+    assert_eq!(
+        occurring.len(),
+        65,
+        "the reference list as measured when written"
+    );
+    assert!(
+        equipment_recall >= 0.9,
+        "equipment recall {equipment_recall}"
+    );
+    assert!(
+        occurrence_recall >= 0.9,
+        "occurrence recall {occurrence_recall}"
+    );
     assert!(speakers.len() >= 7, "{speakers:?}");
-    assert_eq!(speaker_recall, 1.0, "speakers {speakers:?} found {speaker_set:?}");
+    assert_eq!(
+        speaker_recall, 1.0,
+        "speakers {speakers:?} found {speaker_set:?}"
+    );
 }

@@ -92,9 +92,8 @@ pub fn utterances(text: &str) -> Vec<Utterance> {
     };
     for ((offset, line), turn) in lines.iter().zip(turns) {
         let end = offset + line.len();
-        let turn = turn.filter(|t| {
-            t.timestamped || (untimed >= 2 && label_like(&text[t.label.0..t.label.1]))
-        });
+        let turn = turn
+            .filter(|t| t.timestamped || (untimed >= 2 && label_like(&text[t.label.0..t.label.1])));
         match turn {
             Some(t) => {
                 close(&mut open, &mut out);
@@ -268,7 +267,16 @@ mod tests {
         assert_eq!(
             words,
             vec![
-                "Stand", "by", "for", "S-IVB", "to", "COI", ",", "fuel-cell", "O2", "."
+                "Stand",
+                "by",
+                "for",
+                "S-IVB",
+                "to",
+                "COI",
+                ",",
+                "fuel-cell",
+                "O2",
+                "."
             ]
         );
         let spaced = "tank - 2";

@@ -68,7 +68,11 @@ fn support_key(m: &Mention) -> (String, String, Option<[u64; 2]>) {
 
 /// Distinct supporting mentions (see [`support_key`]).
 pub fn support_count(mentions: &[Mention]) -> usize {
-    mentions.iter().map(support_key).collect::<BTreeSet<_>>().len()
+    mentions
+        .iter()
+        .map(support_key)
+        .collect::<BTreeSet<_>>()
+        .len()
 }
 
 #[derive(Clone, Debug, Default)]

@@ -14,8 +14,8 @@ use fold::{clean_display, entity_label, fold_name, is_label, relation_label, typ
 use merge::{relation_id, support_count};
 use pipeline::runtime::StageNotes;
 use pipeline::{
-    BuildContext, BuiltStage, ConfigIssue, Entity, Graph, KindSet, Payload, PayloadKind,
-    Processor, Produces, Record, Relation, Role, StageConfig, StageError, async_trait, record,
+    BuildContext, BuiltStage, ConfigIssue, Entity, Graph, KindSet, Payload, PayloadKind, Processor,
+    Produces, Record, Relation, Role, StageConfig, StageError, async_trait, record,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -112,7 +112,10 @@ impl NormalizeConfig {
                 }
             }
         }
-        for (field, map) in [("types", &self.types), ("relation_types", &self.relation_types)] {
+        for (field, map) in [
+            ("types", &self.types),
+            ("relation_types", &self.relation_types),
+        ] {
             for (from, to) in map {
                 if !is_label(to) {
                     issues.push(ConfigIssue::new(
@@ -271,9 +274,7 @@ impl Normalizer {
             }
             for description in &entity.descriptions {
                 let description = description.trim();
-                if !description.is_empty()
-                    && !held.descriptions.iter().any(|d| d == description)
-                {
+                if !description.is_empty() && !held.descriptions.iter().any(|d| d == description) {
                     held.descriptions.push(description.to_string());
                 }
             }
@@ -326,13 +327,10 @@ impl Normalizer {
             }
         }
         let resolve_end = |name: &str| -> Option<String> {
-            by_name
-                .get(name)
-                .map(|id| id.to_string())
-                .or_else(|| {
-                    let (_, key, _) = self.name(name)?;
-                    by_key.get(&key).map(|id| id.to_string())
-                })
+            by_name.get(name).map(|id| id.to_string()).or_else(|| {
+                let (_, key, _) = self.name(name)?;
+                by_key.get(&key).map(|id| id.to_string())
+            })
         };
         let mut relations: Vec<Relation> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
@@ -381,9 +379,7 @@ impl Normalizer {
             }
             for description in &relation.descriptions {
                 let description = description.trim();
-                if !description.is_empty()
-                    && !held.descriptions.iter().any(|d| d == description)
-                {
+                if !description.is_empty() && !held.descriptions.iter().any(|d| d == description) {
                     held.descriptions.push(description.to_string());
                 }
             }

@@ -51,7 +51,12 @@ fn fixture() -> Vec<Graph> {
                 entity("nasa", "org", vec![mention("c1", 30, 4)]),
             ],
             relations: vec![
-                relation("NASA", "operates from", "Houston", vec![mention("c1", 0, 17)]),
+                relation(
+                    "NASA",
+                    "operates from",
+                    "Houston",
+                    vec![mention("c1", 0, 17)],
+                ),
                 relation("Houston", "co-occurs", "nasa", vec![mention("c1", 10, 24)]),
             ],
         },
@@ -64,7 +69,12 @@ fn fixture() -> Vec<Graph> {
                 entity("NASA", "organization", vec![mention("c2", 160, 4)]),
             ],
             relations: vec![
-                relation("N.A.S.A.", "OPERATES_FROM", "CAPCOM", vec![mention("c2", 100, 46)]),
+                relation(
+                    "N.A.S.A.",
+                    "OPERATES_FROM",
+                    "CAPCOM",
+                    vec![mention("c2", 100, 46)],
+                ),
                 relation("nasa", "coOccurs", "HOUSTON", vec![mention("c2", 120, 44)]),
             ],
         },
@@ -289,7 +299,11 @@ fn config_mistakes_are_reported() {
         ],
         "{issues:?}"
     );
-    assert!(issues[0].message.contains("`CC` is also a name of `Capcom`"));
+    assert!(
+        issues[0]
+            .message
+            .contains("`CC` is also a name of `Capcom`")
+    );
     assert!(config().validate().is_empty());
 }
 

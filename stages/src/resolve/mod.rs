@@ -16,9 +16,8 @@ use crate::normalize::merge::{GraphMerge, MergedEntity};
 use pipeline::index::TextEmbedder;
 use pipeline::runtime::StageNotes;
 use pipeline::{
-    Aggregator, BuildContext, BuiltStage, ConfigIssue, Finished, Graph, InputEnd, KindSet,
-    Payload, PayloadKind, Produces, Provenance, Record, Role, StageConfig, StageError,
-    async_trait, record,
+    Aggregator, BuildContext, BuiltStage, ConfigIssue, Finished, Graph, InputEnd, KindSet, Payload,
+    PayloadKind, Produces, Provenance, Record, Role, StageConfig, StageError, async_trait, record,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -472,8 +471,10 @@ impl Resolve {
         self.notes.count("entities_in", entities_in);
         self.notes.count("entities_distinct", distinct);
         self.notes.count("entities_merged", merges.len() as u64);
-        self.notes.count("entities_out", merged.entities.len() as u64);
-        self.notes.count("relations_out", merged.relations.len() as u64);
+        self.notes
+            .count("entities_out", merged.entities.len() as u64);
+        self.notes
+            .count("relations_out", merged.relations.len() as u64);
         if loops > 0 {
             self.notes.count("relations_dropped_as_loops", loops as u64);
         }

@@ -132,7 +132,11 @@ async fn merges_near_duplicates_and_not_what_differs() {
             ("Speaker".into(), "Houston".into()),
         ]
     );
-    let lovell = graph.entities.iter().find(|e| e.name == "Jim Lovell").unwrap();
+    let lovell = graph
+        .entities
+        .iter()
+        .find(|e| e.name == "Jim Lovell")
+        .unwrap();
     assert_eq!(lovell.aliases, vec!["Jim Lovel"]);
     assert_eq!(lovell.mentions.len(), 4);
     // The canonical entity keeps its id (the one normalize gave "jim lovell").
@@ -161,10 +165,16 @@ async fn merges_near_duplicates_and_not_what_differs() {
     // What was merged, and why, is in the report.
     let lines = notes.lines();
     assert!(
-        lines.iter().any(|l| l.starts_with("merged `Jim Lovel` into `Jim Lovell` (Name): string similarity: jaro-winkler 0.9")),
+        lines.iter().any(|l| l.starts_with(
+            "merged `Jim Lovel` into `Jim Lovell` (Name): string similarity: jaro-winkler 0.9"
+        )),
         "{lines:#?}"
     );
-    assert!(lines.iter().any(|l| l.contains("`fuel cells` into `fuel cell`")));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("`fuel cells` into `fuel cell`"))
+    );
     assert!(lines.iter().any(|l| l.contains("`Houstan` into `Houston`")));
     assert_eq!(lines.len(), 3, "{lines:#?}");
     let counts = notes.counts();
@@ -183,7 +193,11 @@ async fn thresholds_and_type_rules_are_configurable() {
     let mut resolve = Resolve::new(config, "resolve", StageNotes::default());
     let graph = emitted_graph(&run(&mut resolve, &corpus_like(), InputEnd::Complete).await);
     assert_eq!(
-        graph.entities.iter().filter(|e| e.name == "Houston").count(),
+        graph
+            .entities
+            .iter()
+            .filter(|e| e.name == "Houston")
+            .count(),
         1
     );
     // Strict thresholds merge nothing; without the numbers rule the two tanks merge.
@@ -230,7 +244,11 @@ async fn withholds_everything_on_input_that_did_not_end_complete() {
         let finished = run(&mut resolve, &input, end.clone()).await;
         assert!(finished.emit.is_empty(), "{end:?}");
         assert_eq!(finished.dead_letter.len(), input.len());
-        let held: Vec<&str> = finished.dead_letter.iter().map(|(r, _)| r.id.as_str()).collect();
+        let held: Vec<&str> = finished
+            .dead_letter
+            .iter()
+            .map(|(r, _)| r.id.as_str())
+            .collect();
         assert_eq!(held, vec!["fragment-0", "fragment-1"]);
         let (_, error) = &finished.dead_letter[0];
         assert!(
@@ -301,7 +319,9 @@ impl TextEmbedder for Synonyms {
         let mut v = vec![0.0; 64];
         match self.0.iter().position(|group| group.contains(&text)) {
             Some(group) => v[group] = 1.0,
-            None => v[32 + (record::stable_id(&[text.as_bytes()]).as_bytes()[0] as usize % 32)] = 1.0,
+            None => {
+                v[32 + (record::stable_id(&[text.as_bytes()]).as_bytes()[0] as usize % 32)] = 1.0
+            }
         }
         Ok(v)
     }
@@ -327,7 +347,10 @@ async fn an_attached_embedder_merges_by_meaning() {
     let graph = emitted_graph(&run(&mut resolve, &records, InputEnd::Complete).await);
     let mut names: Vec<&str> = graph.entities.iter().map(|e| e.name.as_str()).collect();
     names.sort();
-    assert_eq!(names, vec!["command module", "lunar module", "unembeddable"]);
+    assert_eq!(
+        names,
+        vec!["command module", "lunar module", "unembeddable"]
+    );
     let lines = notes.lines();
     assert!(
         lines.contains(
