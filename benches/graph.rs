@@ -112,7 +112,7 @@ fn graph_stages(c: &mut Criterion) {
             chunks
                 .iter()
                 .map(|c| extract.extract_record(black_box(c)).unwrap())
-                .count()
+                .collect::<Vec<_>>()
         })
     });
     group.bench_function("normalize", |b| {
@@ -120,7 +120,7 @@ fn graph_stages(c: &mut Criterion) {
             extractions
                 .iter()
                 .map(|e| normalize.normalize_record(black_box(e)).unwrap())
-                .count()
+                .collect::<Vec<_>>()
         })
     });
     group.bench_function("resolve", |b| b.iter(|| resolve_all(black_box(&fragments))));

@@ -67,6 +67,10 @@ pub struct Normalizer {
     min_name_chars: usize,
 }
 
+/// An entity being built from one extraction: the entity, its surface forms with their votes,
+/// and the alias table's canonical name when one applies.
+type Building = (Entity, Vec<(String, u64)>, Option<String>);
+
 /// What normalising one extraction found worth counting.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -231,8 +235,7 @@ impl Normalizer {
         let mut ids: Vec<Option<String>> = Vec::with_capacity(extraction.entities.len());
         // Entities of this fragment, in first-seen order, with their surface-form counts.
         let mut order: Vec<String> = Vec::new();
-        let mut built: HashMap<String, (Entity, Vec<(String, u64)>, Option<String>)> =
-            HashMap::new();
+        let mut built: HashMap<String, Building> = HashMap::new();
         for entity in &extraction.entities {
             let Some((display, key, aliased)) = self.name(&entity.name) else {
                 counts.dropped_short_names += 1;
