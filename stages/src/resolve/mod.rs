@@ -2,7 +2,7 @@
 //! fragment, and only when its input is complete merges them by id and then merges
 //! near-duplicates — folded names similar by Jaro-Winkler *and* normalised Levenshtein
 //! (`strsim`), same type unless configured, never across different numbers ("tank 1" /
-//! "tank 2") — and, when an embedder is attached ([`Resolve::with_embedder`]), by the cosine
+//! "tank 2") or different short words ("DELTA-P" / "DELTA-V", "LM side" / "LMP side") — and, when an embedder is attached ([`Resolve::with_embedder`]), by the cosine
 //! of the names' embeddings. Every merge is reported (names, scores, rule). The merged graph
 //! is emitted in fragments: entities first, then relations, `batch` per record; a merged
 //! entity keeps the id of its canonical entity and relations are re-pointed. On an input
@@ -231,6 +231,24 @@ struct Candidate<'a> {
     chars: usize,
 }
 
+/// Longest word whose spelling is taken as meaning: short words are acronyms or
+/// designators, and one letter changes the thing ("DELTA-P" / "DELTA-V", "LM" / "LMP").
+const SHORT_WORD_CHARS: usize = 3;
+
+/// False when two folded names of as many words differ in a word of at most
+/// [`SHORT_WORD_CHARS`] characters: string similarity says nothing about those. Numbers are
+/// left to the `same_numbers` rule.
+fn short_words_agree(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.split(' ').collect(), b.split(' ').collect());
+    let number = |w: &str| w.chars().all(|c| c.is_ascii_digit());
+    a.len() != b.len()
+        || a.iter().zip(&b).all(|(x, y)| {
+            x == y
+                || (number(x) && number(y))
+                || x.chars().count().min(y.chars().count()) > SHORT_WORD_CHARS
+        })
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let (mut dot, mut na, mut nb) = (0.0f32, 0.0f32, 0.0f32);
     for (x, y) in a.iter().zip(b) {
@@ -304,7 +322,9 @@ impl Resolve {
                     if (b.chars as f64) * self.config.levenshtein > a.chars as f64 {
                         break;
                     }
-                    if !self.numbers_agree(&a.folded, &b.folded) {
+                    if !self.numbers_agree(&a.folded, &b.folded)
+                        || !short_words_agree(&a.folded, &b.folded)
+                    {
                         continue;
                     }
                     let jaro_winkler = strsim::jaro_winkler(&a.folded, &b.folded);

@@ -184,6 +184,39 @@ async fn merges_near_duplicates_and_not_what_differs() {
 }
 
 #[tokio::test]
+async fn names_that_differ_in_a_short_word_stay_apart() {
+    // Seen on the corpus: one letter of an acronym or designator is another thing.
+    let records = fragments(vec![Graph {
+        extractor: "nlp_extract".into(),
+        entities: vec![
+            entity("DELTA-V", "Acronym", &[0]),
+            entity("DELTA-P", "Acronym", &[10]),
+            entity("LM side", "Concept", &[20]),
+            entity("LMP side", "Concept", &[30]),
+            entity("PROPELLANT", "Acronym", &[40, 45]),
+            entity("PHOPELLANT", "Acronym", &[50]),
+        ],
+        relations: Vec::new(),
+    }]);
+    let notes = StageNotes::default();
+    let mut resolve = Resolve::new(ResolveConfig::default(), "resolve", notes.clone());
+    let graph = emitted_graph(&run(&mut resolve, &records, InputEnd::Complete).await);
+    let mut names: Vec<&str> = graph.entities.iter().map(|e| e.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        vec!["DELTA-P", "DELTA-V", "LM side", "LMP side", "PROPELLANT"]
+    );
+    assert_eq!(notes.counts()["entities_merged"], 1);
+    assert!(!short_words_agree("delta p", "delta v"));
+    assert!(!short_words_agree("lm side", "lmp side"));
+    assert!(short_words_agree("propellant", "phopellant"));
+    assert!(short_words_agree("fuel cell", "fuel cells"));
+    // Numbers are the `same_numbers` rule's to judge.
+    assert!(short_words_agree("o2 tank 1", "o2 tank 2"));
+}
+
+#[tokio::test]
 async fn thresholds_and_type_rules_are_configurable() {
     // Across types, "Houston" the speaker and "Houston" the name are one.
     let config = ResolveConfig {
