@@ -382,7 +382,17 @@ fn list_stages_and_schema_describe_every_kind() {
         .collect();
     assert_eq!(
         kinds,
-        ["blackhole", "chunk", "files", "generate", "jsonl", "llm"]
+        [
+            "blackhole",
+            "chunk",
+            "files",
+            "generate",
+            "jsonl",
+            "llm",
+            "nlp_extract",
+            "normalize",
+            "resolve"
+        ]
     );
     assert_eq!(stage["additionalProperties"], false);
     // Each kind's config is tied to its own schema.

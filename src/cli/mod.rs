@@ -276,6 +276,9 @@ fn validate(registry: &Registry, args: &ValidateArgs) -> ExitCode {
                 plan.stages.len(),
                 edges
             );
+            for s in &plan.skipped {
+                println!("  off here: {} ({}): {}", s.id, s.kind, s.reason);
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -510,6 +513,9 @@ fn print_summary(report: &RunReport, state_dir: &Path) {
             s.max_queue_depth,
             s.wall_time_s
         );
+    }
+    for s in &report.skipped {
+        println!("  {:<width$} off: {} ({})", s.id, s.reason, s.kind);
     }
     for s in &report.stages {
         let Some(c) = &s.calls else { continue };

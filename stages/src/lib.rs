@@ -6,7 +6,10 @@ pub mod files;
 pub mod generate;
 pub mod jsonl;
 pub mod llm;
+pub mod nlp_extract;
+pub mod normalize;
 pub mod provider;
+pub mod resolve;
 pub mod tokens;
 
 use pipeline::Registry;
@@ -19,6 +22,9 @@ pub fn register_builtin(registry: &mut Registry) {
         .register::<chunk::ChunkConfig>()
         .register::<jsonl::JsonlConfig>()
         .register::<llm::LlmConfig>()
+        .register::<nlp_extract::NlpExtractConfig>()
+        .register::<normalize::NormalizeConfig>()
+        .register::<resolve::ResolveConfig>()
         .register::<blackhole::BlackholeConfig>();
     provider::register_provider_kinds(registry);
 }

@@ -1,4 +1,5 @@
-//! `${VAR}` / `${VAR:-default}` in scalar values, from the process environment and `.env`.
+//! `${VAR}` / `${VAR:-default}` / `${VAR:+word}` in scalar values, from the process environment
+//! and `.env`.
 //!
 //! Interpolation runs on parsed scalars, not on the raw text, so a value can never inject YAML
 //! structure and every error still points at the scalar it came from.
@@ -47,7 +48,8 @@ impl Env {
     }
 }
 
-/// Replaces `${VAR}` / `${VAR:-default}` in every scalar of the tree; `$$` is a literal `$`.
+/// Replaces `${VAR}` / `${VAR:-default}` / `${VAR:+word}` in every scalar of the tree; `$$` is a
+/// literal `$`.
 pub fn interpolate_tree(node: &mut Node, env: &Env, locator: &Locator, diags: &mut Diagnostics) {
     match node {
         Node::Scalar(scalar) => interpolate_scalar(scalar, env, locator, diags),
@@ -97,20 +99,31 @@ pub fn interpolate_str(input: &str, env: &Env) -> Result<String, String> {
                 .find('}')
                 .ok_or_else(|| format!("unterminated `${{` in `{input}`"))?;
             let body = &body_and_tail[..end];
-            let (name, default) = match body.split_once(":-") {
-                Some((name, default)) => (name, Some(default)),
-                None => (body, None),
+            // The operator is whichever of `:-` / `:+` comes first (the word may hold either).
+            let operator = [":-", ":+"]
+                .into_iter()
+                .filter_map(|op| body.find(op).map(|at| (at, op)))
+                .min();
+            let (name, operator, word) = match operator {
+                Some((at, op)) => (&body[..at], Some(op), &body[at + 2..]),
+                None => (body, None, ""),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!(
-                    "`${{{body}}}` is not a valid variable reference (use ${{NAME}} or ${{NAME:-default}})"
+                    "`${{{body}}}` is not a valid variable reference (use ${{NAME}}, ${{NAME:-default}} or ${{NAME:+word}})"
                 ));
             }
-            // Like the shell: `:-` also replaces a variable that is set but empty.
-            match (env.get(name), default) {
+            let value = env.get(name);
+            let set = value.is_some_and(|v| !v.is_empty());
+            // Like the shell: `:-` also replaces a variable that is set but empty, and `:+`
+            // gives its word only for a variable that is set and not empty (never the value,
+            // so `when: ${API_KEY:+true}` keeps a secret out of the configuration).
+            match (value, operator) {
                 (Some(value), None) => out.push_str(value),
-                (Some(value), Some(_)) if !value.is_empty() => out.push_str(value),
-                (_, Some(default)) => out.push_str(default),
+                (Some(value), Some(":-")) if set => out.push_str(value),
+                (_, Some(":-")) => out.push_str(word),
+                (_, Some(_)) if set => out.push_str(word),
+                (_, Some(_)) => {}
                 (None, None) => {
                     return Err(format!(
                         "environment variable `{name}` is not set (set it, add it to .env, or write ${{{name}:-default}})"
@@ -149,6 +162,22 @@ mod tests {
         assert_eq!(
             interpolate_str("$$HOME costs $5", &env).unwrap(),
             "$HOME costs $5"
+        );
+    }
+
+    #[test]
+    fn plus_gives_the_word_only_for_a_set_variable() {
+        let env = env();
+        assert_eq!(interpolate_str("${A:+yes}", &env).unwrap(), "yes");
+        assert_eq!(interpolate_str("${EMPTY:+yes}", &env).unwrap(), "");
+        assert_eq!(interpolate_str("${NOPE:+yes}", &env).unwrap(), "");
+        // The first operator wins; the word may contain the other one.
+        assert_eq!(interpolate_str("${A:+x:-y}", &env).unwrap(), "x:-y");
+        assert_eq!(interpolate_str("${NOPE:-x:+y}", &env).unwrap(), "x:+y");
+        assert!(
+            interpolate_str("${:+x}", &env)
+                .unwrap_err()
+                .contains("not a valid variable")
         );
     }
 

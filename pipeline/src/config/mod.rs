@@ -55,6 +55,16 @@ pub struct StageHeader {
     /// A named concurrency pool from `resources.pools`, shared with other stages.
     #[schemars(with = "Option<String>")]
     pub pool: Option<Spanned<String>>,
+    /// Run this stage only when this is true, after `${VAR}` interpolation: `true`, `yes`,
+    /// `on`, `1`, or `false`, `no`, `off`, `0`, empty. `when: ${OPENAI_API_KEY:+true}` runs it
+    /// only when the variable is set. A stage that is off is checked but not built; its
+    /// consumers read from their other inputs (a stage whose inputs are all off is off too).
+    #[schemars(with = "Option<String>")]
+    pub when: Option<Spanned<String>>,
+    /// The opposite of `when`: the stage is off when this is true
+    /// (`unless: ${OPENAI_API_KEY:+true}` runs it only without the variable).
+    #[schemars(with = "Option<String>")]
+    pub unless: Option<Spanned<String>>,
     /// Free text.
     #[serde(default)]
     pub description: Option<String>,
@@ -104,11 +114,23 @@ pub struct PlannedStage {
     pub config: Box<dyn ErasedConfig>,
 }
 
+/// A stage that `when:` / `unless:` turned off in this environment (checked, not built).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SkippedStage {
+    pub id: String,
+    pub kind: String,
+    /// Why: "`when` is false", "`unless` is true", "every input is off (a, b)".
+    pub reason: String,
+}
+
 /// A validated pipeline: stages in topological order (producers before consumers).
 pub struct Plan {
     pub file: PathBuf,
     pub base_dir: PathBuf,
+    /// The stages that run (those turned off by `when:` / `unless:` are in `skipped`).
     pub stages: Vec<PlannedStage>,
+    /// Stages that are off in this environment, in file order.
+    pub skipped: Vec<SkippedStage>,
     pub pools: BTreeMap<String, PoolSpec>,
     pub limits: BTreeMap<String, LimitSpec>,
     pub providers: BTreeMap<String, ProviderSpec>,
@@ -234,11 +256,12 @@ fn load_tree(
     let resources = parse_resources(top, locator, registry, &mut diags);
     let budget = parse_budget(top, locator, &mut diags);
     let parsed = parse_stages(top, locator, registry, &resources, &mut diags);
-    let stages = plan_topology(parsed, locator, &mut diags);
+    let (stages, skipped) = plan_topology(parsed, locator, &mut diags);
     diags.into_result(Plan {
         file: PathBuf::from(locator.file.as_ref()),
         base_dir: PathBuf::from("."),
         stages,
+        skipped,
         pools: resources.pools,
         limits: resources.limits,
         providers: resources.providers,
@@ -654,6 +677,57 @@ struct ParsedStage {
     inputs: Vec<(String, Span)>,
     info: Option<KindInfo>,
     planned: Option<(StageHeader, Box<dyn ErasedConfig>)>,
+    /// Why `when:` / `unless:` turn it off here (`None`: it runs).
+    off: Option<String>,
+}
+
+/// `when:` / `unless:` values: `None` for a value that is not a boolean.
+fn condition_value(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Some(true),
+        "false" | "no" | "off" | "0" | "" => Some(false),
+        _ => None,
+    }
+}
+
+/// Why the stage is off (`Ok(None)`: it runs); an `Err` for a value that is not a boolean.
+fn stage_condition(
+    id: &str,
+    header: &StageHeader,
+    locator: &Locator,
+    diags: &mut Diagnostics,
+) -> Result<Option<String>, ()> {
+    let mut off = None;
+    let mut ok = true;
+    for (field, value, runs_when) in [
+        ("when", &header.when, true),
+        ("unless", &header.unless, false),
+    ] {
+        let Some(value) = value else { continue };
+        match condition_value(value.as_str()) {
+            Some(v) if v == runs_when => {}
+            Some(v) => {
+                off.get_or_insert_with(|| format!("`{field}` is {v}"));
+            }
+            None => {
+                // The value is not echoed: it may come from an environment variable (a key).
+                diags.push(
+                    Diagnostic::new(
+                        locator.span(value.span()),
+                        format!(
+                            "stage `{id}`: `{field}` must be true or false after interpolation"
+                        ),
+                    )
+                    .with_help(Some(
+                        "true/yes/on/1 or false/no/off/0/empty, e.g. `${OPENAI_API_KEY:+true}`"
+                            .into(),
+                    )),
+                );
+                ok = false;
+            }
+        }
+    }
+    if ok { Ok(off) } else { Err(()) }
 }
 
 fn raw_scalar(entry: &Node, key: &str) -> Option<(String, Span)> {
@@ -725,6 +799,7 @@ fn parse_stages(
             inputs: raw_inputs(entry),
             info: registry.info(&kind).cloned(),
             planned: None,
+            off: None,
         };
         let header = match marked_yaml::from_node::<StageHeader>(entry) {
             Ok(h) => Some(h),
@@ -737,6 +812,10 @@ fn parse_stages(
         };
         let mut ok = header.is_some();
         if let Some(h) = &header {
+            match stage_condition(&id, h, locator, diags) {
+                Ok(off) => stage.off = off,
+                Err(()) => ok = false,
+            }
             for (field, value) in [("concurrency", &h.concurrency), ("buffer", &h.buffer)] {
                 if let Some(v) = value
                     && **v == 0
@@ -842,7 +921,7 @@ fn plan_topology(
     parsed: Vec<ParsedStage>,
     locator: &Locator,
     diags: &mut Diagnostics,
-) -> Vec<PlannedStage> {
+) -> (Vec<PlannedStage>, Vec<SkippedStage>) {
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut duplicate = vec![false; parsed.len()];
     for (i, stage) in parsed.iter().enumerate() {
@@ -968,13 +1047,11 @@ fn plan_topology(
 
     // Payload kinds along every edge; a broken stage's output is unknown and not checked.
     let mut output_kinds = vec![KindSet::EMPTY; n];
-    let mut input_kinds = vec![KindSet::EMPTY; n];
     for &i in &order {
         let stage = &parsed[i];
         let incoming = inputs[i]
             .iter()
             .fold(KindSet::EMPTY, |acc, &j| acc.union(output_kinds[j]));
-        input_kinds[i] = incoming;
         let Some(info) = &stage.info else { continue };
         output_kinds[i] = match info.produces {
             Produces::Nothing => KindSet::EMPTY,
@@ -1020,15 +1097,99 @@ fn plan_topology(
     }
 
     if !diags.is_empty() {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     }
-    // Renumber into topological order. No diagnostics means every stage is sound.
-    let mut new_index = vec![0; n];
-    for (pos, &i) in order.iter().enumerate() {
+
+    // `when:` / `unless:`: the whole file is checked above whatever the environment; now the
+    // stages that are off leave the graph. A stage whose inputs are all off is off too, so an
+    // optional branch turns off as a whole.
+    let mut off: Vec<Option<String>> = parsed.iter().map(|s| s.off.clone()).collect();
+    for &i in &order {
+        if off[i].is_none() && !inputs[i].is_empty() && inputs[i].iter().all(|&j| off[j].is_some())
+        {
+            let names: Vec<&str> = inputs[i].iter().map(|&j| parsed[j].id.as_str()).collect();
+            off[i] = Some(format!("every input is off ({})", names.join(", ")));
+        }
+    }
+    for (i, stage) in parsed.iter().enumerate() {
+        let reading_it_off: Vec<String> = consumers[i]
+            .iter()
+            .filter_map(|&c| {
+                off[c]
+                    .as_ref()
+                    .map(|why| format!("`{}`: {why}", parsed[c].id))
+            })
+            .collect();
+        if off[i].is_none()
+            && role(i) != Some(Role::Sink)
+            && !consumers[i].is_empty()
+            && reading_it_off.len() == consumers[i].len()
+        {
+            diags.push(
+                Diagnostic::new(
+                    locator.span(&stage.id_span),
+                    format!(
+                        "stage `{}` runs, but every stage reading it is off ({}), so its records would be lost",
+                        stage.id,
+                        reading_it_off.join("; ")
+                    ),
+                )
+                .with_help(Some(
+                    "give this stage the same `when:` / `unless:`, or add a consumer that runs".into(),
+                )),
+            );
+        }
+    }
+    if n > 0 && off.iter().all(Option::is_some) {
+        diags.push(Diagnostic::new(
+            Location::WholeFile(locator.file.clone()),
+            "every stage is off (`when:` / `unless:`): nothing would run",
+        ));
+    }
+    if !diags.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let skipped = parsed
+        .iter()
+        .zip(&off)
+        .filter_map(|(stage, why)| {
+            why.as_ref().map(|why| SkippedStage {
+                id: stage.id.clone(),
+                kind: stage.kind.clone(),
+                reason: why.clone(),
+            })
+        })
+        .collect();
+
+    // Renumber the stages that run into topological order; edges to stages that are off go.
+    // No diagnostics means every stage is sound.
+    let running: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&i| off[i].is_none())
+        .collect();
+    let mut new_index = vec![usize::MAX; n];
+    for (pos, &i) in running.iter().enumerate() {
         new_index[i] = pos;
     }
+    let runs = |j: &&usize| off[**j].is_none();
+    // Payload kinds again, over the edges that remain (an input that is off brings nothing).
+    let mut running_output = output_kinds;
+    let mut running_input = vec![KindSet::EMPTY; n];
+    for &i in &running {
+        let incoming = inputs[i]
+            .iter()
+            .filter(runs)
+            .fold(KindSet::EMPTY, |acc, &j| acc.union(running_output[j]));
+        running_input[i] = incoming;
+        if let Some(info) = &parsed[i].info
+            && info.produces == Produces::SameAsInput
+        {
+            running_output[i] = incoming;
+        }
+    }
     let mut slots: Vec<Option<ParsedStage>> = parsed.into_iter().map(Some).collect();
-    order
+    let stages = running
         .iter()
         .filter_map(|&i| {
             let stage = slots[i].take()?;
@@ -1038,8 +1199,16 @@ fn plan_topology(
                 id: stage.id,
                 kind: stage.kind,
                 role: info.role,
-                inputs: inputs[i].iter().map(|&j| new_index[j]).collect(),
-                consumers: consumers[i].iter().map(|&j| new_index[j]).collect(),
+                inputs: inputs[i]
+                    .iter()
+                    .filter(runs)
+                    .map(|&j| new_index[j])
+                    .collect(),
+                consumers: consumers[i]
+                    .iter()
+                    .filter(runs)
+                    .map(|&j| new_index[j])
+                    .collect(),
                 concurrency: h
                     .concurrency
                     .map(|c| *c)
@@ -1047,12 +1216,13 @@ fn plan_topology(
                 buffer: h.buffer.map(|b| *b).unwrap_or(DEFAULT_BUFFER),
                 ordered: h.ordered,
                 pool: h.pool.map(|p| p.as_str().to_string()),
-                input_kinds: input_kinds[i],
-                output_kinds: output_kinds[i],
+                input_kinds: running_input[i],
+                output_kinds: running_output[i],
                 config,
             })
         })
-        .collect()
+        .collect();
+    (stages, skipped)
 }
 
 /// One diagnostic per cycle, at the first stage of the cycle in file order.

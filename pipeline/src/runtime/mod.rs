@@ -336,6 +336,7 @@ pub struct PreparedRun {
     dead_letters: Arc<DeadLetters>,
     run_dir: PathBuf,
     pipeline: String,
+    skipped: Vec<crate::config::SkippedStage>,
     limit: Option<u64>,
     started_at: chrono::DateTime<chrono::Utc>,
 }
@@ -380,6 +381,14 @@ pub async fn prepare(plan: Plan, options: RunOptions) -> Result<PreparedRun, Run
         failed: CancellationToken::new(),
     });
     let started = Instant::now();
+    for skipped in &plan.skipped {
+        tracing::info!(
+            "stage `{}` ({}) is off for this run: {}",
+            skipped.id,
+            skipped.kind,
+            skipped.reason
+        );
+    }
     let mut nodes = Vec::with_capacity(plan.stages.len());
     let mut all_stats = Vec::with_capacity(plan.stages.len());
     let upstream = plan.upstream_ids();
@@ -458,6 +467,7 @@ pub async fn prepare(plan: Plan, options: RunOptions) -> Result<PreparedRun, Run
         dead_letters,
         run_dir,
         pipeline: plan.file.display().to_string(),
+        skipped: plan.skipped,
         limit: options.limit,
         started_at: chrono::Utc::now(),
     })
@@ -489,6 +499,7 @@ impl PreparedRun {
             dead_letters,
             run_dir,
             pipeline,
+            skipped,
             limit,
             started_at,
         } = self;
@@ -621,6 +632,7 @@ impl PreparedRun {
             duration_s: stats.started.elapsed().as_secs_f64(),
             limit,
             stages: RunReport::stage_reports(&stats, dry_run),
+            skipped,
             totals: report::Totals::of(&stats, &resources),
             dead_letters: report::DeadLetterReport {
                 path: (dead_letters.count() > 0).then(|| dead_letters.path().display().to_string()),

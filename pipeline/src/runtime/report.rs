@@ -133,6 +133,9 @@ pub struct RunReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
     pub stages: Vec<StageReport>,
+    /// Stages `when:` / `unless:` turned off for this run, with the reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<crate::config::SkippedStage>,
     /// Remote calls, tokens and cost over all stages.
     pub totals: Totals,
     pub dead_letters: DeadLetterReport,
