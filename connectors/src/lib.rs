@@ -7,6 +7,7 @@ pub mod failure;
 mod http;
 pub mod openai;
 pub mod pricing;
+pub mod qdrant;
 pub mod ratelimit;
 
 pub use anthropic::{AnthropicClient, Block, MessagesRequest};

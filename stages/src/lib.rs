@@ -6,7 +6,9 @@ pub mod files;
 pub mod generate;
 pub mod jsonl;
 pub mod llm;
+pub mod local_store;
 pub mod provider;
+pub mod qdrant;
 
 use pipeline::Registry;
 
@@ -18,6 +20,8 @@ pub fn register_builtin(registry: &mut Registry) {
         .register::<chunk::ChunkConfig>()
         .register::<jsonl::JsonlConfig>()
         .register::<llm::LlmConfig>()
+        .register::<local_store::LocalStoreConfig>()
+        .register::<qdrant::QdrantConfig>()
         .register::<blackhole::BlackholeConfig>();
     provider::register_provider_kinds(registry);
 }
