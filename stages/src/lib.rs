@@ -9,6 +9,7 @@ pub mod llm;
 pub mod local_store;
 pub mod provider;
 pub mod qdrant;
+pub mod tokens;
 
 use pipeline::Registry;
 
