@@ -82,7 +82,9 @@ fn search(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("top5", n), &n, |b, _| {
             b.iter(|| {
                 let hits = db.nearest(&query, 5).expect("search");
-                assert_eq!(hits[0].id, format!("chunk-{}", n / 2));
+                // The synthetic vectors repeat every 2003 records: the query's own vector (or an
+                // identical one) must come first.
+                assert!(hits[0].score > 0.9999, "{} {}", hits[0].id, hits[0].score);
             })
         });
     }
