@@ -8,6 +8,7 @@ mod http;
 pub mod models;
 pub mod openai;
 pub mod pricing;
+pub mod qdrant;
 pub mod ratelimit;
 
 pub use anthropic::{AnthropicClient, Block, MessagesRequest};

@@ -43,6 +43,11 @@ pub trait VectorIndex: Send + Sync {
     fn describe(&self) -> String;
     /// The `k` chunks nearest to `vector`, closest first.
     async fn nearest(&self, vector: &[f32], k: usize) -> Result<Vec<ChunkHit>, StageError>;
+    /// Embedding models of the stored vectors, when the store records them (empty: unknown).
+    /// `pipe search` refuses to compare a question embedded with another model.
+    async fn models(&self) -> Result<Vec<String>, StageError> {
+        Ok(Vec::new())
+    }
 }
 
 #[async_trait]

@@ -1,8 +1,10 @@
-//! `pipe run | validate | list-stages | schema`.
+//! `pipe run | validate | plan | search | graph export | list-stages | schema`.
 
+pub mod export;
 mod logging;
 mod metrics;
 mod progress;
+pub mod search;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -44,6 +46,14 @@ enum Command {
     /// Estimate calls, tokens and cost of a run without sending or writing anything: sources
     /// and local stages run for real, stages that call a provider only count.
     Plan(PlanArgs),
+    /// Search what a pipeline stored: the chunks nearest to a question, the entities they
+    /// mention and the strongest facts about them.
+    Search(search::SearchArgs),
+    /// Read back the graph a pipeline stored.
+    Graph {
+        #[command(subcommand)]
+        command: export::GraphCommand,
+    },
     /// List the stage kinds and their config fields.
     ListStages {
         /// Print as JSON.
@@ -130,6 +140,14 @@ pub fn main_with(registry: Registry) -> ExitCode {
         },
         Command::Plan(args) => match async_runtime() {
             Ok(runtime) => runtime.block_on(plan(registry, args)),
+            Err(code) => code,
+        },
+        Command::Search(args) => match async_runtime() {
+            Ok(runtime) => runtime.block_on(search::command(registry, args)),
+            Err(code) => code,
+        },
+        Command::Graph { command } => match async_runtime() {
+            Ok(runtime) => runtime.block_on(export::command(registry, command)),
             Err(code) => code,
         },
     }

@@ -6,9 +6,11 @@ pub mod files;
 pub mod generate;
 pub mod jsonl;
 pub mod llm;
+pub mod local_store;
 pub mod nlp_extract;
 pub mod normalize;
 pub mod provider;
+pub mod qdrant;
 pub mod resolve;
 pub mod tokens;
 
@@ -25,6 +27,8 @@ pub fn register_builtin(registry: &mut Registry) {
         .register::<nlp_extract::NlpExtractConfig>()
         .register::<normalize::NormalizeConfig>()
         .register::<resolve::ResolveConfig>()
+        .register::<local_store::LocalStoreConfig>()
+        .register::<qdrant::QdrantConfig>()
         .register::<blackhole::BlackholeConfig>();
     provider::register_provider_kinds(registry);
 }

@@ -12,10 +12,12 @@
 //! dead-letter file and is counted.
 
 pub mod dead_letter;
+mod open;
 pub mod report;
 pub mod stats;
 
 pub use dead_letter::DeadLetters;
+pub use open::contexts_for;
 pub use report::{RunReport, RunStatus, StageReport};
 pub use stats::{RunStats, StageNotes, StageStats};
 
