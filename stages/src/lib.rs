@@ -7,6 +7,7 @@ pub mod generate;
 pub mod jsonl;
 pub mod llm;
 pub mod provider;
+pub mod tokens;
 
 use pipeline::Registry;
 
