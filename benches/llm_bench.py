@@ -177,6 +177,17 @@ SCENARIOS = {
     },
 }
 PHASE_S = (40, 15)  # full, quick
+# Seconds into a phase from which the mean in flight counts as "held" (the goal: 90 % within
+# 30 s). main() lowers it for phases too short to leave a window after 30 s.
+SETTLE_S = 30.0
+
+
+def records(sc, quick, phase_ratio, scale):
+    """The scenario's records: a schedule scenario's follow the length of its phases (so that a
+    tool at the full capacity is still running one phase after the last change), the others'
+    are multiplied by `scale`."""
+    n = sc["calls"][1 if quick else 0]
+    return max(10, round(n * phase_ratio if "schedule" in sc else n * scale))
 
 
 def log(msg):
@@ -513,11 +524,12 @@ def sim_metrics(stats, sc, cfg, elapsed, expected_debit):
     return m
 
 
-def capacity_phases(samples, cfg, start_s, end_s, window=5.0, settle=30.0, tail=3.0):
+def capacity_phases(samples, cfg, start_s, end_s, window=5.0, settle=None, tail=3.0):
     """Per phase of the schedule: when a `window`-second mean of the in-flight samples first
     reached 90 % of the phase's capacity (seconds after the phase began; the first phase begins
     when the tool started), and the mean held from `settle` s into the phase until it ends (the
     run's last `tail` seconds, the drain, excluded)."""
+    settle = SETTLE_S if settle is None else settle
     out = []
     ph = phases(cfg)
     for i, (at, cap, label) in enumerate(ph):
@@ -633,7 +645,7 @@ def goals(name, sc, runs):
             out.append((f"90 % of capacity {cap} in flight ≤ 30 s {what}", [p["time_to_90pct_s"] for p in ph],
                         [p["time_to_90pct_s"] is not None and p["time_to_90pct_s"] <= 30 for p in ph],
                         lambda v: f"{v:.1f} s"))
-            out.append((f"mean in flight ≥ 90 % of {cap} from 30 s {what} (held)",
+            out.append((f"mean in flight ≥ 90 % of {cap} from {SETTLE_S:g} s {what} (held)",
                         [p["held_fraction"] for p in ph],
                         [p["held_fraction"] is not None and p["held_fraction"] >= 0.9 for p in ph], fmt_pct))
     out.append(("nothing lost", [t["lost"] for t in pipe], [t["lost"] == 0 for t in pipe], str))
@@ -681,7 +693,7 @@ def main_table(results):
 
 
 def phase_table(results):
-    rows = ["| scenario | tool | phase (capacity) | time to 90 % in flight, s | mean in flight from 30 s in | held / capacity |",
+    rows = [f"| scenario | tool | phase (capacity) | time to 90 % in flight, s | mean in flight from {SETTLE_S:g} s in | held / capacity |",
             "| --- | --- | --- | ---: | ---: | ---: |"]
     for name, runs in results.items():
         if SCENARIOS[name]["kind"] != "capacity":
@@ -743,8 +755,8 @@ Date: {meta['date']} ({meta['duration_min']:.0f} min). Machine: {meta['cpus']} c
 (median [min–max]), {loads['end']} at the end{' — **a loaded machine: the numbers are noisy**' if loads['max'] > meta['cpus'] else ''}.
 pipe at git `{meta['git']['commit']}`{' **with uncommitted changes**' if meta['git']['dirty'] else ' (clean tree)'}.
 Python {meta['venv']['python']}, {', '.join(f'{p} {meta["venv"][p]}' for p in PY_PACKAGES)}.
-{meta['runs']} run(s) of every scenario{' (**quick mode**: fewer records, {}-s phases)'.format(meta['phase_s']) if meta['quick'] else f", {meta['phase_s']}-s phases"}; each figure is the
-median over the runs and [the min–max spread].
+{meta['runs']} run(s) of every scenario{' (**quick mode**: fewer records)' if meta['quick'] else ''}, {meta['phase_s']:g}-s phases, records × {meta['scale']:g}
+of the default for the scenarios without a schedule{meta['reduced']}; each figure is the median over the runs and [the min–max spread].
 
 Run with:
 
@@ -786,7 +798,7 @@ one after the other: pipe, python_naive, python_careful):
   Refused requests count while they are open. **time to 90 %** = seconds from the start of
   the phase (for the first phase, from the tool's start) until the mean over the next 5 s first
   reaches 90 % of the phase's hidden capacity (n/a: never, or the run ended first). **held** =
-  mean in flight from 30 s into the phase to its end (the run's last 3 s, the drain, excluded)
+  mean in flight from {SETTLE_S:g} s into the phase to its end (the run's last 3 s, the drain, excluded)
   / the capacity.
 - **failed**: pipe = dead-lettered records; Python = records whose call raised after all
   retries. **lost** = records − written − failed.
@@ -823,6 +835,12 @@ def main():
     p.add_argument("--scenario", choices=list(SCENARIOS), action="append",
                    help="run only this scenario (repeatable; default all)")
     p.add_argument("--records", type=int, help="records per scenario (default: the scenario's)")
+    p.add_argument("--phase-s", type=float,
+                   help="length of a schedule phase (default 40, quick 15); the schedule scenarios' "
+                        "records scale with it")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply the records of the scenarios without a schedule by this (to fit "
+                        "a time budget)")
     p.add_argument("--allow-dirty", action="store_true",
                    help="run from a tree with uncommitted changes (the results say so)")
     p.add_argument("--corpus", type=Path, default=Path("/work/shared/corpus/apollo13/transcripts"))
@@ -830,7 +848,10 @@ def main():
     p.add_argument("--results", type=Path, help="default benches/results (quick: /tmp/pipe-llm-bench-quick)")
     args = p.parse_args()
     runs = args.runs or (1 if args.quick else 3)
-    phase_s = PHASE_S[1 if args.quick else 0]
+    default_phase = PHASE_S[1 if args.quick else 0]
+    phase_s = args.phase_s or default_phase
+    global SETTLE_S
+    SETTLE_S = min(30.0, max(phase_s - 10, phase_s / 2))
     results_dir = args.results or (Path("/tmp/pipe-llm-bench-quick") if args.quick else BENCH_DIR / "results")
     git = git_state(args.allow_dirty or args.quick)
 
@@ -859,6 +880,11 @@ def main():
         "runs": runs,
         "quick": args.quick,
         "phase_s": phase_s,
+        "settle_s": SETTLE_S,
+        "scale": args.scale,
+        "reduced": "" if args.quick or (phase_s == default_phase and args.scale == 1.0) else
+        f" (**reduced** from 40-s phases and × 1 to fit the time available; 'held' counts from "
+        f"{SETTLE_S:g} s into a phase)",
     }
     load_start = round(os.getloadavg()[0], 2)
     results = {name: [] for name in names}
@@ -867,7 +893,7 @@ def main():
         for k in range(1, runs + 1):
             for name in names:
                 sc = SCENARIOS[name]
-                n = args.records or sc["calls"][1 if args.quick else 0]
+                n = args.records or records(sc, args.quick, phase_s / default_phase, args.scale)
                 results[name].append(run_scenario(name, sc, n, phase_s, 6 + k, k, lines, bins, Path(tmp),
                                                   runs_dir / name / f"run{k}"))
                 # Raw results so far, in case the rest is interrupted.
