@@ -1,41 +1,38 @@
 #!/usr/bin/env python3
-"""Macro benchmark: `pipe` vs. the usual hand-written Python client, against a rate limit.
+"""Macro benchmark: `pipe` vs. hand-written Python clients, against a simulated LLM provider.
 
-Both tools push the same prompts file through the same OpenAI-compatible endpoint
-(`pipe-sim`, an API simulator with OpenAI-style short-window RPM/TPM buckets and lognormal
-latency) and we compare how well each one uses the limit it is bound by, and what it costs
-the provider in refused requests.
+Three tools push the same prompts through the same OpenAI-compatible endpoint (`pipe-sim`, an
+API simulator with OpenAI-style short-window RPM/TPM buckets, a hidden concurrency cap,
+model-like latency and schedules), one after the other, and we compare how well each one uses
+the limit it is bound by, what it costs the provider in refused requests, and how long it takes:
 
-Scenarios (one simulator per scenario, `POST /_sim/reset` before each tool):
+* ``pipe``: a `files -> llm [-> llm] -> jsonl` pipeline;
+* ``python_naive``: today's usual client, `AsyncOpenAI` + `asyncio.Semaphore(20)` + tenacity
+  (``benches/llm_python_client.py --style naive``);
+* ``python_careful``: what a careful user writes: the same limits through `aiolimiter` (RPM and a
+  TPM token bucket with tiktoken counts), `retry-after` honoured, a semaphore sized to the known
+  capacity (``--style careful``).
 
-* ``rpm``: sim ``{rpm: 1800, latency_ms_median: 300, seed: 7}``; short prompts (one
-  transcript turn, about 50-150 tokens), ``max_tokens`` 64; pipe limit ``{rpm: 1800}``.
-* ``tpm``: sim ``{tpm: 600000, latency_ms_median: 300, seed: 7}``; about 600 prompt tokens
-  of transcript text + ``max_tokens`` 200 (~800 tokens debited per call); pipe limit
-  ``{tpm: 600000}``.
-* ``adaptive``: sim ``{hidden_concurrency: 40, latency_ms_median: 300, seed: 7}``: no rate
-  limit, but a 41st request in flight is refused with 429 and no header says so. pipe is told
-  nothing (its provider has no ``limit``, so it gets an adaptive one); it serves
-  ``--metrics-addr`` and the driver samples ``pipe_limit_in_flight`` every 0.25 s to see when
-  it reaches 90 % of the capacity (36 in flight) and what it holds after 30 s.
+Scenarios (see ``SCENARIOS``): ``rpm``, ``tpm`` and ``tpm_server_counting`` are bound by a rate
+limit that both pipe and the careful client are told; ``adaptive``, ``output_length``,
+``slowdown``, ``capacity_drop_429``, ``capacity_drop_503`` and ``two_stages`` are bound by a
+hidden concurrency cap that nobody is told (pipe's provider has no ``limit``, so it gets an
+adaptive one; the careful client's semaphore is sized to the hidden capacity, the best a Python
+user could do by hand). Each scenario runs ``--runs`` times (default 3) from a committed tree;
+every number is reported as the median and the spread (min-max) over the runs.
 
-Measured per tool and scenario:
+Measured per tool and run: successes and refusals (429 / 503) from the simulator's
+``/_sim/stats``; elapsed (pipe: ``report.json`` ``duration_s``, start-up included; Python: the
+client's timer around ``asyncio.gather``, imports excluded); utilisation of a rate limit
+(successes or debited tokens per second / the limit); requests in flight every 0.25 s (pipe:
+``--metrics-addr`` ``pipe_limit_in_flight``; Python: counted in the HTTP transport) and from
+them, per phase of the simulator's schedule, the time until 90 % of the hidden capacity is in
+flight and the mean held from 30 s into the phase; failed and lost records.
 
-* successes (HTTP 200), 429s and total requests, from the simulator's ``/_sim/stats``;
-* elapsed: pipe -> ``report.json`` ``duration_s`` (the whole run, start-up included);
-  Python -> the client's own timer around ``asyncio.gather`` (imports excluded);
-* utilisation of the binding limit: RPM -> successes / (elapsed x rpm/60);
-  TPM -> ``tokens.debited`` / (elapsed x tpm/60). ``tokens.debited`` is what the simulator
-  takes from its TPM bucket on admission (prompt tokens + ``max_tokens``, the OpenAI rule);
-  refused requests debit nothing, and with no injected faults every admitted request is a
-  200, so it is exactly the tokens debited by successful requests. The driver cross-checks
-  it against ``tokens.prompt + successes x max_tokens``;
-* 429 rate = 429s / total requests;
-* failed and lost records: pipe -> dead-lettered (report), lost = inputs - (lines in the
-  output file + dead-lettered); Python -> ``calls_failed``, lost = inputs - ok - failed.
-
-Results: a markdown table on stdout and in ``benches/results/llm_bench.md``, raw data in
-``benches/results/llm_bench.json``.
+Results: ``benches/results/llm_bench.md`` (tables), ``benches/results/llm_bench.json`` (raw) and
+``benches/results/llm_bench_runs/<scenario>/run<k>/`` (per-run logs). ``--quick`` is a short
+development run (fewer calls, 15 s phases, one run) that writes to /tmp unless ``--results``
+is given.
 """
 
 import argparse
@@ -46,7 +43,9 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,54 +58,136 @@ REPO = BENCH_DIR.parent
 CLIENT = BENCH_DIR / "llm_python_client.py"
 MODEL = "gpt-4o-mini"
 API_KEY = "sk-bench"
-# cl100k_base averages about 3.1 characters per token on this corpus (measured with the
-# simulator's prompt_tokens: timestamps, call signs and numbers make it denser than plain
-# English). Prompt sizes are chosen in characters; the measured mean prompt tokens are
-# reported next to the results.
+# cl100k_base averages about 3.0 characters per token on this corpus (timestamps, call signs
+# and numbers make it denser than plain English; o200k_base is within 3 %). Prompt sizes are
+# chosen in characters; the measured mean prompt tokens are reported next to the results.
 CHARS_PER_TOKEN = 3.0
+TOOLS = ("pipe", "python_naive", "python_careful")
+PY_PACKAGES = ("openai", "tenacity", "aiolimiter", "tiktoken")
+# Seconds a tool may run before it is killed (and the run reported as timed out).
+TOOL_TIMEOUT_S = 1200
 
+# Every simulator counts OpenAI tokens in the model's own encoding (o200k_base for
+# gpt-4o-mini), as OpenAI does.
+BASE_SIM = {"tokenizer": "by_model"}
+# "A call takes 0.3 s + 20 ms per output token, answers 30-100 % of max_tokens" (issue 7).
+MODEL_LIKE = {
+    "hidden_concurrency": 40,
+    "latency_ms_median": 300,
+    "latency_per_output_token_ms": 20,
+    "answer_length": {"min_fraction": 0.3, "max_fraction": 1.0},
+}
+
+
+def one_call(max_tokens):
+    return [{"id": "ask", "prompt": "{{ text }}", "max_tokens": max_tokens, "output_field": "answer"}]
+
+
+# `calls` = (full, quick) records. `schedule(p)` gives the simulator's phases for a phase
+# length of p seconds (40 full, 15 quick); the capacity scenarios have enough records that a
+# tool at the full capacity is still running 40 s (15 s) after the last change.
 SCENARIOS = {
     "rpm": {
-        "sim": {"rpm": 1800, "latency_ms_median": 300, "seed": 7},
+        "kind": "rate",
+        "sim": {"rpm": 1800, "latency_ms_median": 300},
         "limit": {"rpm": 1800},
-        "max_tokens": 64,
+        "stages": one_call(64),
         "prompt_tokens": (50, 150),
+        "calls": (1200, 150),
+        "what": "RPM-bound: 1,800 RPM, 300 ms median latency, short prompts",
     },
     "tpm": {
-        "sim": {"tpm": 600000, "latency_ms_median": 300, "seed": 7},
+        "kind": "rate",
+        "sim": {"tpm": 600000, "latency_ms_median": 300},
         "limit": {"tpm": 600000},
-        "max_tokens": 200,
+        "stages": one_call(200),
         "prompt_tokens": (600, 600),
+        "calls": (600, 80),
+        "what": "TPM-bound: 600k TPM, ~600-token prompts + max_tokens 200, tiktoken counting",
+    },
+    "tpm_server_counting": {
+        "kind": "rate",
+        "sim": {"tpm": 600000, "latency_ms_median": 300, "token_counting": "openai_estimate"},
+        "limit": {"tpm": 600000},
+        "stages": one_call(200),
+        "prompt_tokens": (600, 600),
+        "calls": (600, 80),
+        "what": "as `tpm`, but the server counts like OpenAI's limiter: max_tokens + characters/4",
     },
     "adaptive": {
-        "sim": {"hidden_concurrency": 40, "latency_ms_median": 300, "seed": 7},
+        "kind": "capacity",
+        "sim": {"hidden_concurrency": 40, "latency_ms_median": 300},
         "limit": None,
-        "capacity": 40,
-        "max_tokens": 64,
+        "stages": one_call(64),
         "prompt_tokens": (50, 150),
+        "calls": (5000, 600),
+        "what": "hidden capacity 40 in flight, 300 ms median latency, limits unknown",
+    },
+    "output_length": {
+        "kind": "capacity",
+        "sim": MODEL_LIKE,
+        "limit": None,
+        "stages": one_call(100),
+        "prompt_tokens": (50, 150),
+        "calls": (1500, 300),
+        "what": "hidden capacity 40, latency 0.3 s + 20 ms per output token, answers 30-100 % of max_tokens 100",
+    },
+    "slowdown": {
+        "kind": "capacity",
+        "sim": MODEL_LIKE,
+        "schedule": lambda p: [{"at_s": p, "latency_factor": 3}, {"at_s": 2 * p, "latency_factor": 1}],
+        "limit": None,
+        "stages": one_call(100),
+        "prompt_tokens": (50, 150),
+        "calls": (2300, 900),
+        "what": "as `output_length`, with latency x3 for one phase and back",
+    },
+    "capacity_drop_429": {
+        "kind": "capacity",
+        "sim": {**MODEL_LIKE, "overload_status": 429},
+        "schedule": lambda p: [{"at_s": p, "hidden_concurrency": 20}, {"at_s": 2 * p, "hidden_concurrency": 40}],
+        "limit": None,
+        "stages": one_call(100),
+        "prompt_tokens": (50, 150),
+        "calls": (2500, 950),
+        "what": "as `output_length`, capacity 40 -> 20 -> 40, overload answered 429 (retry-after: 1)",
+    },
+    "capacity_drop_503": {
+        "kind": "capacity",
+        "sim": {**MODEL_LIKE, "overload_status": 503},
+        "schedule": lambda p: [{"at_s": p, "hidden_concurrency": 20}, {"at_s": 2 * p, "hidden_concurrency": 40}],
+        "limit": None,
+        "stages": one_call(100),
+        "prompt_tokens": (50, 150),
+        "calls": (2500, 950),
+        "what": "as `capacity_drop_429`, overload answered 503 (no retry-after)",
+    },
+    "two_stages": {
+        "kind": "capacity",
+        "sim": MODEL_LIKE,
+        "limit": None,
+        "stages": [
+            {"id": "ask", "prompt": "{{ text }}", "max_tokens": 40, "output_field": "answer"},
+            {"id": "expand", "max_tokens": 160, "output_field": "detail",
+             "prompt": "Expand on this note about the transcript below.\nNote: {{ answer }}\n\nTranscript:\n{{ text }}"},
+        ],
+        "prompt_tokens": (50, 150),
+        "calls": (700, 150),
+        "what": "as `output_length`, each record through two calls (max_tokens 40, then 160) sharing one limit",
     },
 }
-# The simulator's latency is lognormal with this sigma (its default): mean = median x e^(s^2/2).
-LATENCY_SIGMA = 0.3
+PHASE_S = (40, 15)  # full, quick
+# Seconds into a phase from which the mean in flight counts as "held" (the goal: 90 % within
+# 30 s). main() lowers it for phases too short to leave a window after 30 s.
+SETTLE_S = 30.0
 
-PIPELINE = """\
-resources:
-{limits}  providers:
-    llm: {{ kind: openai, model: {model}, base_url: "{base_url}", api_key: {api_key}{limit_ref} }}
-stages:
-  - id: read
-    kind: files
-    config: {{ path: "{dir}", glob: "prompts.jsonl", text_field: text }}
-  - id: ask
-    kind: llm
-    inputs: [read]
-    concurrency: 256
-    config: {{ provider: llm, prompt: "{{{{ text }}}}", max_tokens: {max_tokens} }}
-  - id: out
-    kind: jsonl
-    inputs: [ask]
-    config: {{ path: "{dir}/out.jsonl" }}
-"""
+
+def records(sc, quick, phase_ratio, scale):
+    """The scenario's records: a schedule scenario's follow the length of its phases (so that a
+    tool at the full capacity is still running one phase after the last change), the others'
+    are multiplied by `scale`."""
+    n = sc["calls"][1 if quick else 0]
+    return max(10, round(n * phase_ratio if "schedule" in sc else n * scale))
 
 
 def log(msg):
@@ -118,7 +199,40 @@ def flow(d):
     return "{ " + ", ".join(f"{k}: {json.dumps(v)}" for k, v in d.items()) + " }"
 
 
+def sim_config(sc, phase_s, seed):
+    cfg = {**BASE_SIM, **sc["sim"], "seed": seed}
+    if "schedule" in sc:
+        cfg["schedule"] = sc["schedule"](phase_s)
+    return cfg
+
+
+def phases(cfg):
+    """[(start_s, capacity, label)] of a capacity scenario's simulator config."""
+    cap, out = cfg["hidden_concurrency"], [(0.0, cfg["hidden_concurrency"], "start")]
+    for ph in cfg.get("schedule", []):
+        cap = ph.get("hidden_concurrency", cap)
+        what = ", ".join(f"{k} {v}" for k, v in ph.items() if k != "at_s")
+        out.append((float(ph["at_s"]), cap, f"{what} at {ph['at_s']:g} s"))
+    return out
+
+
 # --- setup -------------------------------------------------------------------------------
+
+
+def git_state(allow_dirty):
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout
+    head = git("rev-parse", "HEAD").strip() or "unknown"
+    # The results directory is this script's own output: it does not make a run dirty.
+    dirty = [ln for ln in git("status", "--porcelain").splitlines()
+             if not ln[3:].startswith("benches/results/")]
+    if dirty:
+        msg = f"the tree has uncommitted changes ({', '.join(ln[3:] for ln in dirty[:5])}{', ...' if len(dirty) > 5 else ''})"
+        if not allow_dirty:
+            sys.exit(f"{msg}: commit them first so the results name the code they measured, "
+                     f"or pass --allow-dirty")
+        log(f"WARNING: {msg}; the results are marked -dirty")
+    return {"commit": head, "dirty": bool(dirty), "describe": head[:10] + ("-dirty" if dirty else "")}
 
 
 def build(target_dir):
@@ -129,21 +243,47 @@ def build(target_dir):
 
 
 def ensure_venv(venv):
+    """The benchmark's venv, with the Python clients' packages from PyPI, and tiktoken able to
+    load its encodings (seeded from the tiktoken-rs crate when its download site is unreachable)."""
     python = venv / "bin" / "python"
     if not python.exists():
         log(f"creating venv {venv}")
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    probe = [str(python), "-c", "import openai, tenacity"]
+    probe = [str(python), "-c", "import " + ", ".join(PY_PACKAGES)]
     if subprocess.run(probe, capture_output=True).returncode != 0:
-        log("installing openai + tenacity into the venv")
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "openai", "tenacity"], check=True)
+        log(f"installing {' '.join(PY_PACKAGES)} into the venv")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PY_PACKAGES], check=True)
+    env = dict(os.environ, TIKTOKEN_CACHE_DIR=str(venv / "tiktoken-cache"))
+    load = [str(python), "-c", f"import tiktoken; tiktoken.encoding_for_model({MODEL!r}).encode('x')"]
+    if subprocess.run(load, env=env, capture_output=True).returncode != 0:
+        seed_tiktoken_cache(python, venv / "tiktoken-cache")
+        p = subprocess.run(load, env=env, capture_output=True, text=True)
+        if p.returncode != 0:
+            sys.exit(f"tiktoken cannot load the {MODEL} encoding:\n{p.stderr}")
     versions = subprocess.run(
         [str(python), "-c",
-         "import importlib.metadata as m, sys; "
-         "print(sys.version.split()[0], m.version('openai'), m.version('tenacity'))"],
+         "import importlib.metadata as m, sys, json; "
+         f"print(json.dumps({{'python': sys.version.split()[0], "
+         f"**{{p: m.version(p) for p in {list(PY_PACKAGES)!r}}}}}))"],
         capture_output=True, text=True, check=True,
-    ).stdout.split()
-    return python, dict(zip(["python", "openai", "tenacity"], versions))
+    ).stdout
+    return python, env, json.loads(versions)
+
+
+def seed_tiktoken_cache(python, cache):
+    """tiktoken downloads its BPE files on first use; offline, we put the same files (tiktoken
+    checks their SHA-256) where it caches them, from the tiktoken-rs crate in cargo's registry."""
+    cargo_home = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo"))
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in ("o200k_base", "cl100k_base"):
+        found = sorted(cargo_home.glob(f"registry/src/*/tiktoken-rs-*/assets/{name}.tiktoken"))
+        if not found:
+            sys.exit(f"tiktoken cannot download {name} and no tiktoken-rs crate in {cargo_home} has it")
+        url = f"https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
+        key = subprocess.run([str(python), "-c", f"import hashlib; print(hashlib.sha1({url!r}.encode()).hexdigest())"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        shutil.copyfile(found[-1], cache / key)
+        log(f"seeded tiktoken's cache with {found[-1]}")
 
 
 def corpus_lines(corpus):
@@ -154,7 +294,7 @@ def corpus_lines(corpus):
 
 
 def make_prompts(lines, n, tokens):
-    """n distinct prompts of about tokens=(lo, hi) cl100k tokens, taken from the corpus.
+    """n distinct prompts of about tokens=(lo, hi) tokens, taken from the corpus.
 
     A prompt is a run of consecutive transcript turns, one per line, from some starting turn
     until it is at least lo tokens long; a run longer than hi is cut at a word boundary.
@@ -192,12 +332,15 @@ class Sim:
 
     def call(self, method, path):
         req = urllib.request.Request(self.base + path, method=method, data=b"" if method == "POST" else None)
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=30) as r:
             body = r.read()
         return json.loads(body) if body else None
 
     def reset(self):
+        """Resets the simulator (stats, buckets, the schedule's clock); returns the epoch time
+        just after, the zero of every timeline of the run that follows."""
         self.call("POST", "/_sim/reset")
+        return time.time()
 
     def stats(self):
         return self.call("GET", "/_sim/stats")
@@ -208,7 +351,36 @@ class Sim:
         self.log.close()
 
 
-# --- the two tools -----------------------------------------------------------------------
+# --- the tools ---------------------------------------------------------------------------
+
+
+PIPELINE = """\
+resources:
+{limits}  providers:
+    llm: {{ kind: openai, model: {model}, base_url: "{base_url}", api_key: {api_key}{limit_ref} }}
+stages:
+  - id: read
+    kind: files
+    config: {{ path: "{dir}", glob: "prompts.jsonl", text_field: text }}
+{llm_stages}  - id: out
+    kind: jsonl
+    inputs: [{last}]
+    config: {{ path: "{dir}/out.jsonl" }}
+"""
+
+
+def pipeline_yaml(sc, workdir, base_url):
+    stages, prev = "", "read"
+    for st in sc["stages"]:
+        cfg = {"provider": "llm", "prompt": st["prompt"], "max_tokens": st["max_tokens"],
+               "output_field": st["output_field"]}
+        stages += (f"  - id: {st['id']}\n    kind: llm\n    inputs: [{prev}]\n    concurrency: 256\n"
+                   f"    config: {flow(cfg)}\n")
+        prev = st["id"]
+    limits = f"  limits:\n    sim: {flow(sc['limit'])}\n" if sc["limit"] else ""
+    return PIPELINE.format(limits=limits, limit_ref=", limit: sim" if sc["limit"] else "", model=MODEL,
+                           base_url=base_url + "/v1", api_key=API_KEY, dir=workdir, llm_stages=stages,
+                           last=prev)
 
 
 def free_port():
@@ -217,47 +389,55 @@ def free_port():
         return s.getsockname()[1]
 
 
-IN_FLIGHT = re.compile(r'^pipe_limit_in_flight\{limit="provider:llm"\} (\d+)$', re.M)
+IN_FLIGHT = re.compile(r'^pipe_limit_in_flight\{limit="[^"]*"\} (\d+)$', re.M)
 
 
-def run_pipe(pipe, workdir, n, sample_in_flight=False):
-    """Runs pipe; with `sample_in_flight`, also samples its adaptive limit's in-flight count
-    from `--metrics-addr` every 0.25 s as (seconds since start, in flight)."""
+def run_pipe(pipe, workdir, logdir, n, zero, timeout):
+    """Runs pipe and samples its limits' requests in flight from `--metrics-addr` every 0.25 s
+    as (seconds since `zero`, in flight)."""
     state = workdir / "pipe-state"
+    shutil.rmtree(state, ignore_errors=True)
     out = workdir / "out.jsonl"
-    cmd = [str(pipe), "run", str(workdir / "pipeline.yaml"), "--state-dir", str(state), "--quiet"]
-    if sample_in_flight:
-        metrics = f"127.0.0.1:{free_port()}"
-        cmd += ["--metrics-addr", metrics]
+    metrics = f"127.0.0.1:{free_port()}"
+    cmd = [str(pipe), "run", str(workdir / "pipeline.yaml"), "--state-dir", str(state), "--quiet",
+           "--metrics-addr", metrics]
     log("  " + shlex.join(cmd))
+    stderr = open(logdir / "pipe.stderr", "w")
+    start = time.time()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    samples = []
-    while sample_in_flight and proc.poll() is None:
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    samples, timed_out = [], False
+    while proc.poll() is None:
+        if time.perf_counter() - t0 > timeout:
+            proc.kill()
+            timed_out = True
+            break
         time.sleep(0.25)
         try:
             with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=2) as r:
-                m = IN_FLIGHT.search(r.read().decode())
-            if m:
-                samples.append((round(time.perf_counter() - t0, 2), int(m.group(1))))
+                found = IN_FLIGHT.findall(r.read().decode())
+            if found:
+                samples.append([round(time.time() - zero, 2), sum(int(x) for x in found)])
         except OSError:
             pass  # not serving yet, or already gone
-    stdout, stderr = proc.communicate()
-    wall = time.perf_counter() - t0
-    res = {"command": shlex.join(cmd), "exit_code": proc.returncode, "process_wall_s": round(wall, 3)}
-    if sample_in_flight:
-        res["in_flight_samples"] = samples
+    proc.wait()
+    end = time.time()
+    stderr.close()
+    res = {"command": shlex.join(cmd), "exit_code": proc.returncode,
+           "process_wall_s": round(end - start, 3), "start_s": round(start - zero, 3),
+           "end_s": round(end - zero, 3), "in_flight_samples": samples}
     if proc.returncode != 0:
-        res["stderr"] = stderr
-        print(f"\n`pipe run` exited with {proc.returncode}; stderr:\n{stderr}", file=sys.stderr)
+        log(f"`pipe run` exited with {proc.returncode}; see {logdir / 'pipe.stderr'}")
     reports = sorted(state.glob("runs/*/report.json"))
     report = json.loads(reports[-1].read_text()) if reports else None
-    res["report"] = report
+    if report:
+        shutil.copyfile(reports[-1], logdir / "pipe.report.json")
     written = sum(1 for _ in out.open()) if out.exists() else 0
     dead = report["dead_letters"]["count"] if report else 0
     res.update(
-        status=report["status"] if report else "no report",
-        elapsed_s=report["duration_s"] if report else None,
+        report=report,
+        status="timed out" if timed_out else (report["status"] if report else "no report"),
+        elapsed_s=report["duration_s"] if report and not timed_out else None,
         written=written,
         failed=dead,
         lost=n - written - dead,
@@ -265,222 +445,380 @@ def run_pipe(pipe, workdir, n, sample_in_flight=False):
     return res
 
 
-def run_python(python, workdir, base_url, max_tokens, n):
-    cmd = [str(python), str(CLIENT), "--prompts", str(workdir / "prompts.jsonl"),
-           "--base-url", base_url + "/v1", "--max-tokens", str(max_tokens),
-           "--out", str(workdir / "py_out.jsonl")]
+def run_python(python, env, style, sc, workdir, logdir, base_url, n, zero, timeout):
+    cmd = [str(python), str(CLIENT), "--style", style, "--prompts", str(workdir / "prompts.jsonl"),
+           "--base-url", base_url + "/v1", "--model", MODEL, "--api-key", API_KEY,
+           "--stages", json.dumps([{k: v for k, v in st.items() if k != "id"} for st in sc["stages"]])]
+    if style == "careful":
+        cmd += ["--concurrency", str(sc["sim"]["hidden_concurrency"] if sc["kind"] == "capacity" else 64)]
+        for k, v in (sc["limit"] or {}).items():
+            cmd += [f"--{k}", str(v)]
     log("  " + shlex.join(cmd))
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    res = {"command": shlex.join(cmd), "exit_code": p.returncode, "process_wall_s": round(wall, 3)}
-    if p.returncode != 0:
-        print(f"\nthe Python client exited with {p.returncode}; stderr:\n{p.stderr}", file=sys.stderr)
-        res.update(stderr=p.stderr, status="failed", elapsed_s=None, written=0, failed=0, lost=n)
+    start = time.time()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+        code, stdout, stderr, timed_out = p.returncode, p.stdout, p.stderr, False
+    except subprocess.TimeoutExpired as e:
+        code, stdout, stderr, timed_out = None, "", (e.stderr or b"").decode(errors="replace"), True
+    end = time.time()
+    (logdir / f"python_{style}.stderr").write_text(stderr)
+    (logdir / f"python_{style}.stdout.json").write_text(stdout)
+    res = {"command": shlex.join(cmd), "exit_code": code, "process_wall_s": round(end - start, 3)}
+    if code != 0:
+        log(f"the Python client ({style}) {'timed out' if timed_out else f'exited with {code}'}; "
+            f"see {logdir / f'python_{style}.stderr'}")
+        res.update(status="timed out" if timed_out else "failed", elapsed_s=None, written=0, failed=0,
+                   lost=n, start_s=round(start - zero, 3), end_s=round(end - zero, 3), in_flight_samples=[])
         return res
-    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out = json.loads(stdout.strip().splitlines()[-1])
+    samples = [[round(t - zero, 2), k] for t, k in out.pop("in_flight_samples")]
     res.update(
         client=out,
         status="completed",
         elapsed_s=out["elapsed_s"],
-        written=out["calls_ok"],
-        failed=out["calls_failed"],
-        lost=n - out["calls_ok"] - out["calls_failed"],
+        written=out["records_ok"],
+        failed=out["records_failed"],
+        lost=n - out["records_ok"] - out["records_failed"],
+        start_s=round(out["start_epoch"] - zero, 3),
+        end_s=round(out["end_epoch"] - zero, 3),
+        in_flight_samples=samples,
     )
     return res
 
 
-def sim_metrics(stats, sc, elapsed):
+# --- measures ----------------------------------------------------------------------------
+
+
+def sim_metrics(stats, sc, cfg, elapsed, expected_debit):
     by = stats["by_status"]
-    ok, n429, total = by.get("200", 0), by.get("429", 0), stats["total_requests"]
+    ok = by.get("200", 0)
+    refused = sum(v for k, v in by.items() if k in ("429", "503", "529"))
+    total = stats["total_requests"]
     tok = stats["tokens"]
     m = {
         "ok": ok,
-        "http_429": n429,
-        "other_status": {k: v for k, v in by.items() if k not in ("200", "429")},
+        "refused": refused,
+        "by_status": by,
+        "rate_limited": stats.get("rate_limited", 0),
+        "concurrency_limited": stats.get("concurrency_limited", 0),
         "total_requests": total,
-        "rate_429": n429 / total if total else None,
+        "refused_rate": refused / total if total else None,
         "debited": tok["debited"],
-        "debited_check": tok["prompt"] + ok * sc["max_tokens"],
         "mean_prompt_tokens": tok["prompt"] / ok if ok else None,
         "max_concurrency": stats["max_concurrency"],
         "duplicate_bodies": stats["duplicate_bodies"],
+        "utilisation": None,
     }
-    if elapsed:
-        if sc["limit"] is None:
-            # Little's law: mean requests in flight = throughput x mean latency.
-            mean_latency = sc["sim"]["latency_ms_median"] / 1000 * math.exp(LATENCY_SIGMA**2 / 2)
-            m["mean_in_flight"] = ok / elapsed * mean_latency
-            m["utilisation"] = m["mean_in_flight"] / sc["capacity"]
-        elif "rpm" in sc["limit"]:
+    if len(sc["stages"]) == 1:
+        # What the bucket must have been debited for the 200s: tiktoken prompt + max_tokens, or
+        # under OpenAI's estimate max_tokens + ceil(characters / 4) of each prompt sent once.
+        if cfg.get("token_counting") == "openai_estimate":
+            m["debited_expected"] = expected_debit
+        else:
+            m["debited_expected"] = tok["prompt"] + ok * sc["stages"][0]["max_tokens"]
+    if elapsed and sc["kind"] == "rate":
+        if "rpm" in sc["limit"]:
             m["utilisation"] = ok / (elapsed * sc["limit"]["rpm"] / 60)
         else:
             m["utilisation"] = tok["debited"] / (elapsed * sc["limit"]["tpm"] / 60)
-    else:
-        m["utilisation"] = None
     return m
 
 
-def run_scenario(name, sc, n, lines, bins, tmp):
-    workdir = tmp / name
+def capacity_phases(samples, cfg, start_s, end_s, window=5.0, settle=None, tail=3.0):
+    """Per phase of the schedule: when a `window`-second mean of the in-flight samples first
+    reached 90 % of the phase's capacity (seconds after the phase began; the first phase begins
+    when the tool started), and the mean held from `settle` s into the phase until it ends (the
+    run's last `tail` seconds, the drain, excluded)."""
+    settle = SETTLE_S if settle is None else settle
+    out = []
+    ph = phases(cfg)
+    for i, (at, cap, label) in enumerate(ph):
+        begin = max(at, start_s) if i == 0 else at
+        end = min(ph[i + 1][0] if i + 1 < len(ph) else math.inf, end_s)
+        inside = [(t, k) for t, k in samples if begin <= t < end]
+        reached = None
+        for t, _ in inside:
+            win = [k for u, k in inside if t <= u < t + window]
+            if t + window > end:
+                break
+            if sum(win) / len(win) >= 0.9 * cap:
+                reached = round(t - begin, 2)
+                break
+        held = [k for t, k in inside if t >= begin + settle and t < min(end, end_s - tail)]
+        out.append({
+            "phase": label, "from_s": round(begin, 2), "capacity": cap,
+            "ran_s": round(max(0.0, end - begin), 2),
+            "time_to_90pct_s": reached,
+            "held_mean": sum(held) / len(held) if held else None,
+            "held_fraction": sum(held) / len(held) / cap if held else None,
+        })
+    return out
+
+
+def run_scenario(name, sc, n, phase_s, seed, run_no, lines, bins, tmp, logdir):
+    workdir = tmp / f"{name}-{run_no}"
     workdir.mkdir()
+    logdir.mkdir(parents=True, exist_ok=True)
     prompts = make_prompts(lines, n, sc["prompt_tokens"])
     with (workdir / "prompts.jsonl").open("w") as f:
         for t in prompts:
             f.write(json.dumps({"text": t}) + "\n")
-    (workdir / "sim.json").write_text(json.dumps(sc["sim"]))
-    sim = Sim(bins["sim"], workdir / "sim.json", workdir / "sim.log")
+    cfg = sim_config(sc, phase_s, seed)
+    (workdir / "sim.json").write_text(json.dumps(cfg))
+    shutil.copyfile(workdir / "sim.json", logdir / "sim.json")
+    expected_debit = sum(sc["stages"][0]["max_tokens"] + math.ceil(len(t) / 4) for t in prompts)
+    sim = Sim(bins["sim"], workdir / "sim.json", logdir / "sim.log")
     try:
-        limits = f"  limits:\n    sim: {flow(sc['limit'])}\n" if sc["limit"] else ""
-        (workdir / "pipeline.yaml").write_text(PIPELINE.format(
-            limits=limits, limit_ref=", limit: sim" if sc["limit"] else "", model=MODEL, base_url=sim.base + "/v1", api_key=API_KEY,
-            dir=workdir, max_tokens=sc["max_tokens"]))
-        log(f"scenario {name}: {n} calls, sim {sim.base} {json.dumps(sc['sim'])}")
-        result = {"calls": n, "sim_config": sc["sim"], "sim_command": shlex.join(sim.cmd),
-                  "pipeline_yaml": (workdir / "pipeline.yaml").read_text(), "tools": {}}
-        for tool in ("pipe", "python"):
-            sim.reset()
+        (workdir / "pipeline.yaml").write_text(pipeline_yaml(sc, workdir, sim.base))
+        shutil.copyfile(workdir / "pipeline.yaml", logdir / "pipeline.yaml")
+        log(f"{name} run {run_no}: {n} records, sim {sim.base} {json.dumps(cfg)}")
+        result = {"records": n, "sim_config": cfg, "sim_command": shlex.join(sim.cmd), "tools": {}}
+        for tool in TOOLS:
+            load_before = os.getloadavg()[0]
+            zero = sim.reset()
             if tool == "pipe":
-                res = run_pipe(bins["pipe"], workdir, n, sample_in_flight=sc["limit"] is None)
-                if sc["limit"] is None:
-                    res["adaptive"] = adaptive_summary(res["in_flight_samples"], sc["capacity"])
+                res = run_pipe(bins["pipe"], workdir, logdir, n, zero, TOOL_TIMEOUT_S)
             else:
-                res = run_python(bins["python"], workdir, sim.base, sc["max_tokens"], n)
+                res = run_python(bins["python"], bins["python_env"], tool.removeprefix("python_"), sc,
+                                 workdir, logdir, sim.base, n, zero, TOOL_TIMEOUT_S)
             stats = sim.stats()
-            res["sim"] = sim_metrics(stats, sc, res["elapsed_s"])
+            res["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            res["sim"] = sim_metrics(stats, sc, cfg, res["elapsed_s"], expected_debit)
             res["sim_stats"] = stats
+            if sc["kind"] == "capacity":
+                res["phases"] = capacity_phases(res["in_flight_samples"], cfg, res["start_s"], res["end_s"])
             result["tools"][tool] = res
-            log(f"  {tool}: {res['status']}, elapsed {res['elapsed_s'] or 0:.2f} s, "
-                f"{res['sim']['ok']} ok, {res['sim']['http_429']} x 429")
+            s = res["sim"]
+            log(f"  {tool}: {res['status']}, elapsed {res['elapsed_s'] or 0:.2f} s, {s['ok']} ok, "
+                f"{s['refused']} refused of {s['total_requests']}, load {res['load_avg_1m']}"
+                + ("".join(f"; {p['phase']}: 90 % after {p['time_to_90pct_s']} s, held "
+                           f"{pct(p['held_fraction'])}" for p in res.get("phases", []))))
         return result
     finally:
         sim.close()
 
 
-def adaptive_summary(samples, capacity):
-    """When pipe first had 90 % of the hidden capacity in flight, and what it held after 30 s."""
-    target = 0.9 * capacity
-    reached = next((t for t, n in samples if n >= target), None)
-    late = [n for t, n in samples if t >= 30]
-    return {
-        "samples": len(samples),
-        "reached_90pct_after_s": reached,
-        "mean_in_flight_after_30s": sum(late) / len(late) if late else None,
-        "max_in_flight": max((n for _, n in samples), default=None),
-    }
-
-
-# --- output ------------------------------------------------------------------------------
+# --- summary -----------------------------------------------------------------------------
 
 
 def pct(x):
     return "n/a" if x is None else f"{100 * x:.1f} %"
 
 
-def table(results):
+def spread(values, fmt=lambda v: f"{v:.2f}"):
+    """'median [min–max]' of the values that were measured; n/a if none was."""
+    vs = [v for v in values if v is not None]
+    missing = len(values) - len(vs)
+    if not vs:
+        return "n/a"
+    s = fmt(statistics.median(vs))
+    if len(vs) > 1:
+        s += f" [{fmt(min(vs))}–{fmt(max(vs))}]"
+    if missing:
+        s += f" ({missing} n/a)"
+    return s
+
+
+def fmt_pct(v):
+    return f"{100 * v:.1f} %"
+
+
+def goals(name, sc, runs):
+    """[(goal, measured per run, met per run)] for pipe in one scenario."""
+    pipe = [r["tools"]["pipe"] for r in runs]
+    out = []
+    refuse_max = 0.01 if sc["kind"] == "rate" else 0.03
+    out.append((f"≤ {refuse_max:.0%} of requests refused (429/503)",
+                [t["sim"]["refused_rate"] for t in pipe],
+                [t["sim"]["refused_rate"] is not None and t["sim"]["refused_rate"] <= refuse_max for t in pipe],
+                fmt_pct))
+    if sc["kind"] == "rate":
+        floor = 0.98 if "rpm" in sc["limit"] else 0.97
+        out.append((f"≥ {floor:.0%} of the limit (server's count)", [t["sim"]["utilisation"] for t in pipe],
+                    [t["sim"]["utilisation"] is not None and t["sim"]["utilisation"] >= floor for t in pipe],
+                    fmt_pct))
+    else:
+        for i, label in enumerate(p["phase"] for p in pipe[0]["phases"]):
+            ph = [t["phases"][i] for t in pipe]
+            cap = ph[0]["capacity"]
+            what = "after start" if i == 0 else f"after {label}"
+            out.append((f"90 % of capacity {cap} in flight ≤ 30 s {what}", [p["time_to_90pct_s"] for p in ph],
+                        [p["time_to_90pct_s"] is not None and p["time_to_90pct_s"] <= 30 for p in ph],
+                        lambda v: f"{v:.1f} s"))
+            out.append((f"mean in flight ≥ 90 % of {cap} from {SETTLE_S:g} s {what} (held)",
+                        [p["held_fraction"] for p in ph],
+                        [p["held_fraction"] is not None and p["held_fraction"] >= 0.9 for p in ph], fmt_pct))
+    out.append(("nothing lost", [t["lost"] for t in pipe], [t["lost"] == 0 for t in pipe], str))
+    for py in TOOLS[1:]:
+        ratio = [(r["tools"]["pipe"]["elapsed_s"] / r["tools"][py]["elapsed_s"])
+                 if r["tools"]["pipe"]["elapsed_s"] and r["tools"][py]["elapsed_s"] else None for r in runs]
+        out.append((f"not slower than {py} (elapsed pipe / {py})", ratio,
+                    [x is not None and x <= 1.0 for x in ratio], lambda v: f"{v:.2f}"))
+    return out
+
+
+def goals_table(results):
+    rows = ["| scenario | goal (pipe) | measured: median [min–max] | runs meeting it | verdict |",
+            "| --- | --- | --- | ---: | --- |"]
+    misses = []
+    for name, runs in results.items():
+        for goal, values, met, fmt in goals(name, SCENARIOS[name], runs):
+            ok = sum(met)
+            verdict = "met" if ok == len(met) else ("**missed**" if ok == 0 else "**mixed**")
+            if ok < len(met):
+                misses.append(f"{name}: {goal}")
+            rows.append(f"| {name} | {goal} | {spread(values, fmt)} | {ok}/{len(met)} | {verdict} |")
+    return "\n".join(rows), misses
+
+
+def main_table(results):
     rows = [
-        "| scenario | tool | inputs | HTTP 200 | HTTP 429 | total requests | 429 rate | elapsed s "
+        "| scenario | tool | records | elapsed s | HTTP 200 | refused 429/503 | requests | refused rate "
         "| utilisation | failed | lost |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, r in results.items():
-        for tool, t in r["tools"].items():
-            s = t["sim"]
-            other = "".join(f" (+{v}×{k})" for k, v in s["other_status"].items())
-            elapsed = "n/a" if t["elapsed_s"] is None else f"{t['elapsed_s']:.2f}"
+    for name, runs in results.items():
+        for tool in TOOLS:
+            ts = [r["tools"][tool] for r in runs]
+            s = [t["sim"] for t in ts]
+            intf = lambda v: f"{v:.0f}"
             rows.append(
-                f"| {name} | {tool} | {r['calls']} | {s['ok']} | {s['http_429']}{other} "
-                f"| {s['total_requests']} | {pct(s['rate_429'])} | {elapsed} "
-                f"| {pct(s['utilisation'])} | {t['failed']} | {t['lost']} |"
-            )
+                f"| {name} | {tool} | {runs[0]['records']} | {spread([t['elapsed_s'] for t in ts])} "
+                f"| {spread([x['ok'] for x in s], intf)} | {spread([x['refused'] for x in s], intf)} "
+                f"| {spread([x['total_requests'] for x in s], intf)} "
+                f"| {spread([x['refused_rate'] for x in s], fmt_pct)} "
+                f"| {spread([x['utilisation'] for x in s], fmt_pct)} "
+                f"| {spread([t['failed'] for t in ts], intf)} | {spread([t['lost'] for t in ts], intf)} |")
+    return "\n".join(rows)
+
+
+def phase_table(results):
+    rows = [f"| scenario | tool | phase (capacity) | time to 90 % in flight, s | mean in flight from {SETTLE_S:g} s in | held / capacity |",
+            "| --- | --- | --- | ---: | ---: | ---: |"]
+    for name, runs in results.items():
+        if SCENARIOS[name]["kind"] != "capacity":
+            continue
+        for tool in TOOLS:
+            ts = [r["tools"][tool] for r in runs]
+            for i, p in enumerate(ts[0]["phases"]):
+                ph = [t["phases"][i] if i < len(t["phases"]) else {} for t in ts]
+                rows.append(
+                    f"| {name} | {tool} | {p['phase']} ({p['capacity']}) "
+                    f"| {spread([x.get('time_to_90pct_s') for x in ph], lambda v: f'{v:.1f}')} "
+                    f"| {spread([x.get('held_mean') for x in ph], lambda v: f'{v:.1f}')} "
+                    f"| {spread([x.get('held_fraction') for x in ph], fmt_pct)} |")
     return "\n".join(rows)
 
 
 def details(results):
     lines = []
-    for name, r in results.items():
-        for tool, t in r["tools"].items():
-            s = t["sim"]
-            check = "matches" if s["debited"] == s["debited_check"] else "DIFFERS from"
-            if "adaptive" in t:
-                a = t["adaptive"]
-                after = a["mean_in_flight_after_30s"]
-                lines.append(
-                    f"- **{name} / {tool} in flight** (sampled from `--metrics-addr`): reached "
-                    f"90 % of the hidden capacity (36 of 40) after {a['reached_90pct_after_s']} s; "
-                    f"mean in flight after 30 s: "
-                    f"{'n/a' if after is None else f'{after:.1f} ({100 * after / 40:.0f} %)'}; "
-                    f"max {a['max_in_flight']}; {a['samples']} samples.")
-            note = (f"- **{name} / {tool}**: status `{t['status']}`, exit code {t['exit_code']}, "
-                    f"process wall time {t['process_wall_s']} s; mean prompt "
-                    f"{s['mean_prompt_tokens'] or 0:.0f} tokens; tokens.debited {s['debited']} "
-                    f"({check} prompt + 200s × max_tokens = {s['debited_check']}); "
-                    f"peak concurrency at the sim {s['max_concurrency']}; "
-                    f"duplicate bodies {s['duplicate_bodies']}")
-            if tool == "pipe" and t["report"]:
-                calls = next((st.get("calls") for st in t["report"]["stages"] if st["id"] == "ask"), None)
-                if calls:
-                    note += (f"; pipe report: calls {calls['calls']}, attempts {calls['attempts']}, "
-                             f"retries {calls['retries']}, rate_limited {calls['rate_limited']}")
-            if tool == "python" and "client" in t:
-                note += f"; client failures by type: {t['client']['failures'] or 'none'}"
-            lines.append(note + ".")
+    for name, runs in results.items():
+        for k, r in enumerate(runs, 1):
+            for tool, t in r["tools"].items():
+                s = t["sim"]
+                note = (f"- {name} run {k} / {tool}: {t['status']}, exit {t['exit_code']}, elapsed "
+                        f"{t['elapsed_s']} s, wall {t['process_wall_s']} s, load {t['load_avg_1m'][0]}→"
+                        f"{t['load_avg_1m'][1]}; statuses {s['by_status']}; mean prompt "
+                        f"{s['mean_prompt_tokens'] or 0:.0f} tokens; debited {s['debited']}")
+                if "debited_expected" in s:
+                    same = "=" if s["debited"] == s["debited_expected"] else "≠"
+                    note += f" ({same} expected {s['debited_expected']})"
+                note += f"; peak at the sim {s['max_concurrency']}; duplicate bodies {s['duplicate_bodies']}"
+                if tool == "pipe" and t.get("report"):
+                    calls = [st["calls"] for st in t["report"]["stages"] if st.get("calls")]
+                    if calls:
+                        note += "; pipe: " + ", ".join(
+                            f"{key} {sum(c[key] for c in calls)}" for key in ("calls", "attempts", "retries", "rate_limited"))
+                if "client" in t:
+                    note += f"; client failures: {t['client']['failures'] or 'none'}"
+                lines.append(note + ".")
     return "\n".join(lines)
 
 
 def markdown(results, meta):
-    sims = "\n".join(f"- `{name}`: sim `{json.dumps(r['sim_config'])}`, pipe limit "
-                     f"`{flow(SCENARIOS[name]['limit']) if SCENARIOS[name]['limit'] else 'none (adaptive)'}`, max_tokens {SCENARIOS[name]['max_tokens']}, "
-                     f"{r['calls']} calls" for name, r in results.items())
+    sims = "\n".join(
+        f"- `{name}`: {SCENARIOS[name]['what']}. Sim `{json.dumps({k: v for k, v in runs[0]['sim_config'].items() if k != 'seed'})}`; "
+        f"pipe limit `{flow(SCENARIOS[name]['limit']) if SCENARIOS[name]['limit'] else 'none (adaptive)'}`; "
+        f"calls per record: {', '.join('max_tokens ' + str(st['max_tokens']) for st in SCENARIOS[name]['stages'])}; "
+        f"{runs[0]['records']} records"
+        for name, runs in results.items())
+    goals_md, misses = goals_table(results)
+    loads = meta["load_avg_1m"]
     cmds = "\n".join(
-        f"    # {name}\n    {r['sim_command']}\n"
-        + "".join(f"    {t['command']}\n" for t in r["tools"].values())
-        for name, r in results.items())
-    return f"""# LLM macro benchmark: pipe vs. a hand-written Python client
+        f"    # {name}\n    {runs[0]['sim_command']}\n"
+        + "".join(f"    {t['command']}\n" for t in runs[0]["tools"].values())
+        for name, runs in results.items())
+    return f"""# LLM macro benchmark: pipe vs. hand-written Python clients
 
-Date: {meta['date']}. Machine: {meta['cpus']} cores, {meta['platform']}; pipe at git
-`{meta['git']}`. Python client: Python {meta['venv']['python']}, openai {meta['venv']['openai']},
-tenacity {meta['venv']['tenacity']}.
+Date: {meta['date']} ({meta['duration_min']:.0f} min). Machine: {meta['cpus']} cores, {meta['platform']};
+1-minute load average {loads['start']} at the start, {spread(loads['per_tool'])} over the tool runs
+(median [min–max]), {loads['end']} at the end{' — **a loaded machine: the numbers are noisy**' if loads['max'] > meta['cpus'] else ''}.
+pipe at git `{meta['git']['commit']}`{' **with uncommitted changes**' if meta['git']['dirty'] else ' (clean tree)'}.
+Python {meta['venv']['python']}, {', '.join(f'{p} {meta["venv"][p]}' for p in PY_PACKAGES)}.
+{meta['runs']} run(s) of every scenario{' (**quick mode**: fewer records)' if meta['quick'] else ''}, {meta['phase_s']:g}-s phases, records × {meta['scale']:g}
+of the default for the scenarios without a schedule{meta['reduced']}; each figure is the median over the runs and [the min–max spread].
 
 Run with:
 
     {meta['command']}
 
-Scenarios (simulator `pipe-sim`, one per scenario, `POST /_sim/reset` before each tool; pipe
-runs first, then Python):
+Scenarios (a fresh simulator per scenario and run, seeded 7, 8, 9 for runs 1, 2, 3;
+`POST /_sim/reset` before each tool, which also restarts the schedule's clock; the tools run
+one after the other: pipe, python_naive, python_careful):
 
 {sims}
 
-{table(results)}
+## Goals (issue 7)
 
-- **HTTP 200 / 429 / total requests**: counted by the simulator (`/_sim/stats` `by_status`,
-  `total_requests`); other statuses, if any, are shown in brackets.
-- **elapsed**: pipe = `duration_s` from its `report.json` (the whole run, including start-up);
+{goals_md}
+
+{('Missed or mixed: ' + '; '.join(misses) + '.') if misses else 'All goals met in every run.'}
+
+## Results
+
+{main_table(results)}
+
+## Requests in flight per phase (capacity scenarios)
+
+{phase_table(results)}
+
+## Method
+
+- **HTTP 200 / refused / requests**: counted by the simulator (`/_sim/stats` `by_status`,
+  `total_requests`); refused = 429 + 503 answers (rate limit or overload).
+- **elapsed**: pipe = `duration_s` from its `report.json` (the whole run, start-up included);
   Python = the client's timer around `asyncio.gather` (interpreter start and imports excluded).
-- **utilisation**: rpm = HTTP 200s / (elapsed × 1800/60); tpm = `tokens.debited` /
-  (elapsed × 600000/60); adaptive = mean requests in flight over the whole run (Little's law:
-  200s / elapsed × mean latency, 0.3 s × e^(0.3²/2)) / the hidden capacity of 40 — the
-  ramp-up from 1 in flight is included, see the in-flight samples below for the steady state. `tokens.debited` is what the simulator takes from its TPM bucket
-  when it admits a request (prompt tokens + `max_tokens`); refused requests debit nothing and
-  no faults are injected, so it is the tokens debited by successful requests (checked below
-  against prompt tokens of the 200s + 200s × max_tokens). Both buckets start full (1 s of
-  refill), so a run of T seconds can reach at most (1 + 1/T) × 100 %.
-- **429 rate** = 429s / total requests.
-- **failed**: pipe = dead-lettered records (report `dead_letters.count`); Python =
-  `calls_failed` (calls that raised after all retries). **lost**: pipe = inputs − (lines in
-  `out.jsonl` + dead-lettered); Python = inputs − ok − failed.
-- The Python client is `benches/llm_python_client.py`: `AsyncOpenAI` (defaults kept,
-  including the SDK's own `max_retries=2`, which honours `retry-after-ms`), `asyncio.Semaphore(20)`,
-  tenacity `wait_random_exponential(min=1, max=60)`, `stop_after_attempt(10)` on
-  RateLimitError / APIConnectionError / APITimeoutError / InternalServerError. One tenacity
-  attempt can therefore be up to 3 HTTP requests.
+- **utilisation** (rate scenarios): rpm = HTTP 200s / (elapsed × rpm/60); tpm = the tokens the
+  simulator debited from its TPM bucket (its own count: tiktoken prompt + `max_tokens`, or for
+  `tpm_server_counting` `max_tokens` + ⌈characters/4⌉, OpenAI's limiter) / (elapsed × tpm/60).
+  Refused requests debit nothing. Buckets start full (1 s of refill), so a run of T seconds
+  can reach (1 + 1/T) × 100 %.
+- **in flight**: pipe = `pipe_limit_in_flight` from `--metrics-addr`, Python = HTTP requests
+  open in the SDK's transport (SDK and tenacity sleeps excluded), both sampled every 0.25 s.
+  Refused requests count while they are open. **time to 90 %** = seconds from the start of
+  the phase (for the first phase, from the tool's start) until the mean over the next 5 s first
+  reaches 90 % of the phase's hidden capacity (n/a: never, or the run ended first). **held** =
+  mean in flight from {SETTLE_S:g} s into the phase to its end (the run's last 3 s, the drain, excluded)
+  / the capacity.
+- **failed**: pipe = dead-lettered records; Python = records whose call raised after all
+  retries. **lost** = records − written − failed.
+- `python_naive` = `benches/llm_python_client.py --style naive`: `AsyncOpenAI` (defaults kept,
+  including the SDK's `max_retries=2`, which honours `retry-after-ms`), `asyncio.Semaphore(20)`
+  held across tenacity's `wait_random_exponential(min=1, max=60)`, `stop_after_attempt(10)`.
+  `python_careful` = `--style careful`: `max_retries=0`; `aiolimiter.AsyncLimiter(rpm/60, 1)` and
+  a token bucket `AsyncLimiter(tpm/60, 1)` debited with tiktoken's count of the messages in the
+  model's encoding + `max_tokens` (the OpenAI cookbook's rule); a semaphore of 64 in the rate
+  scenarios and of the hidden capacity (40) in the capacity scenarios, taken per attempt;
+  tenacity waits `retry-after-ms` / `retry-after` (+ up to 10 % jitter), else full-jitter
+  backoff (0.5 s × 2ⁿ, ≤ 30 s), 10 attempts. Two-stage records run their two calls in sequence
+  through the same client, semaphore and limiters.
 
-Details:
+## Per run
 
 {details(results)}
 
-Exact commands (the paths are in a temporary directory that is deleted afterwards; the
-pipeline YAML and raw stats are in `llm_bench.json`):
+Commands of run 1 (the temporary paths are gone; the pipeline, simulator config and logs of
+every run are in `llm_bench_runs/<scenario>/run<k>/`, the raw numbers in `llm_bench.json`):
 
 {cmds}"""
 
@@ -491,23 +829,31 @@ def main():
     p.add_argument("--target-dir", type=Path,
                    default=Path(os.environ.get("CARGO_TARGET_DIR", "/root/.cache/pipe-target")))
     p.add_argument("--no-build", action="store_true", help="use the binaries already built")
-    p.add_argument("--calls-rpm", type=int, help="calls in the rpm scenario (default 1200)")
-    p.add_argument("--calls-tpm", type=int, help="calls in the tpm scenario (default 600)")
-    p.add_argument("--calls-adaptive", type=int,
-                   help="calls in the adaptive scenario (default 6000: long enough to see 30 s)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 150 rpm, 80 tpm, 600 adaptive calls (unless given)")
-    p.add_argument("--scenario", choices=sorted(SCENARIOS), action="append",
+                   help="development run: fewer records, 15 s phases, 1 run, results in /tmp")
+    p.add_argument("--runs", type=int, help="runs of each scenario (default 3, quick 1)")
+    p.add_argument("--scenario", choices=list(SCENARIOS), action="append",
                    help="run only this scenario (repeatable; default all)")
+    p.add_argument("--records", type=int, help="records per scenario (default: the scenario's)")
+    p.add_argument("--phase-s", type=float,
+                   help="length of a schedule phase (default 40, quick 15); the schedule scenarios' "
+                        "records scale with it")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply the records of the scenarios without a schedule by this (to fit "
+                        "a time budget)")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="run from a tree with uncommitted changes (the results say so)")
     p.add_argument("--corpus", type=Path, default=Path("/work/shared/corpus/apollo13/transcripts"))
     p.add_argument("--venv", type=Path, default=Path("/tmp/pipe-bench-venv"))
-    p.add_argument("--results", type=Path, default=BENCH_DIR / "results")
+    p.add_argument("--results", type=Path, help="default benches/results (quick: /tmp/pipe-llm-bench-quick)")
     args = p.parse_args()
-    calls = {
-        "rpm": args.calls_rpm or (150 if args.quick else 1200),
-        "tpm": args.calls_tpm or (80 if args.quick else 600),
-        "adaptive": args.calls_adaptive or (600 if args.quick else 6000),
-    }
+    runs = args.runs or (1 if args.quick else 3)
+    default_phase = PHASE_S[1 if args.quick else 0]
+    phase_s = args.phase_s or default_phase
+    global SETTLE_S
+    SETTLE_S = min(30.0, max(phase_s - 10, phase_s / 2))
+    results_dir = args.results or (Path("/tmp/pipe-llm-bench-quick") if args.quick else BENCH_DIR / "results")
+    git = git_state(args.allow_dirty or args.quick)
 
     target = args.target_dir.resolve()
     if not args.no_build:
@@ -516,30 +862,56 @@ def main():
     for b in bins.values():
         if not b.exists():
             sys.exit(f"missing binary {b} (build it, or drop --no-build)")
-    bins["python"], venv_versions = ensure_venv(args.venv)
+    bins["python"], bins["python_env"], venv_versions = ensure_venv(args.venv)
     lines = corpus_lines(args.corpus)
-    git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
-                         capture_output=True, text=True).stdout.strip() or "unknown"
 
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="pipe-llm-bench-") as tmp:
-        for name in args.scenario or list(SCENARIOS):
-            results[name] = run_scenario(name, SCENARIOS[name], calls[name], lines, bins, Path(tmp))
-
+    names = args.scenario or list(SCENARIOS)
+    runs_dir = results_dir / "llm_bench_runs"
+    shutil.rmtree(runs_dir, ignore_errors=True)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    started = datetime.datetime.now(datetime.timezone.utc)
     meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "git": git,
         "venv": venv_versions,
         "command": shlex.join(["python3", "benches/llm_bench.py", *sys.argv[1:]]),
+        "runs": runs,
+        "quick": args.quick,
+        "phase_s": phase_s,
+        "settle_s": SETTLE_S,
+        "scale": args.scale,
+        "reduced": "" if args.quick or (phase_s == default_phase and args.scale == 1.0) else
+        f" (**reduced** from 40-s phases and × 1 to fit the time available; 'held' counts from "
+        f"{SETTLE_S:g} s into a phase)",
     }
+    load_start = round(os.getloadavg()[0], 2)
+    results = {name: [] for name in names}
+    with tempfile.TemporaryDirectory(prefix="pipe-llm-bench-") as tmp:
+        # Runs outermost, so the machine's load drifts over every scenario alike.
+        for k in range(1, runs + 1):
+            for name in names:
+                sc = SCENARIOS[name]
+                n = args.records or records(sc, args.quick, phase_s / default_phase, args.scale)
+                results[name].append(run_scenario(name, sc, n, phase_s, 6 + k, k, lines, bins, Path(tmp),
+                                                  runs_dir / name / f"run{k}"))
+                # Raw results so far, in case the rest is interrupted.
+                (results_dir / "llm_bench.json").write_text(
+                    json.dumps({"meta": meta, "scenarios": results}, separators=(",", ":")))
+
+    per_tool = [t["load_avg_1m"][1] for runs_ in results.values() for r in runs_ for t in r["tools"].values()]
+    meta["load_avg_1m"] = {"start": load_start, "end": round(os.getloadavg()[0], 2),
+                           "per_tool": per_tool, "max": max(per_tool + [load_start])}
+    meta["duration_min"] = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds() / 60
     md = markdown(results, meta)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "llm_bench.md").write_text(md)
-    (args.results / "llm_bench.json").write_text(json.dumps({"meta": meta, "scenarios": results}, indent=2))
+    (results_dir / "llm_bench.md").write_text(md)
+    (results_dir / "llm_bench.json").write_text(
+        json.dumps({"meta": meta, "scenarios": results}, separators=(",", ":")))
     print(md)
-    failed = [f"{n}/{t}" for n, r in results.items() for t, x in r["tools"].items() if x["exit_code"] != 0]
+    log(f"results in {results_dir}")
+    failed = [f"{n} run {k}/{t}" for n, rs in results.items() for k, r in enumerate(rs, 1)
+              for t, x in r["tools"].items() if x["exit_code"] != 0]
     if failed:
         sys.exit(f"runs that failed: {', '.join(failed)}")
 
