@@ -4,13 +4,17 @@
 
 pub mod anthropic;
 pub mod failure;
+pub mod falkordb;
 mod http;
+pub mod neo4j;
 pub mod openai;
 pub mod pricing;
 pub mod ratelimit;
 
 pub use anthropic::{AnthropicClient, Block, MessagesRequest};
 pub use failure::{Failure, FailureClass, classify_status};
+pub use falkordb::{FalkorClient, QueryResult, QueryStats};
 pub use http::ApiKey;
+pub use neo4j::{Neo4jClient, Neo4jSettings};
 pub use openai::{ChatMessage, ChatRequest, Completion, Embeddings, OpenAiClient, Usage};
 pub use ratelimit::{RateLimitSnapshot, parse_duration, retry_after};

@@ -2,10 +2,13 @@
 
 pub mod blackhole;
 pub mod chunk;
+pub mod falkordb;
 pub mod files;
 pub mod generate;
+pub mod graph_store;
 pub mod jsonl;
 pub mod llm;
+pub mod neo4j;
 pub mod provider;
 
 use pipeline::Registry;
@@ -18,7 +21,9 @@ pub fn register_builtin(registry: &mut Registry) {
         .register::<chunk::ChunkConfig>()
         .register::<jsonl::JsonlConfig>()
         .register::<llm::LlmConfig>()
-        .register::<blackhole::BlackholeConfig>();
+        .register::<blackhole::BlackholeConfig>()
+        .register::<falkordb::FalkorDbConfig>()
+        .register::<neo4j::Neo4jConfig>();
     provider::register_provider_kinds(registry);
 }
 
