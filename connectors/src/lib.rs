@@ -6,13 +6,14 @@ pub mod anthropic;
 pub mod failure;
 pub mod falkordb;
 mod http;
+pub mod models;
 pub mod neo4j;
 pub mod openai;
 pub mod pricing;
 pub mod ratelimit;
 
 pub use anthropic::{AnthropicClient, Block, MessagesRequest};
-pub use failure::{Failure, FailureClass, classify_status};
+pub use failure::{Billed, Failure, FailureClass, classify_response, classify_status};
 pub use falkordb::{FalkorClient, QueryResult, QueryStats};
 pub use http::ApiKey;
 pub use neo4j::{Neo4jClient, Neo4jSettings};

@@ -10,6 +10,7 @@ pub mod jsonl;
 pub mod llm;
 pub mod neo4j;
 pub mod provider;
+pub mod tokens;
 
 use pipeline::Registry;
 
