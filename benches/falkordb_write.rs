@@ -14,8 +14,8 @@
 use connectors::FalkorClient;
 use pipeline::record::stable_id;
 use pipeline::{
-    BuildContext, BuiltStage, Entity, Graph, Mention, Payload, Provenance, Record, Relation,
-    Sink, StageConfig,
+    BuildContext, BuiltStage, Entity, Graph, Mention, Payload, Provenance, Record, Relation, Sink,
+    StageConfig,
 };
 use serde_json::{Map, Value, json};
 use stages::graph_store::cypher::{Dialect, GraphWrite, WriteOptions};
@@ -223,7 +223,9 @@ async fn finish(
 
 fn main() {
     let Ok(url) = std::env::var("FALKORDB_URL") else {
-        println!("falkordb_write: skipped: FALKORDB_URL not set (eval \"$(scripts/falkordb.sh start)\")");
+        println!(
+            "falkordb_write: skipped: FALKORDB_URL not set (eval \"$(scripts/falkordb.sh start)\")"
+        );
         return;
     };
     // `cargo bench` passes `--bench`; nothing else to parse.

@@ -8,13 +8,13 @@
 use connectors::FalkorClient;
 use pipeline::config::{Env, Locator};
 use pipeline::futures::stream::{self, BoxStream, StreamExt};
+use pipeline::record::stable_id;
 use pipeline::runtime::{self, RunOptions, RunReport, RunStatus, StageReport};
 use pipeline::{
     BuildContext, BuiltStage, Embedded, Entity, Graph, KindSet, Mention, Payload, PayloadKind,
     Produces, Provenance, Record, Registry, Rejected, Relation, Role, Source, StageConfig,
     StageError, async_trait,
 };
-use pipeline::record::stable_id;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -117,7 +117,9 @@ fn graph_name(test: &str) -> String {
 }
 
 async fn client(url: &str, graph: &str) -> FalkorClient {
-    FalkorClient::connect(url, graph).await.expect("connect to FalkorDB")
+    FalkorClient::connect(url, graph)
+        .await
+        .expect("connect to FalkorDB")
 }
 
 async fn fresh_graph(url: &str, graph: &str) -> FalkorClient {
@@ -179,7 +181,13 @@ fn write_records(dir: &Path, name: &str, records: &[Record]) -> PathBuf {
     path
 }
 
-fn pipeline_yaml(records: &Path, replay_extra: &str, url: &str, graph: &str, sink_extra: &str) -> String {
+fn pipeline_yaml(
+    records: &Path,
+    replay_extra: &str,
+    url: &str,
+    graph: &str,
+    sink_extra: &str,
+) -> String {
     format!(
         r#"
 stages:
@@ -231,11 +239,20 @@ fn dead_lettered_ids(report: &RunReport) -> BTreeSet<String> {
 }
 
 fn entity_id(entity_type: &str, name: &str) -> String {
-    stable_id(&[b"entity", entity_type.as_bytes(), name.to_lowercase().as_bytes()])
+    stable_id(&[
+        b"entity",
+        entity_type.as_bytes(),
+        name.to_lowercase().as_bytes(),
+    ])
 }
 
 fn relation_id(source: &str, relation_type: &str, target: &str) -> String {
-    stable_id(&[b"relation", source.as_bytes(), relation_type.as_bytes(), target.as_bytes()])
+    stable_id(&[
+        b"relation",
+        source.as_bytes(),
+        relation_type.as_bytes(),
+        target.as_bytes(),
+    ])
 }
 
 fn mention(chunk: usize) -> Mention {
@@ -404,7 +421,11 @@ async fn writing_the_same_extraction_twice_changes_nothing() {
     for row in stored.records() {
         let id = row["id"].as_str().unwrap();
         let want = &relations[id];
-        assert_eq!(row["weight"].as_f64().unwrap(), want.len() as f64, "weight of {id}");
+        assert_eq!(
+            row["weight"].as_f64().unwrap(),
+            want.len() as f64,
+            "weight of {id}"
+        );
         let chunks: BTreeSet<String> = row["chunks"]
             .as_array()
             .unwrap()
@@ -412,16 +433,28 @@ async fn writing_the_same_extraction_twice_changes_nothing() {
             .map(|c| c.as_str().unwrap().to_string())
             .collect();
         assert_eq!(&chunks, want);
-        assert_eq!(row["chunks"].as_array().unwrap().len(), want.len(), "no duplicates");
+        assert_eq!(
+            row["chunks"].as_array().unwrap().len(),
+            want.len(),
+            "no duplicates"
+        );
     }
     let labels = db
-        .ro_query("CALL db.labels() YIELD label RETURN label ORDER BY label", &Map::new())
+        .ro_query(
+            "CALL db.labels() YIELD label RETURN label ORDER BY label",
+            &Map::new(),
+        )
         .await
         .unwrap();
     let labels: Vec<Value> = labels.rows.into_iter().map(|mut r| r.remove(0)).collect();
     assert_eq!(
         labels,
-        vec![json!("Entity"), json!("Equipment"), json!("Person"), json!("SpaceCraft")],
+        vec![
+            json!("Entity"),
+            json!("Equipment"),
+            json!("Person"),
+            json!("SpaceCraft")
+        ],
         "`space craft` was mapped to a label"
     );
 
@@ -454,7 +487,8 @@ fn hostile_entity(name: &str, entity_type: &str) -> Entity {
 
 #[tokio::test]
 async fn hostile_labels_are_rejected_alone_and_hostile_values_stored_verbatim() {
-    let Some(url) = falkordb_url("hostile_labels_are_rejected_alone_and_hostile_values_stored_verbatim")
+    let Some(url) =
+        falkordb_url("hostile_labels_are_rejected_alone_and_hostile_values_stored_verbatim")
     else {
         return;
     };
@@ -483,8 +517,10 @@ async fn hostile_labels_are_rejected_alone_and_hostile_values_stored_verbatim() 
     let mut records = Vec::new();
     for (i, hostile) in hostile_types.iter().enumerate() {
         let mut g = Graph::default();
-        g.entities.push(hostile_entity(&format!("victim {i}"), "Person"));
-        g.entities.push(hostile_entity(&format!("attacker {i}"), hostile));
+        g.entities
+            .push(hostile_entity(&format!("victim {i}"), "Person"));
+        g.entities
+            .push(hostile_entity(&format!("attacker {i}"), hostile));
         records.push(graph_record(1000 + i, g));
     }
     // A hostile relationship type between two fine entities.
@@ -518,26 +554,37 @@ async fn hostile_labels_are_rejected_alone_and_hostile_values_stored_verbatim() 
         let mut e = hostile_entity(name, "Person");
         e.descriptions = vec![format!("desc of {name}")];
         e.aliases = vec![name.clone()];
-        e.properties.insert("}) DETACH DELETE n //".into(), json!(name));
+        e.properties
+            .insert("}) DETACH DELETE n //".into(), json!(name));
         e.properties.insert("ключ".into(), json!(["a'", "b`"]));
         good.entities.push(e);
     }
-    good.relations.push(relation(&good.entities[0], "knows", &good.entities[1], 999));
+    good.relations
+        .push(relation(&good.entities[0], "knows", &good.entities[1], 999));
     records.push(graph_record(1200, good.clone()));
     let path = write_records(dir.path(), "hostile.jsonl", &records);
     let report = run(&pipeline_yaml(&path, "", &url, &graph, ""), dir.path()).await;
     assert_eq!(report.status, RunStatus::Completed);
     let sink = stage(&report, "graph");
-    assert_eq!(sink.dead_lettered, rejected as u64, "each hostile record alone");
+    assert_eq!(
+        sink.dead_lettered, rejected as u64,
+        "each hostile record alone"
+    );
     assert_eq!(sink.committed, Some(1));
     assert_eq!(sink.counts["rejected_records"], rejected as u64);
     let dead = std::fs::read_to_string(report.dead_letters.path.as_ref().unwrap()).unwrap();
     assert!(dead.contains("cannot be a label"), "{dead}");
     assert!(dead.contains("longer than 128 bytes"));
-    assert!(dead.len() < 200_000, "dead letters keep the record, not 10 kB per message");
+    assert!(
+        dead.len() < 200_000,
+        "dead letters keep the record, not 10 kB per message"
+    );
 
     // The graph is intact: everything from before is still there, plus exactly the good ones.
-    assert_eq!(node_count(&db).await, nodes_before + evil_names.len() as i64);
+    assert_eq!(
+        node_count(&db).await,
+        nodes_before + evil_names.len() as i64
+    );
     assert_eq!(relationship_count(&db).await, rels_before + 1);
     for id in &base_entities {
         let mut params = Map::new();
@@ -563,14 +610,20 @@ async fn hostile_labels_are_rejected_alone_and_hostile_values_stored_verbatim() 
         let mut params = Map::new();
         params.insert("id".into(), json!(expected.id));
         let stored = db
-            .ro_query("MATCH (n:Person {id: $id}) RETURN properties(n) AS p", &params)
+            .ro_query(
+                "MATCH (n:Person {id: $id}) RETURN properties(n) AS p",
+                &params,
+            )
             .await
             .unwrap();
         assert_eq!(stored.rows.len(), 1, "{}", expected.name);
         let props = &stored.rows[0][0];
         assert_eq!(props["name"], json!(expected.name));
         assert_eq!(props["aliases"], json!([expected.name]));
-        assert_eq!(props["descriptions"], json!([format!("desc of {}", expected.name)]));
+        assert_eq!(
+            props["descriptions"],
+            json!([format!("desc of {}", expected.name)])
+        );
         assert_eq!(props["}) DETACH DELETE n //"], json!(expected.name));
         assert_eq!(props["ключ"], json!(["a'", "b`"]));
     }
@@ -608,10 +661,16 @@ async fn chunk_nodes_link_entities_and_answer_vector_queries() {
     let path = write_records(dir.path(), "mixed.jsonl", &records);
     let yaml = pipeline_yaml(&path, ", dimensions: 3", &url, &graph, "");
     let report = run(&yaml, dir.path()).await;
-    assert_eq!(stage(&report, "graph").committed, Some(records.len() as u64));
+    assert_eq!(
+        stage(&report, "graph").committed,
+        Some(records.len() as u64)
+    );
 
     assert_eq!(scalar(&db, "MATCH (c:Chunk) RETURN count(c)").await, 8);
-    assert_eq!(scalar(&db, "MATCH (n:Entity) RETURN count(n)").await, entities.len() as i64);
+    assert_eq!(
+        scalar(&db, "MATCH (n:Entity) RETURN count(n)").await,
+        entities.len() as i64
+    );
     // One MENTIONS edge per (chunk, entity mentioned in it).
     let mut pairs = BTreeSet::new();
     for record in &records {
@@ -624,7 +683,11 @@ async fn chunk_nodes_link_entities_and_answer_vector_queries() {
         }
     }
     assert_eq!(
-        scalar(&db, "MATCH (:Chunk)-[m:MENTIONS]->(:Entity) RETURN count(m)").await,
+        scalar(
+            &db,
+            "MATCH (:Chunk)-[m:MENTIONS]->(:Entity) RETURN count(m)"
+        )
+        .await,
         pairs.len() as i64
     );
     assert_eq!(
@@ -645,12 +708,19 @@ async fn chunk_nodes_link_entities_and_answer_vector_queries() {
     assert_eq!(nearest.rows[0][0], json!("chunk-0"));
     assert_eq!(nearest.rows[1][0], json!("chunk-1"));
     let text = db
-        .ro_query("MATCH (c:Chunk {id: 'chunk-3'}) RETURN c.text, c.document_id, c.model", &Map::new())
+        .ro_query(
+            "MATCH (c:Chunk {id: 'chunk-3'}) RETURN c.text, c.document_id, c.model",
+            &Map::new(),
+        )
         .await
         .unwrap();
     assert_eq!(
         text.rows[0],
-        vec![json!("chunk 3 text, with 'quotes'"), json!("day4"), json!("test-model")]
+        vec![
+            json!("chunk 3 text, with 'quotes'"),
+            json!("day4"),
+            json!("test-model")
+        ]
     );
     // Idempotent with chunks too.
     let before = snapshot(&db).await;
@@ -810,7 +880,10 @@ impl OwnServer {
             .expect("start redis-server");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         child
@@ -879,7 +952,10 @@ async fn a_store_killed_mid_run_loses_no_record() {
 
     assert_eq!(report.status, RunStatus::Completed);
     let sink = stage(&report, "graph");
-    assert!(sink.retries > 0, "the kill must have failed some batch: {sink:?}");
+    assert!(
+        sink.retries > 0,
+        "the kill must have failed some batch: {sink:?}"
+    );
     let dead = dead_lettered_ids(&report);
     assert_eq!(sink.received, records.len() as u64);
     assert_eq!(
@@ -907,7 +983,10 @@ async fn a_store_killed_mid_run_loses_no_record() {
         .into_iter()
         .map(|r| r[0].as_str().unwrap().to_string())
         .collect();
-    assert!(want.is_subset(&stored), "committed entities missing after the kill");
+    assert!(
+        want.is_subset(&stored),
+        "committed entities missing after the kill"
+    );
     assert!(stored.is_subset(&all));
     let stored_rels = db
         .ro_query("MATCH ()-[r]->() RETURN r.id, r.chunk_ids", &Map::new())
@@ -925,7 +1004,10 @@ async fn a_store_killed_mid_run_loses_no_record() {
             .iter()
             .map(|c| c.as_str().unwrap().to_string())
             .collect();
-        assert!(chunks.is_subset(&stored_chunks), "relation {id} lost support");
+        assert!(
+            chunks.is_subset(&stored_chunks),
+            "relation {id} lost support"
+        );
     }
     assert!(stored_rels.keys().all(|id| all_relations.contains_key(id)));
     eprintln!(
@@ -993,6 +1075,10 @@ stages:
         .json()
         .await
         .unwrap();
-    assert_eq!(stats["total_requests"], json!(0), "no call reached the model server");
+    assert_eq!(
+        stats["total_requests"],
+        json!(0),
+        "no call reached the model server"
+    );
     assert!(!dir.path().join("out.jsonl").exists());
 }

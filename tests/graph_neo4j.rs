@@ -11,8 +11,8 @@
 
 use connectors::{Neo4jClient, Neo4jSettings};
 use pipeline::{
-    BuildContext, BuiltStage, Entity, Graph, Mention, Payload, Provenance, Record, Relation,
-    Sink, StageConfig,
+    BuildContext, BuiltStage, Entity, Graph, Mention, Payload, Provenance, Record, Relation, Sink,
+    StageConfig,
 };
 use serde_json::{Map, Value, json};
 
@@ -69,13 +69,19 @@ async fn sink(env: &Neo4jEnv, batch: usize) -> std::sync::Arc<dyn Sink> {
 }
 
 fn params(pairs: &[(&str, Value)]) -> Map<String, Value> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
 }
 
 async fn counts(client: &Neo4jClient, prefix: &str) -> (i64, i64) {
     let p = params(&[("p", json!(prefix))]);
     let nodes = client
-        .read("MATCH (n:Entity) WHERE n.id STARTS WITH $p RETURN count(n) AS c", &p)
+        .read(
+            "MATCH (n:Entity) WHERE n.id STARTS WITH $p RETURN count(n) AS c",
+            &p,
+        )
         .await
         .unwrap();
     let rels = client
@@ -120,7 +126,10 @@ fn records(prefix: &str, chunks: usize) -> Vec<Record> {
                 ..Entity::default()
             };
             let speaker = entity(["CDR", "CMP", "LMP"][c % 3], "Person");
-            let thing = entity(["O2 tank", "Odyssey", "Aquarius", "DSKY"][c % 4], "space craft");
+            let thing = entity(
+                ["O2 tank", "Odyssey", "Aquarius", "DSKY"][c % 4],
+                "space craft",
+            );
             let relation = Relation {
                 id: format!("{}-MENTIONS-{}", speaker.id, thing.id),
                 source: speaker.id.clone(),
@@ -181,12 +190,20 @@ async fn neo4j_rewrites_are_idempotent_and_read_back() {
         )
         .await
         .unwrap();
-    assert_eq!(labels[0]["c"], json!(4), "`space craft` became the SpaceCraft label");
+    assert_eq!(
+        labels[0]["c"],
+        json!(4),
+        "`space craft` became the SpaceCraft label"
+    );
 
     for batch in data.chunks(7) {
         sink.write(batch).await.unwrap();
     }
-    assert_eq!(counts(&db, &prefix).await, (7, 12), "re-writing adds nothing");
+    assert_eq!(
+        counts(&db, &prefix).await,
+        (7, 12),
+        "re-writing adds nothing"
+    );
     let again = db
         .read(
             "MATCH (s:Entity)-[r:MENTIONS]->() WHERE s.id STARTS WITH $p \
@@ -247,7 +264,11 @@ async fn neo4j_rejects_hostile_labels_alone() {
         )
         .await
         .unwrap();
-    assert_eq!(stored[0]["c"], json!(1), "a hostile value is stored verbatim");
+    assert_eq!(
+        stored[0]["c"],
+        json!(1),
+        "a hostile value is stored verbatim"
+    );
     clean(&db, &prefix).await;
 }
 
@@ -261,10 +282,7 @@ async fn neo4j_wrong_password_stops_at_build() {
     }))
     .unwrap();
     let dir = std::env::temp_dir();
-    let error = match config
-        .build(&BuildContext::standalone("neo4j", &dir))
-        .await
-    {
+    let error = match config.build(&BuildContext::standalone("neo4j", &dir)).await {
         Ok(_) => panic!("a wrong password must not build"),
         Err(e) => e,
     };
@@ -285,16 +303,15 @@ async fn an_unreachable_neo4j_stops_at_build_naming_the_uri() {
     }))
     .unwrap();
     let dir = std::env::temp_dir();
-    let error = match config
-        .build(&BuildContext::standalone("neo4j", &dir))
-        .await
-    {
+    let error = match config.build(&BuildContext::standalone("neo4j", &dir)).await {
         Ok(_) => panic!("nothing listens there"),
         Err(e) => e,
     };
     assert_eq!(error.class, pipeline::ErrorClass::Run);
     assert!(
-        error.message.contains(&format!("neo4j://127.0.0.1:{closed}")),
+        error
+            .message
+            .contains(&format!("neo4j://127.0.0.1:{closed}")),
         "{}",
         error.message
     );

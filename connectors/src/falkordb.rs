@@ -74,7 +74,13 @@ impl QueryResult {
     pub fn records(&self) -> Vec<Map<String, Value>> {
         self.rows
             .iter()
-            .map(|row| self.columns.iter().cloned().zip(row.iter().cloned()).collect())
+            .map(|row| {
+                self.columns
+                    .iter()
+                    .cloned()
+                    .zip(row.iter().cloned())
+                    .collect()
+            })
             .collect()
     }
 }
@@ -408,8 +414,9 @@ pub fn with_params(cypher: &str, params: &Map<String, Value>) -> Result<String, 
         }
         text.push_str(name);
         text.push('=');
-        encode_literal(value, &mut text)
-            .map_err(|m| Failure::new(FailureClass::Record, None, format!("parameter {name}: {m}")))?;
+        encode_literal(value, &mut text).map_err(|m| {
+            Failure::new(FailureClass::Record, None, format!("parameter {name}: {m}"))
+        })?;
         text.push(' ');
     }
     text.push_str(cypher);
@@ -499,7 +506,9 @@ fn encode_string(s: &str, out: &mut String) -> Result<(), String> {
             '\t' => out.push_str("\\t"),
             '\u{08}' => out.push_str("\\b"),
             '\u{0C}' => out.push_str("\\f"),
-            '\0' => return Err("a string holds a NUL character, which FalkorDB cannot store".into()),
+            '\0' => {
+                return Err("a string holds a NUL character, which FalkorDB cannot store".into());
+            }
             c => out.push(c),
         }
     }
@@ -573,7 +582,9 @@ fn float(value: Resp) -> Result<f64, String> {
 }
 
 fn json_float(f: f64) -> Value {
-    Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null)
+    Number::from_f64(f)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 /// One compact value `[type, value]` (FalkorDB's result-set value types) as JSON.
@@ -585,7 +596,11 @@ fn compact_value(value: Resp) -> Result<Value, String> {
     let raw = pair.pop().unwrap_or(Resp::Nil);
     let kind = match pair.pop() {
         Some(Resp::Int(kind)) => kind,
-        other => return Err(format!("a compact value type must be an integer, got {other:?}")),
+        other => {
+            return Err(format!(
+                "a compact value type must be an integer, got {other:?}"
+            ));
+        }
     };
     Ok(match kind {
         1 => Value::Null,
@@ -627,9 +642,7 @@ fn compact_value(value: Resp) -> Result<Value, String> {
                 .collect::<Result<_, _>>()?,
         ),
         7..=9 => {
-            return Err(
-                "nodes, edges and paths are not read back: return their properties".into(),
-            );
+            return Err("nodes, edges and paths are not read back: return their properties".into());
         }
         other => return Err(format!("unknown compact value type {other}")),
     })
@@ -656,7 +669,10 @@ mod tests {
         );
         assert_eq!(literal(json!("\"`")), "'\"`'");
         assert_eq!(literal(json!("Ж日本")), "'Ж日本'");
-        assert_eq!(literal(json!([1, 2.5, 1.0, null, true])), "[1,2.5,1.0,null,true]");
+        assert_eq!(
+            literal(json!([1, 2.5, 1.0, null, true])),
+            "[1,2.5,1.0,null,true]"
+        );
         assert_eq!(literal(json!(1e-7)), "1e-7");
         assert_eq!(
             literal(json!({"id": "x", "a b": 1, "é": [ "q" ]})),
@@ -667,9 +683,21 @@ mod tests {
     #[test]
     fn what_falkordb_cannot_store_is_an_error() {
         let mut out = String::new();
-        assert!(encode_literal(&json!("a\0b"), &mut out).unwrap_err().contains("NUL"));
-        assert!(encode_literal(&json!({"a`b": 1}), &mut out).unwrap_err().contains("backtick"));
-        assert!(encode_literal(&json!(u64::MAX), &mut out).unwrap_err().contains("range"));
+        assert!(
+            encode_literal(&json!("a\0b"), &mut out)
+                .unwrap_err()
+                .contains("NUL")
+        );
+        assert!(
+            encode_literal(&json!({"a`b": 1}), &mut out)
+                .unwrap_err()
+                .contains("backtick")
+        );
+        assert!(
+            encode_literal(&json!(u64::MAX), &mut out)
+                .unwrap_err()
+                .contains("range")
+        );
     }
 
     #[test]
@@ -722,7 +750,10 @@ mod tests {
                     ]),
                 ]),
             ])]),
-            Resp::Array(vec![bulk("Nodes created: 2"), bulk("Relationships created: 1")]),
+            Resp::Array(vec![
+                bulk("Nodes created: 2"),
+                bulk("Relationships created: 1"),
+            ]),
         ]);
         let result = parse_reply(reply).unwrap();
         assert_eq!(result.columns, vec!["n.id", "props"]);

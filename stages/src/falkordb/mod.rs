@@ -6,9 +6,7 @@
 use crate::graph_store::cypher::{
     self, Dialect, SchemaOptions, SchemaStep, Statement, WriteOptions,
 };
-use crate::graph_store::{
-    ChunkNodes, GraphBackend, GraphReader, GraphSink, stage_error,
-};
+use crate::graph_store::{ChunkNodes, GraphBackend, GraphReader, GraphSink, stage_error};
 use connectors::{FalkorClient, QueryStats};
 use pipeline::index::GraphIndex;
 use pipeline::policy::Secret;

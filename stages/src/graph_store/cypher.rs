@@ -259,7 +259,8 @@ impl Provenances {
     }
 
     fn merge(&mut self, other: &Provenances) {
-        self.chunk_ids.extend(other.chunk_ids.0.iter().map(String::as_str));
+        self.chunk_ids
+            .extend(other.chunk_ids.0.iter().map(String::as_str));
         self.document_ids
             .extend(other.document_ids.0.iter().map(String::as_str));
         self.source_paths
@@ -305,7 +306,8 @@ impl EntityRow {
     fn merge(&mut self, other: EntityRow) {
         // The later fragment names the entity (as a later MERGE would).
         self.name = other.name;
-        self.aliases.extend(other.aliases.0.iter().map(String::as_str));
+        self.aliases
+            .extend(other.aliases.0.iter().map(String::as_str));
         self.descriptions
             .extend(other.descriptions.0.iter().map(String::as_str));
         self.provenance.merge(&other.provenance);
@@ -627,7 +629,10 @@ impl GraphWrite {
         let mut out = Vec::new();
         let chunk_rows: Vec<Value> = self.chunks.values().cloned().collect();
         for rows in chunk_rows.chunks(per) {
-            out.push(Statement::with_rows(chunk_cypher(self.dialect), rows.to_vec()));
+            out.push(Statement::with_rows(
+                chunk_cypher(self.dialect),
+                rows.to_vec(),
+            ));
         }
         for (label, rows) in &self.entities {
             let rows: Vec<Value> = rows.values().map(EntityRow::to_json).collect();
@@ -879,9 +884,15 @@ pub mod read {
     pub fn facts(entity_ids: &[String], outgoing: bool, limit: usize) -> Statement {
         let entity = Name::fixed(ENTITY_LABEL).escaped();
         let (s, t) = if outgoing {
-            (format!("(s:{entity} {{id: entity_id}})"), format!("(t:{entity})"))
+            (
+                format!("(s:{entity} {{id: entity_id}})"),
+                format!("(t:{entity})"),
+            )
         } else {
-            (format!("(s:{entity})"), format!("(t:{entity} {{id: entity_id}})"))
+            (
+                format!("(s:{entity})"),
+                format!("(t:{entity} {{id: entity_id}})"),
+            )
         };
         Statement::new(
             format!(
@@ -982,7 +993,10 @@ pub fn relation_from_row(row: &mut Map<String, Value>) -> Relation {
         Some(Value::Object(map)) => map,
         _ => Map::new(),
     };
-    let weight = props.remove("weight").and_then(|v| v.as_f64()).unwrap_or(1.0);
+    let weight = props
+        .remove("weight")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(1.0);
     // The list and confidence properties read like an entity's.
     let fields = entity_from_properties(props);
     Relation {

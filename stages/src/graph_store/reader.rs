@@ -108,10 +108,7 @@ impl GraphIndex for GraphReader {
         };
         let mut after = String::new();
         loop {
-            let rows = self
-                .backend
-                .read(read::entities_page(&after, PAGE))
-                .await?;
+            let rows = self.backend.read(read::entities_page(&after, PAGE)).await?;
             let full = rows.len() == PAGE;
             for row in rows {
                 let entity = entity_of(row)?;

@@ -50,12 +50,9 @@ impl GraphSink {
         for (index, record) in batch.iter().enumerate() {
             let added = match &record.payload {
                 Payload::Graph(graph) => write.add_graph(graph, &record.provenance),
-                Payload::Embedded(embedded) if self.chunk_nodes => write.add_chunk(
-                    &record.id,
-                    embedded,
-                    &record.provenance,
-                    self.dimensions,
-                ),
+                Payload::Embedded(embedded) if self.chunk_nodes => {
+                    write.add_chunk(&record.id, embedded, &record.provenance, self.dimensions)
+                }
                 Payload::Embedded(_) => Err(
                     "an Embedded record reached a sink with `chunk_nodes: never` (set \
                      `chunk_nodes: always`, or do not route embeddings here)"
@@ -90,10 +87,7 @@ impl Sink for GraphSink {
         let (write, failed) = self.prepare(batch);
         let counts = write.counts();
         if !write.is_empty() {
-            let stats = self
-                .backend
-                .write(write.statements(&self.options))
-                .await?;
+            let stats = self.backend.write(write.statements(&self.options)).await?;
             if let Some(stats) = stats {
                 self.notes.count("nodes_created", stats.nodes_created);
                 self.notes

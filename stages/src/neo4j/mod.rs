@@ -3,7 +3,9 @@
 //! constraints and indexes (`IF NOT EXISTS`, a vector index for chunk embeddings) created at
 //! build after a health check. Also reads the graph back (`pipe search`, `pipe graph export`).
 
-use crate::graph_store::cypher::{self, Dialect, SchemaOptions, SchemaStep, Statement, WriteOptions};
+use crate::graph_store::cypher::{
+    self, Dialect, SchemaOptions, SchemaStep, Statement, WriteOptions,
+};
 use crate::graph_store::{ChunkNodes, GraphBackend, GraphReader, GraphSink, stage_error};
 use connectors::{Neo4jClient, Neo4jSettings, QueryStats};
 use pipeline::index::GraphIndex;
@@ -78,8 +80,7 @@ impl Neo4jConfig {
 #[async_trait]
 impl StageConfig for Neo4jConfig {
     const KIND: &'static str = "neo4j";
-    const DESCRIPTION: &'static str =
-        "Writes the knowledge graph (and chunk nodes with embeddings) to Neo4j, one transaction per batch";
+    const DESCRIPTION: &'static str = "Writes the knowledge graph (and chunk nodes with embeddings) to Neo4j, one transaction per batch";
     const ROLE: Role = Role::Sink;
     // Concurrent MERGE transactions on shared nodes wait on each other's locks (deadlocks are
     // transient and retried); a few in flight keep the pool busy without piling up.
@@ -101,9 +102,16 @@ impl StageConfig for Neo4jConfig {
                 "uri",
                 "is empty (set NEO4J_URI, e.g. neo4j://localhost:7687)",
             ));
-        } else if !["neo4j://", "neo4j+s://", "neo4j+ssc://", "bolt://", "bolt+s://", "bolt+ssc://"]
-            .iter()
-            .any(|scheme| uri.starts_with(scheme))
+        } else if ![
+            "neo4j://",
+            "neo4j+s://",
+            "neo4j+ssc://",
+            "bolt://",
+            "bolt+s://",
+            "bolt+ssc://",
+        ]
+        .iter()
+        .any(|scheme| uri.starts_with(scheme))
         {
             issues.push(ConfigIssue::new(
                 "uri",
@@ -114,7 +122,10 @@ impl StageConfig for Neo4jConfig {
             ));
         }
         if self.password.expose().is_empty() {
-            issues.push(ConfigIssue::new("password", "is empty (set NEO4J_PASSWORD)"));
+            issues.push(ConfigIssue::new(
+                "password",
+                "is empty (set NEO4J_PASSWORD)",
+            ));
         }
         if self.batch == 0 {
             issues.push(ConfigIssue::new("batch", "must be at least 1"));

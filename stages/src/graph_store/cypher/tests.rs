@@ -62,11 +62,23 @@ fn provenance() -> Provenance {
 #[test]
 fn labels_are_kept_mapped_or_rejected() {
     assert_eq!(Name::label("Person").unwrap().as_str(), "Person");
-    assert_eq!(Name::label("  space craft ").unwrap().as_str(), "SpaceCraft");
-    assert_eq!(Name::label("launch-vehicle").unwrap().as_str(), "LaunchVehicle");
+    assert_eq!(
+        Name::label("  space craft ").unwrap().as_str(),
+        "SpaceCraft"
+    );
+    assert_eq!(
+        Name::label("launch-vehicle").unwrap().as_str(),
+        "LaunchVehicle"
+    );
     assert_eq!(Name::label("O2 tank").unwrap().as_str(), "O2Tank");
-    assert_eq!(Name::relationship_type("works for").unwrap().as_str(), "WORKS_FOR");
-    assert_eq!(Name::relationship_type("CO_OCCURS").unwrap().as_str(), "CO_OCCURS");
+    assert_eq!(
+        Name::relationship_type("works for").unwrap().as_str(),
+        "WORKS_FOR"
+    );
+    assert_eq!(
+        Name::relationship_type("CO_OCCURS").unwrap().as_str(),
+        "CO_OCCURS"
+    );
     for hostile in [
         "",
         "   ",
@@ -90,7 +102,11 @@ fn labels_are_kept_mapped_or_rejected() {
     let huge = "A".repeat(10_000);
     let error = Name::label(&huge).unwrap_err();
     assert!(error.contains("longer than 128 bytes"), "{error}");
-    assert!(error.len() < 300, "the message must not echo 10 kB: {}", error.len());
+    assert!(
+        error.len() < 300,
+        "the message must not echo 10 kB: {}",
+        error.len()
+    );
     assert!(Name::label("Chunk").unwrap_err().contains("reserved"));
 }
 
@@ -169,7 +185,10 @@ SET c.text = row.text, c.context = row.context, c.document_id = row.document_id,
     );
     assert_eq!(
         falkor,
-        neo4j.replace("c.embedding = row.embedding", "c.embedding = vecf32(row.embedding)")
+        neo4j.replace(
+            "c.embedding = row.embedding",
+            "c.embedding = vecf32(row.embedding)"
+        )
     );
 }
 
@@ -180,8 +199,12 @@ fn a_batch_becomes_one_statement_per_label_and_type_with_exact_rows() {
     lovell.aliases = vec!["Lovell".into()];
     lovell.confidence = Some(0.9);
     lovell.properties.insert("rank".into(), json!("Captain"));
-    lovell.properties.insert("id".into(), json!("model-said-so"));
-    lovell.properties.insert("nested".into(), json!({"a": [1, {"b": 2}]}));
+    lovell
+        .properties
+        .insert("id".into(), json!("model-said-so"));
+    lovell
+        .properties
+        .insert("nested".into(), json!({"a": [1, {"b": 2}]}));
     lovell.properties.insert("nothing".into(), Value::Null);
     let graph = Graph {
         extractor: "kg_extract:test".into(),
@@ -337,11 +360,18 @@ fn a_bad_label_or_missing_id_rejects_the_whole_record() {
         entities: vec![entity("e1", "a\0b", "Person", "c1")],
         ..Graph::default()
     };
-    assert!(write.add_graph(&nul, &provenance()).unwrap_err().contains("NUL"));
+    assert!(
+        write
+            .add_graph(&nul, &provenance())
+            .unwrap_err()
+            .contains("NUL")
+    );
     // Neo4j stores NUL characters; only FalkorDB cannot.
-    assert!(GraphWrite::new(Dialect::Neo4j)
-        .add_graph(&nul, &provenance())
-        .is_ok());
+    assert!(
+        GraphWrite::new(Dialect::Neo4j)
+            .add_graph(&nul, &provenance())
+            .is_ok()
+    );
 }
 
 #[test]
@@ -364,7 +394,9 @@ fn chunk_rows_carry_text_provenance_and_vector() {
         .add_chunk("c1", &embedded, &provenance, Some(384))
         .unwrap_err();
     assert!(error.contains("3 dimensions"), "{error}");
-    write.add_chunk("c1", &embedded, &provenance, Some(3)).unwrap();
+    write
+        .add_chunk("c1", &embedded, &provenance, Some(3))
+        .unwrap();
     let statements = write.statements(&WriteOptions::default());
     assert_eq!(statements.len(), 1);
     assert_eq!(
@@ -454,9 +486,11 @@ ORDER BY weight DESC, id LIMIT $limit",
         json!({"ids": ["e1"], "limit": 10})
     );
     let incoming = read::facts(&["e1".into()], false, 10);
-    assert!(incoming
-        .cypher
-        .contains("MATCH (s:`Entity`)-[r]->(t:`Entity` {id: entity_id})"));
+    assert!(
+        incoming
+            .cypher
+            .contains("MATCH (s:`Entity`)-[r]->(t:`Entity` {id: entity_id})")
+    );
     let chunks = read::entities_in_chunks(&["c1".into()]);
     assert_text_eq(
         &chunks.cypher,
@@ -477,7 +511,10 @@ fn stored_properties_read_back_as_entities_and_relations() {
     assert_eq!(entity.entity_type, "Person");
     assert_eq!(entity.aliases, vec!["Lovell"]);
     assert_eq!(entity.confidence, Some(0.9));
-    assert_eq!(entity.properties, *json!({"rank": "Captain"}).as_object().unwrap());
+    assert_eq!(
+        entity.properties,
+        *json!({"rank": "Captain"}).as_object().unwrap()
+    );
     assert_eq!(entity.mentions.len(), 2);
     assert_eq!(entity.mentions[1].chunk_id, "c2");
     assert_eq!(entity.mentions[1].document_id, "day3");
@@ -492,9 +529,15 @@ fn stored_properties_read_back_as_entities_and_relations() {
     .clone();
     let relation = relation_from_row(&mut row);
     assert_eq!(relation.relation_type, "COMMANDS");
-    assert_eq!((relation.source.as_str(), relation.target.as_str()), ("e1", "e3"));
+    assert_eq!(
+        (relation.source.as_str(), relation.target.as_str()),
+        ("e1", "e3")
+    );
     assert_eq!(relation.weight, 2.0);
     assert_eq!(relation.descriptions, vec!["d"]);
     assert_eq!(relation.mentions.len(), 2);
-    assert_eq!(relation.properties, *json!({"note": "n"}).as_object().unwrap());
+    assert_eq!(
+        relation.properties,
+        *json!({"note": "n"}).as_object().unwrap()
+    );
 }
