@@ -4,8 +4,10 @@
 
 pub mod anthropic;
 pub mod failure;
+pub mod falkordb;
 mod http;
 pub mod models;
+pub mod neo4j;
 pub mod openai;
 pub mod pricing;
 pub mod qdrant;
@@ -13,6 +15,8 @@ pub mod ratelimit;
 
 pub use anthropic::{AnthropicClient, Block, MessagesRequest};
 pub use failure::{Billed, Failure, FailureClass, classify_response, classify_status};
+pub use falkordb::{FalkorClient, QueryResult, QueryStats};
 pub use http::ApiKey;
+pub use neo4j::{Neo4jClient, Neo4jSettings};
 pub use openai::{ChatMessage, ChatRequest, Completion, Embeddings, OpenAiClient, Usage};
 pub use ratelimit::{RateLimitSnapshot, parse_duration, retry_after};

@@ -2,12 +2,15 @@
 
 pub mod blackhole;
 pub mod chunk;
+pub mod falkordb;
 pub mod files;
 pub mod generate;
+pub mod graph_store;
 pub mod jsonl;
 pub mod llm;
 pub mod local_store;
 pub mod nlp_extract;
+pub mod neo4j;
 pub mod normalize;
 pub mod provider;
 pub mod qdrant;
@@ -29,7 +32,9 @@ pub fn register_builtin(registry: &mut Registry) {
         .register::<resolve::ResolveConfig>()
         .register::<local_store::LocalStoreConfig>()
         .register::<qdrant::QdrantConfig>()
-        .register::<blackhole::BlackholeConfig>();
+        .register::<blackhole::BlackholeConfig>()
+        .register::<falkordb::FalkorDbConfig>()
+        .register::<neo4j::Neo4jConfig>();
     provider::register_provider_kinds(registry);
 }
 
