@@ -2,9 +2,11 @@
 
 pub mod blackhole;
 pub mod chunk;
+pub mod contextualize;
 pub mod files;
 pub mod generate;
 pub mod jsonl;
+pub mod kg_extract;
 pub mod llm;
 pub mod provider;
 
@@ -18,6 +20,8 @@ pub fn register_builtin(registry: &mut Registry) {
         .register::<chunk::ChunkConfig>()
         .register::<jsonl::JsonlConfig>()
         .register::<llm::LlmConfig>()
+        .register::<kg_extract::KgExtractConfig>()
+        .register::<contextualize::ContextualizeConfig>()
         .register::<blackhole::BlackholeConfig>();
     provider::register_provider_kinds(registry);
 }

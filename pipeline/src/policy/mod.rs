@@ -326,6 +326,13 @@ impl CallPolicy {
         s.cached_input_tokens.fetch_add(spent.cached_input, Relaxed);
         s.cache_write_tokens.fetch_add(spent.cache_write, Relaxed);
         s.cost_nano_usd.fetch_add(stats::to_nano(cost), Relaxed);
+        let uncached = self.cost(&TokenUsage {
+            cached_input: 0,
+            cache_write: 0,
+            ..spent
+        });
+        s.prompt_cache_saved_nano_usd
+            .fetch_add(stats::to_signed_nano(uncached - cost), Relaxed);
         let answer = result?;
         let rejected = accept(&answer.value).err();
         if rejected.is_none()

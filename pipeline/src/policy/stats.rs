@@ -2,7 +2,7 @@
 //! endpoint show.
 
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
@@ -34,6 +34,9 @@ pub struct CallStats {
     pub cost_nano_usd: AtomicU64,
     /// What the response cache saved, at the same prices.
     pub saved_nano_usd: AtomicU64,
+    /// What the provider's prompt cache saved against uncached input prices (cheaper cache
+    /// reads, minus dearer cache writes: can be negative), nano-dollars.
+    pub prompt_cache_saved_nano_usd: AtomicI64,
     pub in_flight: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
@@ -48,6 +51,10 @@ pub struct CallStats {
 
 pub(crate) fn to_nano(usd: f64) -> u64 {
     (usd * 1e9).round().max(0.0) as u64
+}
+
+pub(crate) fn to_signed_nano(usd: f64) -> i64 {
+    (usd * 1e9).round() as i64
 }
 
 impl CallStats {
@@ -107,6 +114,8 @@ impl CallStats {
             cache_write_tokens: load(&self.cache_write_tokens),
             cost_usd: load(&self.cost_nano_usd) as f64 / 1e9,
             saved_by_cache_usd: load(&self.saved_nano_usd) as f64 / 1e9,
+            saved_by_prompt_cache_usd: self.prompt_cache_saved_nano_usd.load(Relaxed) as f64
+                / 1e9,
         }
     }
 
@@ -140,6 +149,9 @@ pub struct CallReport {
     pub cache_write_tokens: u64,
     pub cost_usd: f64,
     pub saved_by_cache_usd: f64,
+    /// What the provider's prompt cache saved against uncached input prices (cache reads
+    /// are cheaper, Anthropic's cache writes dearer: negative when writes outweigh reads).
+    pub saved_by_prompt_cache_usd: f64,
 }
 
 /// What `pipe plan` says about one stage.
