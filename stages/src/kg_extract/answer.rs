@@ -83,15 +83,6 @@ pub struct Dropped {
     pub relations_off_schema: u64,
 }
 
-impl Dropped {
-    pub fn add(&mut self, other: &Dropped) {
-        self.invalid_entities += other.invalid_entities;
-        self.invalid_relations += other.invalid_relations;
-        self.dangling_relations += other.dangling_relations;
-        self.relations_off_schema += other.relations_off_schema;
-    }
-}
-
 /// Gives every entity named in several places of one answer (overlapping pages, the same
 /// name twice in a chunk) the type, description, properties and confidence of its most
 /// confident occurrence: the answer with the highest confidence wins. Ties keep the first.
