@@ -115,7 +115,9 @@ fn chat_requests(stats: &Value) -> u64 {
 }
 
 /// The simulator's extraction heuristics give speakers, acronym runs and other names; the
-/// schema names a type for each, and the patterns its relations (speaker MENTIONS name).
+/// schema names a type for each. Its relations are speaker MENTIONS name, or, in text whose
+/// lines do not start with a speaker (the transcripts start with a timestamp), consecutive
+/// names RELATED_TO each other: the patterns admit both.
 const SCHEMA: &str = r#"
         strict: true
         entities:
@@ -125,7 +127,11 @@ const SCHEMA: &str = r#"
         relations:
           - Person MENTIONS Person
           - Person MENTIONS Equipment
-          - Person MENTIONS Place"#;
+          - Person MENTIONS Place
+          - Equipment RELATED_TO Equipment
+          - Equipment RELATED_TO Place
+          - Place RELATED_TO Equipment
+          - Place RELATED_TO Place"#;
 
 /// files (`glob`) → chunk → kg_extract (`extract` YAML appended) → jsonl.
 fn extract_pipeline(dir: &Path, sim: &Sim, glob: &str, chunk_tokens: u32, extract: &str) {
@@ -161,7 +167,13 @@ stages:
 }
 
 /// Per extraction record: its entities (name, type) and relations (source, type, target).
-type Facts = BTreeMap<String, (BTreeSet<(String, String)>, BTreeSet<(String, String, String)>)>;
+type Facts = BTreeMap<
+    String,
+    (
+        BTreeSet<(String, String)>,
+        BTreeSet<(String, String, String)>,
+    ),
+>;
 
 fn facts(records: &[Value]) -> Facts {
     records
@@ -171,7 +183,12 @@ fn facts(records: &[Value]) -> Facts {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|e| (e["name"].as_str().unwrap().into(), e["type"].as_str().unwrap().into()))
+                .map(|e| {
+                    (
+                        e["name"].as_str().unwrap().into(),
+                        e["type"].as_str().unwrap().into(),
+                    )
+                })
                 .collect();
             let relations = r["payload"]["relations"]
                 .as_array()
@@ -251,7 +268,8 @@ async fn ten_chunks_per_call_give_the_same_entities_per_chunk_with_5x_fewer_call
             &sim,
             "day0[12].txt",
             400,
-            &format!("      batch_size: {batch}"),
+            // Room for every answer: a cut-off answer would be asked again.
+            &format!("      batch_size: {batch}\n      max_tokens_per_chunk: 3000"),
         );
         let out = run(dir.path(), "pipeline.yaml", ".pipe").await;
         assert!(out.status.success(), "{}", stderr(&out));
@@ -259,7 +277,11 @@ async fn ten_chunks_per_call_give_the_same_entities_per_chunk_with_5x_fewer_call
         let chunks = stage(&report, "chunk")["out"].as_u64().unwrap();
         let extract = stage(&report, "extract");
         assert_eq!(extract["in"].as_u64(), Some(chunks));
-        assert_eq!(extract["out"].as_u64(), Some(chunks), "one extraction per chunk");
+        assert_eq!(
+            extract["out"].as_u64(),
+            Some(chunks),
+            "one extraction per chunk"
+        );
         assert_eq!(report["dead_letters"]["count"], 0);
         let records = lines(&dir.path().join("out.jsonl"));
         assert_eq!(records.len() as u64, chunks);
@@ -287,42 +309,53 @@ async fn ten_chunks_per_call_give_the_same_entities_per_chunk_with_5x_fewer_call
     }
     let entities: usize = single.values().map(|(e, _)| e.len()).sum();
     let relations: usize = single.values().map(|(_, r)| r.len()).sum();
-    assert!(entities > 500 && relations > 300, "{entities} / {relations}");
+    assert!(
+        entities > 500 && relations > 300,
+        "{entities} / {relations}"
+    );
     assert_eq!(count(report, "extract", "entities"), entities as u64);
-    // Empty transcripts chunks do not exist: every chunk has speakers.
+    // Every transcript chunk names something.
     assert_eq!(count(report, "extract", "empty_extractions"), 0);
 }
+
+/// Five chunks per call: enough calls (about 40) for a fifth of them to go wrong.
+const BATCHED: &str = "      batch_size: 5\n      max_tokens_per_chunk: 3000";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_fifth_of_the_answers_wrong_every_chunk_lands_or_is_dead_lettered() {
     // The same run without faults: what each chunk should give.
     let sim = Sim::start(json!({ "seed": 11 })).await;
     let clean_dir = tempfile::tempdir().unwrap();
-    extract_pipeline(clean_dir.path(), &sim, "day01.txt", 300, "      batch_size: 10");
+    extract_pipeline(clean_dir.path(), &sim, "day0[12].txt", 300, BATCHED);
     let out = run(clean_dir.path(), "pipeline.yaml", ".pipe").await;
     assert!(out.status.success(), "{}", stderr(&out));
     let clean = facts(&lines(&clean_dir.path().join("out.jsonl")));
 
     let sim = Sim::start(json!({
         "seed": 11,
-        "fault_wrong_json": 0.1,
-        "fault_malformed": 0.1,
+        "fault_wrong_json": 0.15,
+        "fault_malformed": 0.05,
         "repeat_mistake": 0.5
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    extract_pipeline(dir.path(), &sim, "day01.txt", 300, "      batch_size: 10");
+    extract_pipeline(dir.path(), &sim, "day0[12].txt", 300, BATCHED);
     let out = run(dir.path(), "pipeline.yaml", ".pipe").await;
     assert!(out.status.success(), "{}", stderr(&out));
     let report = last_report(&dir.path().join(".pipe"));
     let extract = stage(&report, "extract");
+    eprintln!("with faults: {extract}");
     let (received, emitted, dead) = (
         extract["in"].as_u64().unwrap(),
         extract["out"].as_u64().unwrap(),
         extract["dead_lettered"].as_u64().unwrap(),
     );
     assert_eq!(received as usize, clean.len());
-    assert_eq!(received, emitted + dead, "chunks in = extractions + dead letters");
+    assert_eq!(
+        received,
+        emitted + dead,
+        "chunks in = extractions + dead letters"
+    );
     let records = lines(&dir.path().join("out.jsonl"));
     assert_eq!(records.len() as u64, emitted);
     let letters = dead_letters(&report);
@@ -339,9 +372,7 @@ async fn with_a_fifth_of_the_answers_wrong_every_chunk_lands_or_is_dead_lettered
         let chunk_id = letter["record"]["id"].as_str().unwrap();
         let extraction_id = clean
             .keys()
-            .find(|k| {
-                **k == pipeline::record::stable_id(&[chunk_id.as_bytes(), b"extract"])
-            })
+            .find(|k| **k == pipeline::record::stable_id(&[chunk_id.as_bytes(), b"extract"]))
             .expect("a dead letter for a chunk of the input");
         assert!(seen.insert(extraction_id.clone()), "{extraction_id} twice");
         assert!(
@@ -423,7 +454,12 @@ async fn plan_counts_one_call_per_batch_and_sends_nothing() {
         planned >= chunks.div_ceil(10) && planned <= chunks.div_ceil(10) + 2,
         "{planned} calls planned for {chunks} chunks"
     );
-    assert!(stage(&report, "extract")["plan"]["input_tokens"].as_u64().unwrap() > chunks * 200);
+    assert!(
+        stage(&report, "extract")["plan"]["input_tokens"]
+            .as_u64()
+            .unwrap()
+            > chunks * 200
+    );
     assert_eq!(chat_requests(&sim.stats().await), 0);
     assert!(!dir.path().join("out.jsonl").exists());
 }
@@ -546,10 +582,16 @@ async fn contextualize_marks_the_document_for_the_anthropic_cache() {
     let written = calls["cache_write_tokens"].as_u64().unwrap();
     assert!(read * 10 >= sent * 8, "cache reads {read} of {sent}");
     // Written once per document (the first chunk), read by all the others.
-    assert!(written > 0 && written * 5 < read, "{written} written, {read} read");
+    assert!(
+        written > 0 && written * 5 < read,
+        "{written} written, {read} read"
+    );
     let stats = sim.stats().await;
     assert_eq!(stats["billed"]["cache_read_tokens"].as_u64(), Some(read));
-    assert_eq!(stats["billed"]["cache_creation_tokens"].as_u64(), Some(written));
+    assert_eq!(
+        stats["billed"]["cache_creation_tokens"].as_u64(),
+        Some(written)
+    );
     // claude-haiku-4-5: $1 per million input, reads at 10 %, writes at 125 %.
     let saved = calls["saved_by_prompt_cache_usd"].as_f64().unwrap();
     let expected = (read as f64 * 0.9 - written as f64 * 0.25) / 1e6;

@@ -75,7 +75,13 @@ fn transcript(dir: &Path) -> String {
             .join("../shared/corpus/apollo13/transcripts/day03.txt"),
     )
     .unwrap();
-    let text = day3.lines().skip(412).take(12).collect::<Vec<_>>().join("\n") + "\n";
+    let text = day3
+        .lines()
+        .skip(412)
+        .take(12)
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
     std::fs::create_dir_all(dir.join("docs")).unwrap();
     std::fs::write(dir.join("docs/problem.txt"), &text).unwrap();
     text
@@ -144,8 +150,15 @@ stages:
         extract["counts"], extract["calls"]
     );
     assert!(chunks >= 2, "{chunks} chunks");
-    assert_eq!(chunks, emitted + dead, "chunks in = extractions + dead letters");
-    assert!(emitted >= 1, "no chunk got an extraction from the real model");
+    assert_eq!(
+        chunks,
+        emitted + dead,
+        "chunks in = extractions + dead letters"
+    );
+    assert!(
+        emitted >= 1,
+        "no chunk got an extraction from the real model"
+    );
     let records = lines(&dir.path().join("out.jsonl"));
     assert_eq!(records.len() as u64, emitted);
     let mut entities = 0;
@@ -259,7 +272,10 @@ stages:
         ask["out"].as_u64().unwrap(),
         ask["dead_lettered"].as_u64().unwrap(),
     );
-    eprintln!("real model (llm): {emitted} answers, {dead} dead-lettered; calls {}", ask["calls"]);
+    eprintln!(
+        "real model (llm): {emitted} answers, {dead} dead-lettered; calls {}",
+        ask["calls"]
+    );
     assert_eq!(emitted + dead, 2);
     assert!(emitted >= 1, "no schema-shaped answer from the real model");
     for r in lines(&dir.path().join("out.jsonl")) {

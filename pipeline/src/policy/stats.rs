@@ -114,8 +114,7 @@ impl CallStats {
             cache_write_tokens: load(&self.cache_write_tokens),
             cost_usd: load(&self.cost_nano_usd) as f64 / 1e9,
             saved_by_cache_usd: load(&self.saved_nano_usd) as f64 / 1e9,
-            saved_by_prompt_cache_usd: self.prompt_cache_saved_nano_usd.load(Relaxed) as f64
-                / 1e9,
+            saved_by_prompt_cache_usd: self.prompt_cache_saved_nano_usd.load(Relaxed) as f64 / 1e9,
         }
     }
 

@@ -111,7 +111,10 @@ impl StageConfig for ContextualizeConfig {
             issues.push(ConfigIssue::new("max_tokens", "must be at least 1"));
         }
         if self.max_document_tokens == 0 {
-            issues.push(ConfigIssue::new("max_document_tokens", "must be at least 1"));
+            issues.push(ConfigIssue::new(
+                "max_document_tokens",
+                "must be at least 1",
+            ));
         }
         if self.max_in_flight == 0 {
             issues.push(ConfigIssue::new("max_in_flight", "must be at least 1"));
@@ -320,8 +323,7 @@ impl Driver {
             return;
         }
         let mut chunks = std::mem::take(&mut self.open);
-        self.closed
-            .insert(chunks[0].provenance.document_id.clone());
+        self.closed.insert(chunks[0].provenance.document_id.clone());
         chunks.sort_by_key(|r| {
             (
                 r.provenance.char_span.map_or(u64::MAX, |s| s[0]),

@@ -186,7 +186,9 @@ fn relation_span(text: &str, source: &str, target: &str) -> Option<(usize, usize
 }
 
 fn clean(text: Option<&str>) -> Option<String> {
-    text.map(str::trim).filter(|t| !t.is_empty()).map(str::to_string)
+    text.map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
 }
 
 fn push_distinct(list: &mut Vec<String>, value: Option<String>) {
@@ -285,8 +287,7 @@ pub fn build(
             dropped.invalid_relations += 1;
             continue;
         }
-        if schema.strict
-            && !schema.allows(&source.entity_type, &relation_type, &target.entity_type)
+        if schema.strict && !schema.allows(&source.entity_type, &relation_type, &target.entity_type)
         {
             dropped.relations_off_schema += 1;
             continue;
@@ -399,7 +400,11 @@ mod tests {
         assert_eq!(graph.entities[2].mentions[0].chunk_id, "chunk-1");
         let r = &graph.relations[0];
         assert_eq!(
-            (r.source.as_str(), r.relation_type.as_str(), r.target.as_str()),
+            (
+                r.source.as_str(),
+                r.relation_type.as_str(),
+                r.target.as_str()
+            ),
             ("Jim Lovell", "FLIES", "Odyssey")
         );
         assert_eq!(r.mentions[0].char_span, Some([1000, 1031]));

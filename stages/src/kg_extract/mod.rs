@@ -142,7 +142,10 @@ impl StageConfig for KgExtractConfig {
             issues.push(ConfigIssue::new("max_batch_tokens", "must be at least 1"));
         }
         if self.max_tokens_per_chunk == 0 {
-            issues.push(ConfigIssue::new("max_tokens_per_chunk", "must be at least 1"));
+            issues.push(ConfigIssue::new(
+                "max_tokens_per_chunk",
+                "must be at least 1",
+            ));
         }
         if self.max_answer_tokens < self.max_tokens_per_chunk {
             issues.push(ConfigIssue::new(
@@ -283,7 +286,10 @@ fn chunk_text(record: &Record) -> Result<&str, StageError> {
 }
 
 fn cut_off(reply: &Reply) -> bool {
-    matches!(reply.finish_reason.as_deref(), Some("length" | "max_tokens"))
+    matches!(
+        reply.finish_reason.as_deref(),
+        Some("length" | "max_tokens")
+    )
 }
 
 /// Block ids are short and local to a call ("c1".."cN"): cheaper than 32 hex digits, and
@@ -354,7 +360,8 @@ impl KgExtract {
         let single = chunks.len() == 1 && items.len() == 1;
         for item in items {
             let id = answer::id_text(&item.chunk_id);
-            let position = (0..chunks.len()).find(|&p| block_id(p) == id || (p + 1).to_string() == id);
+            let position =
+                (0..chunks.len()).find(|&p| block_id(p) == id || (p + 1).to_string() == id);
             match position {
                 Some(p) => by_position[p].push(item),
                 None if single => by_position[0].push(item),
@@ -445,10 +452,7 @@ impl KgExtract {
         }
     }
 
-    async fn ask(
-        &self,
-        prompt: &Prompt,
-    ) -> Result<pipeline::policy::Called<Reply>, StageError> {
+    async fn ask(&self, prompt: &Prompt) -> Result<pipeline::policy::Called<Reply>, StageError> {
         let spec = self.spec(prompt);
         self.policy
             .call(
@@ -469,7 +473,10 @@ impl KgExtract {
             loop {
                 match self.attempt(&chunks, max_tokens).await {
                     Outcome::Fatal(error) => {
-                        return chunks.iter().map(|(i, _)| (*i, Err(error.clone()))).collect();
+                        return chunks
+                            .iter()
+                            .map(|(i, _)| (*i, Err(error.clone())))
+                            .collect();
                     }
                     Outcome::Answered(mut items) => {
                         if self.merge == MergeMode::HighestConfidence {
@@ -662,6 +669,9 @@ mod tests {
         assert!(system.contains("(Person, TALKS_TO, Person)"));
         assert!(system.contains("Apollo 13 transcripts."));
         assert!(system.contains("\"confidence\""));
-        assert!(!system.contains("<chunk id=\"c1\">"), "no chunk in the stable head");
+        assert!(
+            !system.contains("<chunk id=\"c1\">"),
+            "no chunk in the stable head"
+        );
     }
 }

@@ -472,8 +472,10 @@ mod tests {
             "relations": [["Person", "OPERATES", "Spacecraft"]] }))
         .resolve()
         .unwrap();
-        let full = schema(json!({ "entities": [{ "name": "Person" }, { "name": "Spacecraft" }],
-            "relations": [{ "source": "Person", "type": "OPERATES", "target": "Spacecraft" }] }))
+        let full = schema(
+            json!({ "entities": [{ "name": "Person" }, { "name": "Spacecraft" }],
+            "relations": [{ "source": "Person", "type": "OPERATES", "target": "Spacecraft" }] }),
+        )
         .resolve()
         .unwrap();
         for r in [&names, &map, &full] {
@@ -520,7 +522,10 @@ mod tests {
         let answer = strict.answer_schema(true, Some(5), None);
         assert!(crate::provider::strict_compatible(&answer), "{answer}");
         let entity = &answer["properties"]["chunks"]["items"]["properties"]["entities"]["items"];
-        assert_eq!(entity["properties"]["type"]["enum"], json!(["Person", "System"]));
+        assert_eq!(
+            entity["properties"]["type"]["enum"],
+            json!(["Person", "System"])
+        );
         let mut required: Vec<&str> = entity["required"]
             .as_array()
             .unwrap()
