@@ -9,6 +9,7 @@ pub mod jsonl;
 pub mod kg_extract;
 pub mod llm;
 pub mod provider;
+pub mod tokens;
 
 use pipeline::Registry;
 

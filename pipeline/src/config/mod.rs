@@ -533,6 +533,8 @@ fn placeholder_provider() -> ProviderSpec {
         max_backoff_s: None,
         pricing: None,
         breaker: None,
+        context_window: None,
+        unreachable_after_s: None,
     }
 }
 
@@ -582,6 +584,7 @@ fn check_provider(
         ("timeout_s", provider.timeout_s),
         ("backoff_s", provider.backoff_s),
         ("max_backoff_s", provider.max_backoff_s),
+        ("unreachable_after_s", provider.unreachable_after_s),
     ] {
         if value.is_some_and(|v| !positive(v)) {
             diags.push(Diagnostic::new(
@@ -589,6 +592,12 @@ fn check_provider(
                 format!("provider `{name}`: `{field}` must be more than 0"),
             ));
         }
+    }
+    if provider.context_window == Some(0) {
+        diags.push(Diagnostic::new(
+            locator.span(field_or(node, "context_window").span()),
+            format!("provider `{name}`: `context_window` must be at least 1"),
+        ));
     }
     if provider.max_attempts == Some(0) {
         diags.push(Diagnostic::new(

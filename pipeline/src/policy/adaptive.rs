@@ -782,6 +782,7 @@ mod tests {
             cache_key: None,
             input_tokens: 10,
             max_output_tokens: 10,
+            ..Default::default()
         };
         // One call: refused once with `status` (and `server` state), then answered.
         let call = async |status: u16, server: ServerLimits| {
@@ -795,6 +796,7 @@ mod tests {
                             error: StageError::retryable(format!("HTTP {status}"), Some(0.1)),
                             status: Some(status),
                             server: Box::new(server),
+                            billed: Default::default(),
                         });
                     }
                     Ok(Answer {

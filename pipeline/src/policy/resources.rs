@@ -6,6 +6,7 @@ use super::adaptive::{AdaptiveSettings, Concurrency, DEFAULT_MIN_CONCURRENCY};
 use super::breaker::{Breaker, BreakerSettings};
 use super::budget::{Budget, BudgetSpec};
 use super::cache::ResponseCache;
+use super::flight::Flights;
 use super::limiter::{LimitSettings, RateLimiter};
 use super::stats::CallStats;
 use super::{CallPolicy, RetrySettings, TokenUsage};
@@ -87,6 +88,13 @@ impl Price {
             + usage.output as f64 * self.output)
             / 1e6
     }
+
+    /// The most `usage` can cost when any of its prompt may be written to the provider's
+    /// cache: every prompt token at the dearer of the input and cache-write prices.
+    pub fn worst_cost(&self, usage: &TokenUsage) -> f64 {
+        let input = self.input.max(self.cache_write.unwrap_or(self.input));
+        (usage.input as f64 * input + usage.output as f64 * self.output) / 1e6
+    }
 }
 
 /// A secret from YAML (usually `${OPENAI_API_KEY}`): never shown by `Debug` or in reports.
@@ -144,6 +152,12 @@ pub struct ProviderSpec {
     /// USD per million tokens; overrides the built-in table.
     pub pricing: Option<Price>,
     pub breaker: Option<BreakerSpec>,
+    /// Tokens (prompt + max_tokens) the model's context holds (default: known for OpenAI's
+    /// and Anthropic's models); a call needing more is dead-lettered without being sent.
+    pub context_window: Option<u64>,
+    /// Seconds a provider may fail every attempt (unreachable, timing out, overloaded) before
+    /// the run ends with that error (default 300).
+    pub unreachable_after_s: Option<f64>,
 }
 
 impl ProviderSpec {
@@ -165,6 +179,12 @@ impl ProviderSpec {
 
     pub fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.timeout_s.unwrap_or(120.0))
+    }
+
+    pub fn unreachable_after(&self) -> Duration {
+        self.unreachable_after_s
+            .map(Duration::from_secs_f64)
+            .unwrap_or(BreakerSettings::default().unreachable_after)
     }
 }
 
@@ -197,6 +217,7 @@ pub struct Resources {
     providers: BTreeMap<String, ProviderRuntime>,
     cache: Option<Arc<ResponseCache>>,
     read_cache: bool,
+    flights: Arc<Flights>,
     budget: Arc<Budget>,
 }
 
@@ -217,6 +238,7 @@ fn limit_settings(spec: &LimitSpec) -> LimitSettings {
         tpd: spec.tpd,
         burst_seconds: spec.burst_seconds.unwrap_or(1.0),
         reserve_max_tokens: spec.output_tokens.unwrap_or_default() == OutputTokens::MaxTokens,
+        first_day_reset: None,
     }
 }
 
@@ -297,6 +319,7 @@ impl Resources {
                     .map(Duration::from_secs_f64)
                     .unwrap_or(defaults.cooldown),
                 max_cooldown: defaults.max_cooldown,
+                unreachable_after: spec.unreachable_after(),
             };
             provider_runtimes.insert(
                 name.clone(),
@@ -316,6 +339,7 @@ impl Resources {
             providers: provider_runtimes,
             cache,
             read_cache: !options.no_cache,
+            flights: Arc::default(),
             budget: Arc::new(Budget::new(options.budget, options.stop)),
         })
     }
@@ -327,6 +351,7 @@ impl Resources {
             providers: BTreeMap::new(),
             cache: None,
             read_cache: true,
+            flights: Arc::default(),
             budget: Arc::new(Budget::new(BudgetSpec::default(), CancellationToken::new())),
         }
     }
@@ -360,16 +385,19 @@ impl Resources {
         let limit = &self.limits[&provider.limit];
         Ok(CallPolicy {
             provider: name.to_string(),
+            kind: provider.spec.kind.clone(),
             limiter: limit.limiter.clone(),
             concurrency: limit.concurrency.clone(),
             breaker: provider.breaker.clone(),
             cache: self.cache.clone(),
             read_cache: self.read_cache,
+            flights: self.flights.clone(),
             budget: self.budget.clone(),
             stats,
             retry: provider.spec.retry_settings(),
             timeout: provider.spec.timeout(),
             price: None,
+            context_window: provider.spec.context_window,
         })
     }
 }
@@ -394,6 +422,9 @@ mod tests {
         };
         let expected = 0.25 * 3.0 + 0.5 * 0.3 + 0.25 * 3.75 + 0.1 * 15.0;
         assert!((price.cost(&usage) - expected).abs() < 1e-9);
+        // The worst case: every prompt token written to the cache (3.75 > 3.0).
+        let worst = price.worst_cost(&usage);
+        assert!((worst - (1.0 * 3.75 + 0.1 * 15.0)).abs() < 1e-9, "{worst}");
     }
 
     #[test]
