@@ -465,6 +465,7 @@ impl Inner {
         CallSpec {
             cache_key: Some(cache_key(&self.chat.cache_material(prompt, &self.version))),
             input_tokens: self.chat.count_prompt_tokens(prompt),
+            prompt_chars: self.chat.prompt_chars(prompt),
             max_output_tokens: u64::from(prompt.max_tokens),
         }
     }
