@@ -565,6 +565,15 @@ fn print_summary(report: &RunReport, state_dir: &Path) {
                 e.cost_usd
             );
         }
+        if c.cached_input_tokens > 0 || c.cache_write_tokens > 0 {
+            println!(
+                "  {:<width$} prompt cache: {} tokens read · {} written · saved ${:.4} against uncached prices",
+                s.id,
+                progress::human(c.cached_input_tokens),
+                progress::human(c.cache_write_tokens),
+                c.saved_by_prompt_cache_usd
+            );
+        }
     }
     for s in &report.stages {
         if !s.counts.is_empty() {

@@ -2,11 +2,13 @@
 
 pub mod blackhole;
 pub mod chunk;
+pub mod contextualize;
 pub mod falkordb;
 pub mod files;
 pub mod generate;
 pub mod graph_store;
 pub mod jsonl;
+pub mod kg_extract;
 pub mod llm;
 pub mod local_store;
 pub mod nlp_extract;
@@ -27,6 +29,8 @@ pub fn register_builtin(registry: &mut Registry) {
         .register::<chunk::ChunkConfig>()
         .register::<jsonl::JsonlConfig>()
         .register::<llm::LlmConfig>()
+        .register::<kg_extract::KgExtractConfig>()
+        .register::<contextualize::ContextualizeConfig>()
         .register::<nlp_extract::NlpExtractConfig>()
         .register::<normalize::NormalizeConfig>()
         .register::<resolve::ResolveConfig>()

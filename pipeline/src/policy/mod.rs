@@ -767,6 +767,14 @@ impl Drop for Bill<'_> {
         s.cached_input_tokens.fetch_add(total.cached_input, Relaxed);
         s.cache_write_tokens.fetch_add(total.cache_write, Relaxed);
         s.cost_nano_usd.fetch_add(stats::to_nano(cost), Relaxed);
+        // What the same tokens would have cost without the provider's prompt cache.
+        let uncached = p.cost(&TokenUsage {
+            cached_input: 0,
+            cache_write: 0,
+            ..total
+        });
+        s.prompt_cache_saved_nano_usd
+            .fetch_add(stats::to_signed_nano(uncached - cost), Relaxed);
         if self.estimated_attempts > 0 {
             s.estimated_attempts
                 .fetch_add(self.estimated_attempts, Relaxed);

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -44,6 +44,9 @@ pub struct CallStats {
     pub estimated_nano_usd: AtomicU64,
     /// What the response cache saved, at the same prices.
     pub saved_nano_usd: AtomicU64,
+    /// What the provider's prompt cache saved against uncached input prices (cheaper cache
+    /// reads, minus dearer cache writes: can be negative), nano-dollars.
+    pub prompt_cache_saved_nano_usd: AtomicI64,
     pub in_flight: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
@@ -122,6 +125,10 @@ pub(crate) fn to_nano(usd: f64) -> u64 {
     (usd * 1e9).round().max(0.0) as u64
 }
 
+pub(crate) fn to_signed_nano(usd: f64) -> i64 {
+    (usd * 1e9).round() as i64
+}
+
 impl CallStats {
     pub fn cost_usd(&self) -> f64 {
         self.cost_nano_usd.load(Relaxed) as f64 / 1e9
@@ -185,6 +192,7 @@ impl CallStats {
             cache_write_tokens: load(&self.cache_write_tokens),
             cost_usd: load(&self.cost_nano_usd) as f64 / 1e9,
             saved_by_cache_usd: load(&self.saved_nano_usd) as f64 / 1e9,
+            saved_by_prompt_cache_usd: self.prompt_cache_saved_nano_usd.load(Relaxed) as f64 / 1e9,
             estimated: EstimatedReport {
                 attempts: load(&self.estimated_attempts),
                 tokens: load(&self.estimated_tokens),
@@ -225,6 +233,9 @@ pub struct CallReport {
     pub cache_write_tokens: u64,
     pub cost_usd: f64,
     pub saved_by_cache_usd: f64,
+    /// What the provider's prompt cache saved against uncached input prices (cache reads
+    /// are cheaper, Anthropic's cache writes dearer: negative when writes outweigh reads).
+    pub saved_by_prompt_cache_usd: f64,
     /// The part of the tokens and $ above that is an estimate, not a bill.
     pub estimated: EstimatedReport,
 }
