@@ -2,6 +2,7 @@
 
 pub mod blackhole;
 pub mod chunk;
+pub mod embed;
 pub mod files;
 pub mod generate;
 pub mod jsonl;
@@ -18,6 +19,7 @@ pub fn register_builtin(registry: &mut Registry) {
         .register::<chunk::ChunkConfig>()
         .register::<jsonl::JsonlConfig>()
         .register::<llm::LlmConfig>()
+        .register::<embed::EmbedConfig>()
         .register::<blackhole::BlackholeConfig>();
     provider::register_provider_kinds(registry);
 }

@@ -18,6 +18,7 @@ pub mod adaptive;
 pub mod breaker;
 pub mod budget;
 pub mod cache;
+pub mod items;
 pub mod limiter;
 pub mod resources;
 pub mod stats;
