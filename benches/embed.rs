@@ -44,7 +44,9 @@ fn args() -> Args {
 fn main() {
     let args = args();
     if args.chunks.as_os_str().is_empty() {
-        eprintln!("usage: cargo bench --bench embed -- CHUNKS.jsonl [--limit N] [--batch N] [--out FILE]");
+        eprintln!(
+            "usage: cargo bench --bench embed -- CHUNKS.jsonl [--limit N] [--batch N] [--out FILE]"
+        );
         eprintln!("(or: python3 benches/embed_bench.py bench)");
         return;
     }
@@ -56,7 +58,11 @@ fn main() {
             Payload::Chunk(chunk) => Some(chunk.text_for_retrieval().into_owned()),
             _ => None,
         })
-        .take(if args.limit == 0 { usize::MAX } else { args.limit })
+        .take(if args.limit == 0 {
+            usize::MAX
+        } else {
+            args.limit
+        })
         .collect();
     let state = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".pipe");
     let env = std::env::var(locate::ENV_VAR).ok();

@@ -65,7 +65,12 @@ fn documents(dir: &Path, texts: &[String]) {
 /// Texts of equal token count (two-digit numbers are one cl100k token each).
 fn texts(range: std::ops::Range<usize>) -> Vec<String> {
     range
-        .map(|i| format!("Reading {:02}: the O2 tank pressure is dropping, Houston.", i + 10))
+        .map(|i| {
+            format!(
+                "Reading {:02}: the O2 tank pressure is dropping, Houston.",
+                i + 10
+            )
+        })
         .collect()
 }
 
@@ -197,7 +202,11 @@ async fn batches_of_n_inputs_and_of_t_tokens_keep_the_chunk_ids() {
     let vectors = lines(&dir.path().join("embedded.jsonl"));
     let chunks = lines(&dir.path().join("chunks.jsonl"));
     assert_eq!(vectors.len(), 10);
-    assert_eq!(ids(&vectors), ids(&chunks), "a chunk's vector has the chunk's id");
+    assert_eq!(
+        ids(&vectors),
+        ids(&chunks),
+        "a chunk's vector has the chunk's id"
+    );
     for v in &vectors {
         let payload = &v["payload"];
         assert_eq!(payload["kind"], "embedded");
@@ -254,7 +263,10 @@ async fn a_rerun_sends_nothing_and_new_texts_send_only_themselves() {
     assert_eq!(requests(&sim.stats().await), 0);
     let calls = stage(&last_report(dir.path()), "embed")["calls"].clone();
     assert_eq!(calls["cache_hits"], 6, "{calls}");
-    assert_eq!(calls["calls"], 1, "one batch, answered from the cache: {calls}");
+    assert_eq!(
+        calls["calls"], 1,
+        "one batch, answered from the cache: {calls}"
+    );
     assert_eq!(calls["attempts"], 0, "{calls}");
     let mut again = lines(&dir.path().join("embedded.jsonl"));
     let by_id = |v: &mut Vec<Value>| v.sort_by_key(|r| r["id"].as_str().unwrap().to_string());
@@ -278,7 +290,10 @@ async fn a_rerun_sends_nothing_and_new_texts_send_only_themselves() {
     assert!(new_tokens > 0);
     assert_eq!(billed_prompt_tokens(&stats), new_tokens);
     let calls = stage(&last_report(dir.path()), "embed")["calls"].clone();
-    assert_eq!((calls["cache_hits"].as_u64(), calls["cache_misses"].as_u64()), (Some(6), Some(2)));
+    assert_eq!(
+        (calls["cache_hits"].as_u64(), calls["cache_misses"].as_u64()),
+        (Some(6), Some(2))
+    );
     assert_eq!(lines(&dir.path().join("embedded.jsonl")).len(), 8);
 }
 
@@ -326,7 +341,10 @@ async fn an_oversized_input_is_dead_lettered_alone_and_never_sent() {
     let sim = Sim::start(SimConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let mut docs = texts(0..5);
-    docs.insert(2, "Telemetry readout: ".to_string() + &"fuel cell voltage nominal, ".repeat(20));
+    docs.insert(
+        2,
+        "Telemetry readout: ".to_string() + &"fuel cell voltage nominal, ".repeat(20),
+    );
     documents(dir.path(), &docs);
     pipeline(
         dir.path(),
@@ -337,18 +355,20 @@ async fn an_oversized_input_is_dead_lettered_alone_and_never_sent() {
     assert!(out.status.success(), "{}", stderr(&out));
     let report = last_report(dir.path());
     let embed = stage(&report, "embed");
-    assert_eq!((embed["out"].as_u64(), embed["dead_lettered"].as_u64()), (Some(5), Some(1)));
+    assert_eq!(
+        (embed["out"].as_u64(), embed["dead_lettered"].as_u64()),
+        (Some(5), Some(1))
+    );
     let dead = dead_letters(&report);
     assert_eq!(dead.len(), 1);
     let error = dead[0]["error"].as_str().unwrap();
+    assert!(error.contains("takes at most 40 per input"), "{error}");
     assert!(
-        error.contains("takes at most 40 per input"),
-        "{error}"
+        dead[0]["record"]["payload"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Telemetry")
     );
-    assert!(dead[0]["record"]["payload"]["text"]
-        .as_str()
-        .unwrap()
-        .starts_with("Telemetry"));
     // The five others were sent, the long one never.
     let sent: u64 = chunk_tokens(dir.path())
         .iter()
@@ -387,7 +407,10 @@ async fn a_model_of_unknown_size_stops_the_run_before_any_request() {
     assert!(out.status.success(), "{}", stderr(&out));
     let vectors = lines(&dir.path().join("embedded.jsonl"));
     assert_eq!(vectors.len(), 3);
-    assert_eq!(vectors[0]["payload"]["vector"].as_array().unwrap().len(), 384);
+    assert_eq!(
+        vectors[0]["payload"]["vector"].as_array().unwrap().len(),
+        384
+    );
 
     // Declared wrong: the answer does not fit, and the run stops rather than store it.
     pipeline(
@@ -437,7 +460,10 @@ async fn the_local_model_runs_in_the_pipeline_or_the_test_says_skipped() {
     let embed = stage(&report, "embed");
     assert_eq!(embed["out"], 3);
     let notes = embed["notes"].to_string();
-    assert!(notes.contains("local model all-MiniLM-L6-v2 (384 dimensions"), "{notes}");
+    assert!(
+        notes.contains("local model all-MiniLM-L6-v2 (384 dimensions"),
+        "{notes}"
+    );
     let vectors = lines(&dir.path().join("embedded.jsonl"));
     let vector = |needle: &str| -> Vec<f64> {
         let record = vectors

@@ -7,7 +7,6 @@
 //! `benches/embed_bench.py reference` (a numpy float32 BertModel + sentence-transformers' mean
 //! pooling and Normalize, cross-checked against the same graph in onnxruntime).
 
-use pipeline::index::TextEmbedder;
 use pipeline::{
     BuildContext, BuiltStage, Chunk, Payload, Provenance, Record, StageConfig, record::stable_id,
 };
@@ -67,8 +66,23 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     dot / (na * nb)
 }
 
+/// Equal up to float noise: a text padded in a batch and the same text alone go through
+/// matrix products of other shapes, which round differently in the last bits.
+fn assert_close(got: &[f32], expected: &[f32]) {
+    assert_eq!(got.len(), expected.len());
+    let worst = got
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "vectors differ by up to {worst}");
+}
+
 fn reference() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/minilm_reference.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/minilm_reference.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -218,7 +232,7 @@ async fn the_stage_embeds_chunks_with_context_keeps_ids_and_publishes_its_model(
         with_context.provenance
     );
     assert_eq!(a.model, "all-MiniLM-L6-v2");
-    assert_eq!(a.vector, model.embed(&[&a.text]).unwrap().vectors[0]);
+    assert_close(&a.vector, &model.embed(&[&a.text]).unwrap().vectors[0]);
     // The context is embedded in front of the text, and kept beside it; `text` stays the chunk's.
     assert_eq!(b.text, a.text);
     assert!(b.context.as_deref().unwrap().starts_with("Day 3"));
@@ -227,8 +241,11 @@ async fn the_stage_embeds_chunks_with_context_keeps_ids_and_publishes_its_model(
         .unwrap()
         .vectors
         .remove(0);
-    assert_eq!(b.vector, expected);
-    assert_ne!(a.vector, b.vector);
+    assert_close(&b.vector, &expected);
+    assert!(
+        cosine(&a.vector, &b.vector) < 0.99,
+        "the context changes the vector"
+    );
     // An empty text is that record's error alone.
     let err = out[2].as_ref().unwrap_err();
     assert!(err.message.contains("nothing to embed"), "{err}");
@@ -239,7 +256,7 @@ async fn the_stage_embeds_chunks_with_context_keeps_ids_and_publishes_its_model(
     };
     assert_eq!(embedder.model(), "all-MiniLM-L6-v2");
     let query = embedder.embed_query(&a.text).await.unwrap();
-    assert_eq!(query, a.vector);
+    assert_close(&query, &a.vector);
 }
 
 #[test]

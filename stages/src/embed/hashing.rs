@@ -97,7 +97,23 @@ mod tests {
             .filter(|(_, x)| **x != 0.0)
             .map(|(i, x)| (i, (x * 1e4).round() / 1e4))
             .collect();
-        assert_eq!(nonzero.len(), 9, "{nonzero:?}");
+        // 6 words + 5 bigrams, no collision: words weigh 1, bigrams 0.5, over sqrt(7.25).
+        assert_eq!(
+            nonzero,
+            [
+                (10, 0.3714),
+                (17, -0.1857),
+                (76, -0.3714),
+                (156, -0.1857),
+                (183, 0.3714),
+                (224, 0.3714),
+                (262, -0.1857),
+                (265, 0.3714),
+                (319, 0.1857),
+                (346, -0.1857),
+                (361, 0.3714)
+            ]
+        );
         assert_eq!(h.model_name(), "hashing-384");
     }
 

@@ -42,10 +42,10 @@ impl LocalModel {
     /// `model.safetensors`, and when present `sentence_bert_config.json`,
     /// `1_Pooling/config.json`, `modules.json`).
     pub fn load(dir: &Path) -> Result<LocalModel, StageError> {
-        let fail =
-            |what: String| StageError::run(format!("local model {}: {what}", dir.display()));
-        let config: Config = serde_json::from_value(read_json(&dir.join("config.json")).map_err(fail)?)
-            .map_err(|e| fail(format!("config.json is not a BERT config: {e}")))?;
+        let fail = |what: String| StageError::run(format!("local model {}: {what}", dir.display()));
+        let config: Config =
+            serde_json::from_value(read_json(&dir.join("config.json")).map_err(fail)?)
+                .map_err(|e| fail(format!("config.json is not a BERT config: {e}")))?;
         // sentence-transformers' own settings; the defaults are all-MiniLM-L6-v2's.
         let st_config = dir.join("sentence_bert_config.json");
         let max_seq_length = if st_config.is_file() {
@@ -96,8 +96,9 @@ impl LocalModel {
         let weights = dir.join("model.safetensors");
         // Safety: the file is memory-mapped read-only; it must not be changed while in use
         // (the model directory is ours or the user's, not rewritten during a run).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu) }
-            .map_err(|e| fail(format!("model.safetensors: {e}")))?;
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu) }
+                .map_err(|e| fail(format!("model.safetensors: {e}")))?;
         let bert = BertModel::load(vb, &config)
             .map_err(|e| fail(format!("model.safetensors does not hold this BERT: {e}")))?;
         Ok(LocalModel {
@@ -182,7 +183,11 @@ impl LocalModel {
         let mut pooled = summed.broadcast_div(&counts)?;
         if self.normalize {
             // torch.nn.functional.normalize: x / max(||x||, 1e-12).
-            let norms = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
+            let norms = pooled
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .clamp(1e-12, f32::MAX)?;
             pooled = pooled.broadcast_div(&norms)?;
         }
         pooled.to_vec2::<f32>()

@@ -125,12 +125,8 @@ impl EmbedConfig {
             return Ok(Embedder::Hashing(Hashing::new(dims)));
         }
         if !self.is_local() {
-            let remote = Remote::build(
-                ctx,
-                &self.provider,
-                self.dimensions,
-                self.max_input_tokens,
-            )?;
+            let remote =
+                Remote::build(ctx, &self.provider, self.dimensions, self.max_input_tokens)?;
             return Ok(Embedder::Remote(Arc::new(remote)));
         }
         let explicit = self.model_dir.as_deref().map(|d| ctx.resolve(d));
@@ -336,17 +332,13 @@ impl Embedder {
                     model.embed(&refs)
                 })
                 .await
-                .unwrap_or_else(|e| {
-                    Err(StageError::record(format!("local embedding model: {e}")))
-                });
+                .unwrap_or_else(|e| Err(StageError::record(format!("local embedding model: {e}"))));
                 match embedded {
                     Ok(e) => (e.vectors.into_iter().map(Ok).collect(), e.truncated),
                     Err(error) => ((0..count).map(|_| Err(error.clone())).collect(), 0),
                 }
             }
-            Embedder::Hashing(hashing) => {
-                (texts.iter().map(|t| Ok(hashing.embed(t))).collect(), 0)
-            }
+            Embedder::Hashing(hashing) => (texts.iter().map(|t| Ok(hashing.embed(t))).collect(), 0),
         }
     }
 }
@@ -359,7 +351,9 @@ impl TextEmbedder for Embedder {
 
     async fn embed_query(&self, text: &str) -> Result<Vec<f32>, StageError> {
         if text.trim().is_empty() {
-            return Err(StageError::record("nothing to embed: the question is empty"));
+            return Err(StageError::record(
+                "nothing to embed: the question is empty",
+            ));
         }
         let (mut vectors, _) = self.embed(vec![text.to_string()]).await;
         vectors
@@ -497,7 +491,9 @@ impl BatchProcessor for Embed {
             .map(|(record, input)| {
                 let input = input?;
                 let vector = vectors.next().unwrap_or_else(|| {
-                    Err(StageError::record("the embedder returned fewer vectors than texts"))
+                    Err(StageError::record(
+                        "the embedder returned fewer vectors than texts",
+                    ))
                 })?;
                 Ok(vec![Record::new(
                     record.id.clone(),
@@ -630,15 +626,19 @@ mod tests {
     async fn json_records_are_embedded_from_their_text_field_and_bad_ones_fail_alone() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = BuildContext::standalone("embed", dir.path());
-        let BuiltStage::Batch(stage) = config(json!({ "provider": "hashing", "text_field": "summary.text" }))
-            .build(&ctx)
-            .await
-            .unwrap()
+        let BuiltStage::Batch(stage) =
+            config(json!({ "provider": "hashing", "text_field": "summary.text" }))
+                .build(&ctx)
+                .await
+                .unwrap()
         else {
             panic!("a batch processor");
         };
         let batch = [
-            json_record("ok", json!({ "summary": { "text": "Aquarius is the lifeboat" } })),
+            json_record(
+                "ok",
+                json!({ "summary": { "text": "Aquarius is the lifeboat" } }),
+            ),
             json_record("missing", json!({ "summary": {} })),
             json_record("number", json!({ "summary": { "text": 13 } })),
             json_record("empty", json!({ "summary": { "text": "  " } })),
@@ -652,7 +652,10 @@ mod tests {
             Hashing::new(384).embed("Aquarius is the lifeboat")
         );
         let error = |i: usize| out[i].as_ref().unwrap_err().message.clone();
-        assert_eq!(error(1), "record has no field `summary.text` (set `text_field`)");
+        assert_eq!(
+            error(1),
+            "record has no field `summary.text` (set `text_field`)"
+        );
         assert_eq!(error(2), "field `summary.text` is a number, not a string");
         assert_eq!(error(3), "nothing to embed: the text is empty");
         assert!(
@@ -706,7 +709,8 @@ mod tests {
         let err = err.unwrap_err();
         assert_eq!(err.class, ErrorClass::Run);
         assert!(
-            err.message.starts_with("dimensions: the vector size of model `nomic-embed-text`"),
+            err.message
+                .starts_with("dimensions: the vector size of model `nomic-embed-text`"),
             "{err}"
         );
         let (ok, ctx) = build("nomic-embed-text", "openai", json!({ "dimensions": 768 })).await;
@@ -729,11 +733,23 @@ mod tests {
             ..BuildContext::standalone("store", dir.path())
         };
         assert_eq!(facts.upstream_fact("embedding.dimensions").unwrap().1, 3072);
-        let (err, _) = build("text-embedding-ada-002", "openai", json!({ "dimensions": 512 })).await;
+        let (err, _) = build(
+            "text-embedding-ada-002",
+            "openai",
+            json!({ "dimensions": 512 }),
+        )
+        .await;
         assert!(
-            err.unwrap_err().message.contains("cannot shorten them to 512"),
+            err.unwrap_err()
+                .message
+                .contains("cannot shorten them to 512"),
         );
-        let (err, _) = build("text-embedding-3-small", "openai", json!({ "dimensions": 4096 })).await;
+        let (err, _) = build(
+            "text-embedding-3-small",
+            "openai",
+            json!({ "dimensions": 4096 }),
+        )
+        .await;
         assert!(err.unwrap_err().message.contains("more than model"));
         let (err, _) = build("claude-sonnet-4", "anthropic", json!({})).await;
         assert!(err.unwrap_err().message.contains("has no embeddings API"));

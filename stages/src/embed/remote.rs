@@ -7,7 +7,9 @@ use crate::chunk::splitter::Tokenizer;
 use crate::provider::{OPENAI_URL, failed};
 use connectors::{ApiKey, Embeddings, OpenAiClient};
 use pipeline::policy::items::Item;
-use pipeline::policy::{Answer, CallPolicy, Price, ProviderSpec, ServerLimits, TokenUsage, cache_key};
+use pipeline::policy::{
+    Answer, CallPolicy, Price, ProviderSpec, ServerLimits, TokenUsage, cache_key,
+};
 use pipeline::{BuildContext, StageError};
 use serde_json::json;
 
