@@ -319,7 +319,7 @@ def load_chunks(path, limit):
     return texts
 
 
-def make_chunks(directory):
+def make_chunks(directory, profile):
     """The corpus chunked by the reference pipeline's chunk stage (files -> chunk -> jsonl)."""
     corpus = os.environ.get("PIPE_CORPUS", str(ROOT.parent / "shared/corpus/apollo13/transcripts"))
     pipeline = Path(directory) / "chunks.yaml"
@@ -338,7 +338,7 @@ def make_chunks(directory):
 """
     )
     subprocess.run(
-        ["cargo", "run", "--release", "--quiet", "--bin", "pipe", "--", "run", str(pipeline),
+        ["cargo", "run", "--profile", profile, "--quiet", "--bin", "pipe", "--", "run", str(pipeline),
          "--quiet", "--state-dir", str(Path(directory) / ".pipe")],
         cwd=ROOT,
         check=True,
@@ -350,7 +350,7 @@ def bench(args):
     model_dir = find_model()
     model = Model(model_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        chunks = Path(args.chunks) if args.chunks else make_chunks(tmp)
+        chunks = Path(args.chunks) if args.chunks else make_chunks(tmp, args.cargo_profile)
         texts = load_chunks(chunks, args.limit)
         print(f"{len(texts)} chunks from {chunks}; model {model_dir}; batch {args.batch}", flush=True)
 
@@ -358,7 +358,8 @@ def bench(args):
         rust_out = Path(tmp) / "rust.json"
         env = dict(os.environ, PIPE_EMBED_MODEL=str(model_dir))
         subprocess.run(
-            ["cargo", "bench", "--quiet", "--bench", "embed", "--", str(chunks),
+            ["cargo", "bench", "--profile", args.cargo_profile, "--quiet", "--bench", "embed", "--",
+             str(chunks),
              "--limit", str(args.limit or 0), "--batch", str(args.batch), "--out", str(rust_out)],
             cwd=ROOT,
             env=env,
@@ -410,6 +411,12 @@ def main():
     b.add_argument("--batch", type=int, default=32)
     b.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     b.add_argument("--numpy-texts", type=int, default=32)
+    b.add_argument(
+        "--cargo-profile",
+        default="bench",
+        help="cargo profile of the Rust side: `bench` (opt-level 3, a long cold build) or `dev` "
+        "(dependencies such as candle at opt-level 2, the workspace unoptimised)",
+    )
     args = parser.parse_args()
     {"reference": reference, "bench": bench}[args.command](args)
 
