@@ -1,7 +1,7 @@
 //! The one HTTP request path shared by every vendor client: send JSON, read JSON, and turn
 //! anything else into a classified [`Failure`] with the key scrubbed from the message.
 
-use crate::failure::{Failure, FailureClass, classify_status};
+use crate::failure::{Billed, Failure, FailureClass, classify_response};
 use crate::ratelimit::{RateLimitSnapshot, retry_after};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
@@ -66,27 +66,42 @@ pub(crate) async fn send_json(
     let response = request.send().await.map_err(transport)?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let text = response.text().await.map_err(transport)?;
+    let text = response.text().await.map_err(|e| {
+        let mut failure = transport(e);
+        if (200..300).contains(&status) {
+            // The answer was generated (and billed) but arrived cut off.
+            failure.billed = Billed::Unknown;
+        }
+        failure
+    })?;
     if !(200..300).contains(&status) {
         let wait = retry_after(
             |n| headers.get(n).and_then(|v| v.to_str().ok()),
             SystemTime::now(),
         );
-        // Both vendors put the reason at error.message.
-        let detail = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::Null);
+        // Both vendors put the reason at error.message, and OpenAI a code at error.code
+        // (Anthropic: the type) — shown, since it says what to do (`insufficient_quota`).
+        let detail = body["error"]["message"]
+            .as_str()
+            .map(str::to_string)
             .unwrap_or_else(|| text.chars().take(200).collect());
+        let code = body["error"]["code"]
+            .as_str()
+            .or_else(|| body["error"]["type"].as_str())
+            .map(|c| format!(" {c}"))
+            .unwrap_or_default();
         // Either vendor's header names: the error path does not know which vendor it serves.
         let mut rate_limit = RateLimitSnapshot::from_openai(header(&headers));
         if rate_limit.is_empty() {
             rate_limit = RateLimitSnapshot::from_anthropic(header(&headers), SystemTime::now());
         }
         return Err(Failure {
-            class: classify_status(status, wait),
+            class: classify_response(status, wait, &body),
             status: Some(status),
-            message: key.scrub(&format!("{what}: HTTP {status}: {detail}")),
+            message: key.scrub(&format!("{what}: HTTP {status}{code}: {detail}")),
             rate_limit: Box::new(rate_limit),
+            billed: Billed::Nothing,
         });
     }
     let value = serde_json::from_str(&text)
@@ -95,12 +110,16 @@ pub(crate) async fn send_json(
 }
 
 /// A 200 whose body is not what the API promises: a transient server fault, worth a retry.
+/// The provider generated an answer for it, so it is billed, by an amount nobody can read.
 pub(crate) fn malformed(what: &str) -> Failure {
-    Failure::new(
-        FailureClass::Retryable { retry_after: None },
-        Some(200),
-        format!("malformed response: {what}"),
-    )
+    Failure {
+        billed: Billed::Unknown,
+        ..Failure::new(
+            FailureClass::Retryable { retry_after: None },
+            Some(200),
+            format!("malformed response: {what}"),
+        )
+    }
 }
 
 pub(crate) fn header<'a>(headers: &'a HeaderMap) -> impl Fn(&str) -> Option<&'a str> {

@@ -5,8 +5,9 @@
 //! The client makes exactly one attempt per call and classifies what went wrong; retries,
 //! rate limits and timeouts belong to the pipeline's policy layer, not here.
 
-use crate::failure::Failure;
+use crate::failure::{Failure, FailureClass};
 use crate::http::{self, ApiKey, header, malformed};
+use crate::models::is_reasoning_model;
 use crate::ratelimit::RateLimitSnapshot;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -72,6 +73,89 @@ pub struct Embeddings {
     pub rate_limit: RateLimitSnapshot,
 }
 
+/// The JSON body of a chat request. Reasoning models (o-series, gpt-5) take
+/// `max_completion_tokens` (their output includes the hidden reasoning) and only the default
+/// temperature: theirs get no `temperature` at all.
+pub fn chat_body(request: &ChatRequest) -> Value {
+    let reasoning = is_reasoning_model(&request.model);
+    let mut body = json!({ "model": request.model, "messages": request.messages });
+    if let Some(max) = request.max_tokens {
+        let field = if reasoning {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        body[field] = json!(max);
+    }
+    if let Some(t) = request.temperature.filter(|_| !reasoning) {
+        body["temperature"] = json!(t);
+    }
+    if let Some((name, schema)) = &request.json_schema {
+        body["response_format"] = json!({
+            "type": "json_schema",
+            "json_schema": { "name": name, "schema": schema, "strict": request.strict_schema }
+        });
+    }
+    body
+}
+
+/// A chat completion's body: the answer, or why it cannot be used. A refusal
+/// (`message.refusal`), an answer the content filter withheld, or one cut off before any text
+/// are record errors (asking again gets the same); they are billed, so their usage comes along.
+pub fn parse_chat(value: &Value) -> Result<Completion, Failure> {
+    let usage = Usage {
+        input_tokens: value["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+        output_tokens: value["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+        cached_input_tokens: value["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap_or(0),
+        cache_write_tokens: 0,
+    };
+    let choice = &value["choices"][0];
+    let finish_reason = choice["finish_reason"].as_str().map(str::to_string);
+    if let Some(refusal) = choice["message"]["refusal"]
+        .as_str()
+        .filter(|r| !r.is_empty())
+    {
+        return Err(Failure::unusable(
+            FailureClass::Record,
+            format!("the model refused: {refusal}"),
+            usage,
+        ));
+    }
+    let Some(content) = choice["message"]["content"].as_str() else {
+        let (class, message) = match finish_reason.as_deref() {
+            Some("content_filter") => (
+                FailureClass::Record,
+                "no answer: the provider's content filter withheld it".to_string(),
+            ),
+            Some("length") => (
+                FailureClass::Record,
+                format!(
+                    "no answer: all {} output tokens were spent before any text (a reasoning \
+                     model spends them on reasoning: raise max_tokens)",
+                    usage.output_tokens
+                ),
+            ),
+            _ => (
+                FailureClass::Retryable { retry_after: None },
+                "malformed response: chat completion without choices[0].message.content"
+                    .to_string(),
+            ),
+        };
+        if value["usage"].is_object() {
+            return Err(Failure::unusable(class, message, usage));
+        }
+        return Err(malformed("chat completion without choices or usage"));
+    };
+    Ok(Completion {
+        content: content.to_string(),
+        finish_reason,
+        usage,
+        rate_limit: RateLimitSnapshot::default(),
+    })
+}
+
 #[derive(Clone, Debug)]
 pub struct OpenAiClient {
     http: reqwest::Client,
@@ -90,38 +174,16 @@ impl OpenAiClient {
     }
 
     pub async fn chat(&self, request: &ChatRequest) -> Result<Completion, Failure> {
-        let mut body = json!({ "model": request.model, "messages": request.messages });
-        if let Some(max) = request.max_tokens {
-            body["max_tokens"] = json!(max);
-        }
-        if let Some(t) = request.temperature {
-            body["temperature"] = json!(t);
-        }
-        if let Some((name, schema)) = &request.json_schema {
-            body["response_format"] = json!({
-                "type": "json_schema",
-                "json_schema": { "name": name, "schema": schema, "strict": request.strict_schema }
-            });
-        }
-        let (value, rate_limit) = self.post("chat/completions", &body).await?;
-        let choice = &value["choices"][0];
-        let content = choice["message"]["content"]
-            .as_str()
-            .ok_or_else(|| malformed("chat completion without choices[0].message.content"))?
-            .to_string();
-        Ok(Completion {
-            content,
-            finish_reason: choice["finish_reason"].as_str().map(str::to_string),
-            usage: Usage {
-                input_tokens: value["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
-                output_tokens: value["usage"]["completion_tokens"].as_u64().unwrap_or(0),
-                cached_input_tokens: value["usage"]["prompt_tokens_details"]["cached_tokens"]
-                    .as_u64()
-                    .unwrap_or(0),
-                cache_write_tokens: 0,
-            },
-            rate_limit,
-        })
+        let (value, rate_limit) = self.post("chat/completions", &chat_body(request)).await?;
+        parse_chat(&value)
+            .map(|mut c| {
+                c.rate_limit = rate_limit.clone();
+                c
+            })
+            .map_err(|mut f| {
+                f.rate_limit = Box::new(rate_limit);
+                f
+            })
     }
 
     pub async fn embed(&self, model: &str, inputs: &[String]) -> Result<Embeddings, Failure> {
@@ -180,5 +242,95 @@ impl OpenAiClient {
             .json(body);
         let (value, headers) = http::send_json(request, path, &self.key).await?;
         Ok((value, RateLimitSnapshot::from_openai(header(&headers))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::Billed;
+
+    fn request(model: &str) -> ChatRequest {
+        ChatRequest {
+            model: model.into(),
+            messages: vec![ChatMessage::user("hi")],
+            max_tokens: Some(300),
+            temperature: Some(0.2),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reasoning_models_get_max_completion_tokens_and_no_temperature() {
+        let plain = chat_body(&request("gpt-4o-mini"));
+        assert_eq!(plain["max_tokens"], 300);
+        assert!(plain.get("max_completion_tokens").is_none());
+        assert!((plain["temperature"].as_f64().unwrap() - 0.2).abs() < 1e-6);
+        for model in ["o3-mini", "gpt-5-mini"] {
+            let body = chat_body(&request(model));
+            assert_eq!(body["max_completion_tokens"], 300, "{model}");
+            assert!(body.get("max_tokens").is_none(), "{model}");
+            assert!(body.get("temperature").is_none(), "{model}");
+        }
+    }
+
+    fn completion(message: Value, finish_reason: &str) -> Value {
+        json!({
+            "choices": [{ "index": 0, "message": message, "finish_reason": finish_reason }],
+            "usage": { "prompt_tokens": 120, "completion_tokens": 12,
+                       "prompt_tokens_details": { "cached_tokens": 0 } }
+        })
+    }
+
+    fn billed(failure: &Failure) -> Usage {
+        match failure.billed {
+            Billed::Usage(usage) => usage,
+            other => panic!("expected billed usage, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refusals_and_empty_answers_are_billed_failures() {
+        let refused = parse_chat(&completion(
+            json!({ "role": "assistant", "content": null,
+                    "refusal": "I'm sorry, but I can't help with that." }),
+            "stop",
+        ))
+        .unwrap_err();
+        assert_eq!(refused.class, FailureClass::Record);
+        assert_eq!(
+            refused.message,
+            "the model refused: I'm sorry, but I can't help with that."
+        );
+        assert_eq!(billed(&refused).input_tokens, 120);
+        assert_eq!(billed(&refused).output_tokens, 12);
+        let filtered = parse_chat(&completion(
+            json!({ "role": "assistant", "content": null }),
+            "content_filter",
+        ))
+        .unwrap_err();
+        assert_eq!(filtered.class, FailureClass::Record);
+        let spent = parse_chat(&completion(
+            json!({ "role": "assistant", "content": null }),
+            "length",
+        ))
+        .unwrap_err();
+        assert_eq!(spent.class, FailureClass::Record);
+        assert!(
+            spent.message.contains("raise max_tokens"),
+            "{}",
+            spent.message
+        );
+        let odd = parse_chat(&completion(json!({ "role": "assistant" }), "stop")).unwrap_err();
+        assert!(matches!(odd.class, FailureClass::Retryable { .. }));
+        assert_eq!(billed(&odd).output_tokens, 12);
+        let no_usage = parse_chat(&json!({ "choices": [] })).unwrap_err();
+        assert_eq!(no_usage.billed, Billed::Unknown);
+        let ok = parse_chat(&completion(
+            json!({ "role": "assistant", "content": "fine", "refusal": null }),
+            "stop",
+        ))
+        .unwrap();
+        assert_eq!((ok.content.as_str(), ok.usage.input_tokens), ("fine", 120));
     }
 }

@@ -1,28 +1,77 @@
 //! Deterministic content: token counting, extraction JSON, sentences, embeddings.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tiktoken_rs::cl100k_base_singleton;
+use tiktoken_rs::{CoreBPE, cl100k_base_singleton, o200k_base_singleton};
+
+/// A tiktoken encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// GPT-4, GPT-3.5, the embedding models.
+    #[default]
+    Cl100kBase,
+    /// GPT-4o, GPT-4.1, GPT-5, the o-series.
+    O200kBase,
+}
+
+impl Encoding {
+    fn bpe(self) -> &'static CoreBPE {
+        match self {
+            Encoding::Cl100kBase => cl100k_base_singleton(),
+            Encoding::O200kBase => o200k_base_singleton(),
+        }
+    }
+
+    /// The token ids of `text` (special tokens treated as text).
+    pub fn encode(self, text: &str) -> Vec<u32> {
+        self.bpe().encode_ordinary(text)
+    }
+
+    /// Number of tokens in `text` (special tokens treated as text).
+    pub fn count(self, text: &str) -> u64 {
+        self.encode(text).len() as u64
+    }
+
+    /// Cuts `text` to at most `max` tokens. Returns the (possibly shortened)
+    /// text and whether it was cut.
+    pub fn truncate(self, text: &str, max: u64) -> (String, bool) {
+        let bpe = self.bpe();
+        let toks = bpe.encode_ordinary(text);
+        if toks.len() as u64 <= max {
+            return (text.to_string(), false);
+        }
+        let n = usize::try_from(max).unwrap_or(usize::MAX).min(toks.len());
+        let bytes = bpe.decode_bytes(&toks[..n]).unwrap_or_default();
+        let s = match std::str::from_utf8(&bytes) {
+            Ok(s) => s.to_string(),
+            Err(e) => String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned(),
+        };
+        (s, true)
+    }
+
+    /// Like [`Encoding::truncate`], also returning the token count of the
+    /// result (one encoding when nothing is cut).
+    pub fn truncate_counted(self, text: String, max: u64) -> (String, bool, u64) {
+        let n = self.count(&text);
+        if n <= max {
+            return (text, false, n);
+        }
+        let (cut, _) = self.truncate(&text, max);
+        let n = self.count(&cut);
+        (cut, true, n)
+    }
+}
 
 /// Number of cl100k_base tokens in `text` (special tokens treated as text).
 pub fn count_tokens(text: &str) -> u64 {
-    cl100k_base_singleton().encode_ordinary(text).len() as u64
+    Encoding::Cl100kBase.count(text)
 }
 
 /// Cuts `text` to at most `max` cl100k tokens. Returns the (possibly
 /// shortened) text and whether it was cut.
 pub fn truncate_to_tokens(text: &str, max: u64) -> (String, bool) {
-    let bpe = cl100k_base_singleton();
-    let toks = bpe.encode_ordinary(text);
-    if toks.len() as u64 <= max {
-        return (text.to_string(), false);
-    }
-    let n = usize::try_from(max).unwrap_or(usize::MAX).min(toks.len());
-    let bytes = bpe.decode_bytes(&toks[..n]).unwrap_or_default();
-    let s = match std::str::from_utf8(&bytes) {
-        Ok(s) => s.to_string(),
-        Err(e) => String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned(),
-    };
-    (s, true)
+    Encoding::Cl100kBase.truncate(text, max)
 }
 
 const STOPWORDS: &[&str] = &[
@@ -104,19 +153,64 @@ fn runs(text: &str) -> Vec<(String, bool)> {
     out
 }
 
-/// Extraction-shaped JSON built from capitalised words and acronyms of `text`.
+/// What the heuristic extractor found in one text.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Doc {
+    pub entities: Vec<Entity>,
+    pub relations: Vec<Relation>,
+}
+
+/// How an entity was recognised; decides its type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntityKind {
+    /// A speaker label (`CDR:`).
+    Speaker,
+    /// A capitalised run containing an acronym (`O2 TANK`).
+    Acronym,
+    /// Any other capitalised run (`Mission Control`).
+    Other,
+}
+
+impl EntityKind {
+    /// The type used when the schema has no `enum` for it.
+    pub fn label(self) -> &'static str {
+        match self {
+            EntityKind::Speaker => "PERSON",
+            EntityKind::Acronym => "EQUIPMENT",
+            EntityKind::Other => "PROPER_NOUN",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entity {
+    pub name: String,
+    pub kind: EntityKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Relation {
+    pub source: String,
+    pub target: String,
+    /// `MENTIONS` (speaker to what it mentions) or `RELATED_TO` (consecutive entities).
+    pub kind: &'static str,
+}
+
+/// Entities and relations of `text`, from capitalised words and acronyms.
 ///
-/// Speaker labels (`"CDR:"`) become `PERSON`, runs containing an acronym
-/// `EQUIPMENT`, other capitalised runs `PROPER_NOUN`. Relations link each
+/// Speaker labels (`"CDR:"`) are speakers, runs containing an acronym
+/// equipment, other capitalised runs proper nouns. Relations link each
 /// speaker to what it mentions (`MENTIONS`); without speakers, consecutive
 /// entities are chained (`RELATED_TO`).
-pub fn extraction(text: &str) -> Value {
+pub fn extract(text: &str) -> Doc {
     const MAX: usize = 32;
-    let mut entities: Vec<(String, &'static str)> = Vec::new();
-    let mut relations: Vec<(String, String, &'static str)> = Vec::new();
-    let add_entity = |entities: &mut Vec<(String, &'static str)>, name: &str, ty| {
-        if entities.len() < MAX && !entities.iter().any(|(n, _)| n == name) {
-            entities.push((name.to_string(), ty));
+    let mut doc = Doc::default();
+    let add_entity = |doc: &mut Doc, name: &str, kind| {
+        if doc.entities.len() < MAX && !doc.entities.iter().any(|e| e.name == name) {
+            doc.entities.push(Entity {
+                name: name.to_string(),
+                kind,
+            });
         }
     };
     let mut any_speaker = false;
@@ -125,18 +219,23 @@ pub fn extraction(text: &str) -> Value {
         let (speaker, rest) = split_speaker(line);
         if let Some(s) = speaker {
             any_speaker = true;
-            add_entity(&mut entities, s, "PERSON");
+            add_entity(&mut doc, s, EntityKind::Speaker);
         }
         for (name, acr) in runs(rest) {
-            add_entity(
-                &mut entities,
-                &name,
-                if acr { "EQUIPMENT" } else { "PROPER_NOUN" },
-            );
+            let kind = if acr {
+                EntityKind::Acronym
+            } else {
+                EntityKind::Other
+            };
+            add_entity(&mut doc, &name, kind);
             if let Some(s) = speaker {
-                let rel = (s.to_string(), name.clone(), "MENTIONS");
-                if s != name && relations.len() < MAX && !relations.contains(&rel) {
-                    relations.push(rel);
+                let rel = Relation {
+                    source: s.to_string(),
+                    target: name.clone(),
+                    kind: "MENTIONS",
+                };
+                if s != name && doc.relations.len() < MAX && !doc.relations.contains(&rel) {
+                    doc.relations.push(rel);
                 }
             }
             if !order.contains(&name) {
@@ -146,52 +245,96 @@ pub fn extraction(text: &str) -> Value {
     }
     if !any_speaker {
         for pair in order.windows(2) {
-            if relations.len() < MAX {
-                relations.push((pair[0].clone(), pair[1].clone(), "RELATED_TO"));
+            if doc.relations.len() < MAX {
+                doc.relations.push(Relation {
+                    source: pair[0].clone(),
+                    target: pair[1].clone(),
+                    kind: "RELATED_TO",
+                });
             }
         }
     }
+    doc
+}
+
+/// The extraction shape `{"entities":[{name,type}],"relations":[{source,target,type}]}`
+/// of `doc`.
+pub fn extraction_json(doc: &Doc) -> Value {
     json!({
-        "entities": entities.iter().map(|(n, t)| json!({"name": n, "type": t})).collect::<Vec<_>>(),
-        "relations": relations
+        "entities": doc.entities.iter().map(|e| json!({"name": e.name, "type": e.kind.label()})).collect::<Vec<_>>(),
+        "relations": doc.relations
             .iter()
-            .map(|(s, t, ty)| json!({"source": s, "target": t, "type": ty}))
+            .map(|r| json!({"source": r.source, "target": r.target, "type": r.kind}))
             .collect::<Vec<_>>(),
     })
 }
 
+/// Extraction-shaped JSON of `text` (see [`extract`]).
+pub fn extraction(text: &str) -> Value {
+    extraction_json(&extract(text))
+}
+
+/// A JSON Schema of the extraction shape, used to make and recognise
+/// mistakes when a request asks for JSON without giving a schema.
+pub fn extraction_schema() -> &'static Value {
+    static SCHEMA: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        json!({
+            "type": "object",
+            "required": ["entities", "relations"],
+            "properties": {
+                "entities": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["name", "type"],
+                    "properties": {"name": {"type": "string"}, "type": {"type": "string"}}
+                }},
+                "relations": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["source", "target", "type"],
+                    "properties": {
+                        "source": {"type": "string"},
+                        "target": {"type": "string"},
+                        "type": {"type": "string"}
+                    }
+                }}
+            }
+        })
+    })
+}
+
+const S: [&str; 8] = [
+    "The telemetry",
+    "The crew",
+    "Mission control",
+    "The guidance computer",
+    "The flight plan",
+    "The service module",
+    "The lunar module",
+    "The checklist",
+];
+const V: [&str; 8] = [
+    "confirms",
+    "reviews",
+    "summarises",
+    "flags",
+    "records",
+    "verifies",
+    "updates",
+    "reports",
+];
+const O: [&str; 8] = [
+    "the current status",
+    "the burn parameters",
+    "an anomaly in the data",
+    "the next procedure",
+    "the consumables estimate",
+    "the communication window",
+    "the attitude readings",
+    "the power budget",
+];
+
 /// A short deterministic sentence chosen by `hash`.
 pub fn sentence(hash: &blake3::Hash) -> String {
-    const S: [&str; 8] = [
-        "The telemetry",
-        "The crew",
-        "Mission control",
-        "The guidance computer",
-        "The flight plan",
-        "The service module",
-        "The lunar module",
-        "The checklist",
-    ];
-    const V: [&str; 8] = [
-        "confirms",
-        "reviews",
-        "summarises",
-        "flags",
-        "records",
-        "verifies",
-        "updates",
-        "reports",
-    ];
-    const O: [&str; 8] = [
-        "the current status",
-        "the burn parameters",
-        "an anomaly in the data",
-        "the next procedure",
-        "the consumables estimate",
-        "the communication window",
-        "the attitude readings",
-        "the power budget",
-    ];
     let b = hash.as_bytes();
     let hex = hash.to_hex();
     format!(
@@ -201,6 +344,55 @@ pub fn sentence(hash: &blake3::Hash) -> String {
         V[usize::from(b[1] % 8)],
         O[usize::from(b[2] % 8)]
     )
+}
+
+fn follow_up(i: usize) -> String {
+    format!(" {} {} {}.", S[i / 64], V[(i / 8) % 8], O[i % 8])
+}
+
+/// Token counts of every follow-up sentence (`" " + sentence`), so a long
+/// answer is assembled without encoding it again. A follow-up starts with a
+/// space and ends with a period, so cl100k's pre-tokenizer never merges
+/// across two of them: the count of a concatenation is the sum.
+fn follow_up_counts(enc: Encoding) -> &'static [u64; 512] {
+    use std::sync::OnceLock;
+    static CL100K: OnceLock<[u64; 512]> = OnceLock::new();
+    static O200K: OnceLock<[u64; 512]> = OnceLock::new();
+    let cell = match enc {
+        Encoding::Cl100kBase => &CL100K,
+        Encoding::O200kBase => &O200K,
+    };
+    cell.get_or_init(|| std::array::from_fn(|i| enc.count(&follow_up(i))))
+}
+
+/// A deterministic answer of exactly `n` tokens of `enc`: the short sentence
+/// of `hash`, then sentences drawn from the hash's XOF, the last one cut to fit.
+pub fn long_text(enc: Encoding, hash: &blake3::Hash, n: u64) -> String {
+    let first = sentence(hash);
+    let first_count = enc.count(&first);
+    if n <= first_count {
+        return enc.truncate(&first, n).0;
+    }
+    let counts = follow_up_counts(enc);
+    let mut xof = blake3::Hasher::new_derive_key("pipe-sim long answer")
+        .update(hash.as_bytes())
+        .finalize_xof();
+    let mut out = first;
+    let mut have = first_count;
+    while have < n {
+        let mut pick = [0u8; 2];
+        xof.fill(&mut pick);
+        let i = usize::from(u16::from_le_bytes(pick)) % 512;
+        let c = counts[i];
+        if have + c <= n {
+            out.push_str(&follow_up(i));
+            have += c;
+        } else {
+            out.push_str(&enc.truncate(&follow_up(i), n - have).0);
+            have = n;
+        }
+    }
+    out
 }
 
 /// Deterministic L2-normalised vector from blake3 XOF of `text`.
@@ -276,6 +468,30 @@ mod tests {
             .filter_map(|e| e["name"].as_str())
             .collect();
         assert_eq!(names, ["CAPCOM", "Apollo Thirteen", "Mission Control"]);
+    }
+
+    #[test]
+    fn long_text_has_exactly_the_requested_tokens() {
+        for enc in [Encoding::Cl100kBase, Encoding::O200kBase] {
+            for seed in 0..40u32 {
+                let hash = blake3::hash(&seed.to_le_bytes());
+                for n in [1, 5, 13, 14, 50, 97, 300, 1000] {
+                    let text = long_text(enc, &hash, n);
+                    assert_eq!(enc.count(&text), n, "{enc:?} seed {seed} n {n}: {text:?}");
+                }
+            }
+        }
+        let a = long_text(Encoding::Cl100kBase, &blake3::hash(b"x"), 200);
+        assert_eq!(a, long_text(Encoding::Cl100kBase, &blake3::hash(b"x"), 200));
+    }
+
+    #[test]
+    fn encodings_differ() {
+        let text = "Houston, we have had a problem with the oxygen tank. ".repeat(5);
+        assert_ne!(
+            Encoding::Cl100kBase.encode(&text),
+            Encoding::O200kBase.encode(&text)
+        );
     }
 
     #[test]

@@ -4,16 +4,23 @@
 //! This is a **test instrument**, not a model provider: every answer is
 //! synthesised deterministically from a blake3 hash of the request.
 
+mod answer;
 pub mod config;
 pub mod content;
+mod error;
+mod mistakes;
 pub mod ratelimit;
+mod request;
+pub mod schema;
 mod server;
 mod state;
 
 use std::net::SocketAddr;
 
-pub use config::SimConfig;
-pub use content::count_tokens;
+pub use config::{
+    AnswerLength, LatencyDrift, Phase, SimConfig, TokenCounting, Tokenizer, WrongJsonKind,
+};
+pub use content::{Encoding, count_tokens};
 
 /// Serves the simulator on `listener` until the task is dropped or an I/O
 /// error occurs.
@@ -22,6 +29,7 @@ pub async fn serve(listener: tokio::net::TcpListener, config: SimConfig) -> std:
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let state = state::AppState::new(config);
+    state.spawn_sampler();
     axum::serve(listener, server::router(state)).await
 }
 

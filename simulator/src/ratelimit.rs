@@ -1,4 +1,11 @@
 //! Token-bucket rate limiting with OpenAI-like short windows.
+//!
+//! Each bucket refills at `limit / 60` per second and holds at most
+//! `limit / 60 * burst_seconds`. A request larger than that capacity but not
+//! larger than the per-minute `limit` is still legal, as on the real API: it is
+//! admitted once the bucket is full and leaves the bucket in debt (below
+//! zero), so the average rate never exceeds the limit. Only a request larger
+//! than the whole per-minute limit can never be admitted.
 
 use std::time::{Duration, Instant};
 
@@ -41,14 +48,17 @@ impl Bucket {
         self.last = now;
     }
 
-    /// `None` = can never be admitted (bigger than the burst capacity).
+    /// `None` = can never be admitted (bigger than the per-minute limit).
+    /// A request bigger than the burst capacity needs a full bucket.
     fn wait_for(&self, amount: f64) -> Option<Duration> {
-        if amount > self.capacity {
-            None
-        } else if self.level >= amount {
+        if amount > self.limit as f64 {
+            return None;
+        }
+        let needed = amount.min(self.capacity);
+        if self.level >= needed {
             Some(Duration::ZERO)
         } else {
-            Some(Duration::from_secs_f64((amount - self.level) / self.rate))
+            Some(Duration::from_secs_f64((needed - self.level) / self.rate))
         }
     }
 
@@ -63,6 +73,16 @@ impl Bucket {
             reset: self.time_to_full(),
         }
     }
+
+    /// The same bucket under a new limit: the level (debt included) is kept,
+    /// capped at the new capacity.
+    fn relimit(&self, limit: u64, burst_seconds: f64, now: Instant) -> Self {
+        let mut b = Bucket::new(limit, burst_seconds, now);
+        let mut old = self.clone();
+        old.refill(now);
+        b.level = old.level.min(b.capacity);
+        b
+    }
 }
 
 /// Snapshot of both buckets (`None` where unlimited).
@@ -75,12 +95,14 @@ pub struct Snapshot {
 /// Why a request was refused.
 #[derive(Debug, Clone)]
 pub struct Denied {
+    /// Time until the request could be admitted (for `too_large`: until the
+    /// bucket is full, which does not help).
     pub retry_after: Duration,
     /// "requests" or "tokens".
     pub which: &'static str,
     pub limit: u64,
     pub requested: u64,
-    /// The request can never fit in the burst window.
+    /// The request is bigger than the per-minute limit: it can never be admitted.
     pub too_large: bool,
 }
 
@@ -88,6 +110,7 @@ pub struct Denied {
 pub struct Limiter {
     requests: Option<Bucket>,
     tokens: Option<Bucket>,
+    burst_seconds: f64,
 }
 
 impl Limiter {
@@ -95,7 +118,33 @@ impl Limiter {
         Self {
             requests: rpm.map(|l| Bucket::new(l, burst_seconds, now)),
             tokens: tpm.map(|l| Bucket::new(l, burst_seconds, now)),
+            burst_seconds,
         }
+    }
+
+    /// Applies new limits (a schedule phase). An unchanged limit keeps its
+    /// bucket; a changed one keeps its level up to the new capacity; a newly
+    /// limited dimension starts full.
+    pub fn set_limits(&mut self, rpm: Option<u64>, tpm: Option<u64>, now: Instant) {
+        let burst = self.burst_seconds;
+        let update = |bucket: &mut Option<Bucket>, limit: Option<u64>| {
+            *bucket = match (bucket.take(), limit) {
+                (_, None) => None,
+                (Some(b), Some(l)) if b.limit == l => Some(b),
+                (Some(b), Some(l)) => Some(b.relimit(l, burst, now)),
+                (None, Some(l)) => Some(Bucket::new(l, burst, now)),
+            };
+        };
+        update(&mut self.requests, rpm);
+        update(&mut self.tokens, tpm);
+    }
+
+    /// The configured limits, `(rpm, tpm)`.
+    pub fn limits(&self) -> (Option<u64>, Option<u64>) {
+        (
+            self.requests.as_ref().map(|b| b.limit),
+            self.tokens.as_ref().map(|b| b.limit),
+        )
     }
 
     pub fn peek(&mut self, now: Instant) -> Snapshot {
@@ -131,12 +180,10 @@ impl Limiter {
                 None => (b.time_to_full(), true),
             };
             if wait > Duration::ZERO || too_large {
-                let wait = if too_large {
-                    wait.max(Duration::from_secs(1))
-                } else {
-                    wait
-                };
-                let worse = denied.as_ref().is_none_or(|d| wait > d.retry_after);
+                // A request that can never pass outranks any wait.
+                let worse = denied
+                    .as_ref()
+                    .is_none_or(|d| (too_large, wait) > (d.too_large, d.retry_after));
                 if worse {
                     denied = Some(Denied {
                         retry_after: wait,
@@ -237,5 +284,40 @@ mod tests {
         assert_eq!(d.which, "requests");
         assert_eq!(d.retry_after, Duration::from_millis(500));
         assert!(l.try_acquire(0, now + Duration::from_millis(500)).is_ok());
+    }
+
+    #[test]
+    fn larger_than_burst_waits_for_a_full_bucket_then_goes_into_debt() {
+        let now = Instant::now();
+        // 6000 TPM, 1 s burst: capacity 100 tokens, refill 100/s.
+        let mut l = Limiter::new(None, Some(6000), 1.0, now);
+        let (d, _) = l
+            .try_acquire(6001, now)
+            .expect_err("above the minute limit");
+        assert!(d.too_large);
+        assert!(l.try_acquire(500, now).is_ok(), "a full bucket admits 500");
+        assert_eq!(l.peek(now).tokens.map(|t| t.remaining), Some(0));
+        // 400 in debt + 10 needed: 4.1 s.
+        let (d, _) = l.try_acquire(10, now).expect_err("in debt");
+        assert!(!d.too_large);
+        assert_eq!(d.retry_after, Duration::from_millis(4100));
+        // A large request waits for the full bucket, not for its own size.
+        let (d, _) = l
+            .try_acquire(500, now + Duration::from_millis(4500))
+            .expect_err("half full");
+        assert_eq!(d.retry_after, Duration::from_millis(500));
+        assert!(l.try_acquire(500, now + Duration::from_secs(5)).is_ok());
+    }
+
+    #[test]
+    fn new_limits_keep_the_level_up_to_the_new_capacity() {
+        let now = Instant::now();
+        let mut l = Limiter::new(Some(600), None, 1.0, now);
+        assert!(l.try_acquire(0, now).is_ok());
+        l.set_limits(Some(120), Some(6000), now);
+        let s = l.peek(now);
+        assert_eq!(s.requests.map(|r| (r.limit, r.remaining)), Some((120, 2)));
+        assert_eq!(s.tokens.map(|t| t.remaining), Some(100));
+        assert_eq!(l.limits(), (Some(120), Some(6000)));
     }
 }

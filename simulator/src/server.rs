@@ -6,14 +6,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
+use crate::answer::{Ask, Draws, answer};
 use crate::config::SimConfig;
-use crate::content::{base64, count_tokens, embedding, extraction, sentence, truncate_to_tokens};
+use crate::content::{base64, embedding};
+use crate::error::{ApiError, Vendor, insert, json_response};
 use crate::ratelimit::{Snapshot, format_reset, rfc3339};
+use crate::request::{Prepared, prepare_chat, prepare_embed, prepare_messages};
 use crate::state::{AppState, Billed, Fault};
 
 type St = State<Arc<AppState>>;
@@ -60,21 +63,6 @@ async fn set_config(State(st): St, body: Bytes) -> Response {
     }
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        v.to_string(),
-    )
-        .into_response()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Vendor {
-    OpenAi,
-    Anthropic,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
     Chat,
@@ -95,84 +83,6 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::Messages => "messages",
         }
-    }
-}
-
-/// A vendor-neutral error, rendered in the vendor's wire shape.
-struct ApiError {
-    status: StatusCode,
-    /// OpenAI `error.type`.
-    oa_type: &'static str,
-    /// OpenAI `error.code`.
-    oa_code: Option<&'static str>,
-    /// Anthropic `error.type`.
-    an_type: &'static str,
-    message: String,
-    retry_after: Option<Duration>,
-}
-
-impl ApiError {
-    fn bad_request(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            oa_type: "invalid_request_error",
-            oa_code: None,
-            an_type: "invalid_request_error",
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-    fn unauthorized(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::UNAUTHORIZED,
-            oa_type: "invalid_request_error",
-            oa_code: Some("invalid_api_key"),
-            an_type: "authentication_error",
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-    fn rate_limited(oa_type: &'static str, message: String, retry_after: Duration) -> Self {
-        Self {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            oa_type,
-            oa_code: Some("rate_limit_exceeded"),
-            an_type: "rate_limit_error",
-            message,
-            retry_after: Some(retry_after),
-        }
-    }
-
-    fn render(&self, vendor: Vendor) -> Response {
-        let body = match vendor {
-            Vendor::OpenAi => json!({"error": {
-                "message": self.message,
-                "type": self.oa_type,
-                "param": null,
-                "code": self.oa_code,
-            }}),
-            Vendor::Anthropic => json!({"type": "error", "error": {
-                "type": self.an_type,
-                "message": self.message,
-            }}),
-        };
-        let mut resp = json_response(self.status, &body);
-        if let Some(ra) = self.retry_after {
-            let secs = ra.as_secs() + u64::from(ra.subsec_nanos() > 0);
-            let h = resp.headers_mut();
-            insert(h, "retry-after", secs.max(1).to_string());
-            if vendor == Vendor::OpenAi {
-                let ms = ra.as_millis().max(1);
-                insert(h, "retry-after-ms", ms.to_string());
-            }
-        }
-        resp
-    }
-}
-
-fn insert(h: &mut HeaderMap, name: &'static str, value: String) {
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        h.insert(HeaderName::from_static(name), v);
     }
 }
 
@@ -224,7 +134,6 @@ fn add_ratelimit_headers(h: &mut HeaderMap, vendor: Vendor, snap: &Snapshot) {
         }
     }
 }
-
 async fn chat(State(st): St, headers: HeaderMap, body: Bytes) -> Response {
     api(st, Endpoint::Chat, headers, body).await
 }
@@ -253,26 +162,45 @@ fn api_key(vendor: Vendor, headers: &HeaderMap) -> Option<String> {
     }
 }
 
+/// Everything one request's handling needs, owned (it moves into the
+/// generation task).
+struct Req {
+    st: Arc<AppState>,
+    cfg: Arc<SimConfig>,
+    ep: Endpoint,
+    seq: u64,
+    draws: Draws,
+    /// Requests in flight when this one arrived (itself included).
+    level: u64,
+}
+
 /// Entry point shared by all vendor endpoints.
 async fn api(st: Arc<AppState>, ep: Endpoint, headers: HeaderMap, body: Bytes) -> Response {
     let guard = st.enter();
     let vendor = ep.vendor();
     let key = api_key(vendor, &headers);
     let body_hash = *blake3::hash(&body).as_bytes();
-    let (cfg, seq) = st
-        .lock()
-        .on_request(guard.level, body_hash, key.as_deref(), ep.name());
-    let (mut resp, snap) = process(
-        &st,
-        &cfg,
+    let (cfg, seq, draw_seed) =
+        st.lock()
+            .on_request(guard.level, body_hash, key.as_deref(), ep.name());
+    let req = Req {
+        st: Arc::clone(&st),
+        cfg,
         ep,
-        &headers,
-        &body,
-        key.as_deref(),
-        guard.level,
         seq,
-    )
-    .await;
+        draws: Draws {
+            seed: draw_seed,
+            body: body_hash,
+        },
+        level: guard.level,
+    };
+    let (mut resp, snap) = match process(req, &headers, &body, key.as_deref()).await {
+        Ok(done) => done,
+        Err((e, snap)) => {
+            st.lock().record_error_code(e.stat_code(vendor));
+            (e.render(vendor), snap)
+        }
+    };
     let snap = match snap {
         Some(s) => s,
         None => st.lock().limiter.peek(Instant::now()),
@@ -292,6 +220,550 @@ async fn api(st: Arc<AppState>, ep: Endpoint, headers: HeaderMap, body: Bytes) -
     resp
 }
 
+type Refused = (ApiError, Option<Snapshot>);
+
+fn quota_error(vendor: Vendor) -> ApiError {
+    match vendor {
+        Vendor::OpenAi => ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            oa_type: "insufficient_quota",
+            oa_code: Some("insufficient_quota"),
+            oa_param: None,
+            an_type: "invalid_request_error",
+            message: "You exceeded your current quota, please check your plan and billing details."
+                .into(),
+            retry_after: None,
+        },
+        // Anthropic refuses an exhausted account with a 400.
+        Vendor::Anthropic => ApiError::bad_request(
+            "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.",
+        ),
+    }
+}
+
+/// The request's prompt plus its token limit, against the model's window.
+fn context_error(prepared: &Prepared, window: u64) -> Option<ApiError> {
+    match prepared {
+        Prepared::Chat {
+            max_tokens,
+            prompt_tokens,
+            ..
+        } => {
+            let message = match max_tokens {
+                Some(m) if prompt_tokens + m > window => format!(
+                    "This model's maximum context length is {window} tokens. However, you requested {} tokens ({prompt_tokens} in the messages, {m} in the completion). Please reduce the length of the messages or completion.",
+                    prompt_tokens + m
+                ),
+                None if *prompt_tokens > window => format!(
+                    "This model's maximum context length is {window} tokens. However, your messages resulted in {prompt_tokens} tokens. Please reduce the length of the messages."
+                ),
+                _ => return None,
+            };
+            Some(
+                ApiError::bad_request(message)
+                    .with_param("messages")
+                    .with_code("context_length_exceeded"),
+            )
+        }
+        Prepared::Messages {
+            max_tokens,
+            input_total,
+            ..
+        } => {
+            if *input_total > window {
+                Some(ApiError::bad_request(format!(
+                    "prompt is too long: {input_total} tokens > {window} maximum"
+                )))
+            } else if input_total + max_tokens > window {
+                Some(ApiError::bad_request(format!(
+                    "input length and `max_tokens` exceed context limit: {input_total} + {max_tokens} > {window}, decrease input length or `max_tokens` and try again"
+                )))
+            } else {
+                None
+            }
+        }
+        Prepared::Embed { .. } => None,
+    }
+}
+
+fn overload_error(status: u16, vendor: Vendor) -> ApiError {
+    if status == 503 {
+        let (status, message) = match vendor {
+            Vendor::OpenAi => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The server is overloaded or not ready yet.",
+            ),
+            Vendor::Anthropic => (
+                StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "Overloaded",
+            ),
+        };
+        return ApiError {
+            status,
+            oa_type: "server_error",
+            oa_code: None,
+            oa_param: None,
+            an_type: "overloaded_error",
+            message: message.into(),
+            retry_after: None,
+        };
+    }
+    ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        oa_type: "server_error",
+        oa_code: None,
+        oa_param: None,
+        an_type: "overloaded_error",
+        message: "The server is currently overloaded with other requests. Please retry.".into(),
+        retry_after: Some(Duration::from_secs(1)),
+    }
+}
+
+async fn process(
+    req: Req,
+    headers: &HeaderMap,
+    body: &Bytes,
+    key: Option<&str>,
+) -> Result<(Response, Option<Snapshot>), Refused> {
+    let vendor = req.ep.vendor();
+    let cfg = Arc::clone(&req.cfg);
+    let st = Arc::clone(&req.st);
+    check_auth(vendor, headers, key, &cfg).map_err(|e| (e, None))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        (
+            ApiError::bad_request(format!(
+                "We could not parse the JSON body of your request: {e}"
+            )),
+            None,
+        )
+    })?;
+    let Some(obj) = value.as_object() else {
+        return Err((
+            ApiError::bad_request("request body must be a JSON object"),
+            None,
+        ));
+    };
+    let prepared = match req.ep {
+        Endpoint::Chat => prepare_chat(obj, &cfg),
+        Endpoint::Embeddings => prepare_embed(obj, &cfg),
+        Endpoint::Messages => prepare_messages(obj),
+    }
+    .map_err(|e| (e, None))?;
+    if !cfg.models.is_empty() && !cfg.models.iter().any(|m| m == prepared.model()) {
+        let model = prepared.model();
+        return Err((
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                oa_type: "invalid_request_error",
+                oa_code: Some("model_not_found"),
+                oa_param: None,
+                an_type: "not_found_error",
+                message: format!(
+                    "The model `{model}` does not exist or you do not have access to it."
+                ),
+                retry_after: None,
+            },
+            None,
+        ));
+    }
+    if let Some(quota) = cfg.quota_tokens
+        && st.lock().billed_tokens() >= quota
+    {
+        return Err((quota_error(vendor), None));
+    }
+    if let Some(window) = cfg.context_window
+        && let Some(e) = context_error(&prepared, window)
+    {
+        return Err((e, None));
+    }
+    let (effective, elapsed) = {
+        let mut g = st.lock();
+        let elapsed = g.elapsed_s();
+        let eff = cfg.effective(elapsed);
+        if g.limiter.limits() != (eff.rpm, eff.tpm) {
+            g.limiter.set_limits(eff.rpm, eff.tpm, Instant::now());
+        }
+        (eff, elapsed)
+    };
+    if let Some(h) = effective.hidden_concurrency
+        && req.level > u64::from(h)
+    {
+        st.lock().stats.concurrency_limited += 1;
+        return Err((overload_error(cfg.overload_status, vendor), None));
+    }
+    let (fault, base_latency) = st.lock().draw();
+    if fault == Fault::E429 {
+        st.lock().record_injected("429");
+        return Err((
+            ApiError::rate_limited(
+                "requests",
+                "Rate limit reached (simulated spurious 429). Please try again in 1s.".into(),
+                Duration::from_secs(1),
+            ),
+            None,
+        ));
+    }
+    let debit = prepared.debit(&cfg);
+    let admitted = {
+        let mut g = st.lock();
+        let r = g.limiter.try_acquire(debit, Instant::now());
+        match &r {
+            Ok(_) => g.stats.tokens_debited += debit,
+            Err(_) => g.stats.rate_limited += 1,
+        }
+        r
+    };
+    let snap = match admitted {
+        Ok(s) => s,
+        Err((d, snap)) => {
+            let unit = if d.which == "requests" {
+                "requests per min (RPM)"
+            } else {
+                "tokens per min (TPM)"
+            };
+            let model = prepared.model();
+            let e = if d.too_large {
+                // No wait makes it fit: no retry-after.
+                ApiError {
+                    retry_after: None,
+                    ..ApiError::rate_limited(
+                        d.which,
+                        format!(
+                            "Request too large for {model} in organization org-sim on {unit}: Limit {}, Requested {}. The input or output tokens must be reduced in order to run successfully.",
+                            d.limit, d.requested
+                        ),
+                        Duration::ZERO,
+                    )
+                }
+            } else {
+                ApiError::rate_limited(
+                    d.which,
+                    format!(
+                        "Rate limit reached for {model} in organization org-sim on {unit}: Limit {}, Requested {}. Please try again in {}.",
+                        d.limit,
+                        d.requested,
+                        format_reset(d.retry_after)
+                    ),
+                    d.retry_after,
+                )
+            };
+            return Err((e, Some(snap)));
+        }
+    };
+    if fault == Fault::E500 {
+        st.lock().record_injected("500");
+        let e = ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            oa_type: "server_error",
+            oa_code: Some("internal_error"),
+            oa_param: None,
+            an_type: "api_error",
+            message: "The server had an error while processing your request (simulated).".into(),
+            retry_after: None,
+        };
+        return Err((e, Some(snap)));
+    }
+    let hang = fault == Fault::Hang;
+    let admitted_at = Instant::now();
+    if hang {
+        st.lock().record_injected("hang");
+    }
+    // Latency that behaves like a provider's: a phase's factor, the time of
+    // day, and how full the server is.
+    let load = match effective.hidden_concurrency {
+        Some(h) if h > 0 => cfg.latency_load_factor * req.level as f64 / f64::from(h),
+        _ => 0.0,
+    };
+    let factor = effective.latency_factor * cfg.drift_factor(elapsed) * (1.0 + load);
+    let generation = Generation {
+        req,
+        prepared,
+        base_latency,
+        factor,
+        malformed: fault == Fault::Malformed,
+        hang,
+    };
+    // Generation runs in its own task: a client that gives up does not stop
+    // the provider from finishing, and billing, the answer.
+    let body_text = tokio::spawn(generation.run()).await.map_err(|_| {
+        (
+            ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                oa_type: "server_error",
+                oa_code: Some("internal_error"),
+                oa_param: None,
+                an_type: "api_error",
+                message: "The simulator failed while generating the answer.".into(),
+                retry_after: None,
+            },
+            Some(snap),
+        )
+    })?;
+    if hang {
+        let held = Duration::from_secs(cfg.hang_seconds);
+        tokio::time::sleep_until((admitted_at + held).into()).await;
+        let e = ApiError {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            oa_type: "server_error",
+            oa_code: Some("timeout"),
+            oa_param: None,
+            an_type: "api_error",
+            message: "Simulated hang ended.".into(),
+            retry_after: None,
+        };
+        return Err((e, Some(snap)));
+    }
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body_text))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    Ok((resp, Some(snap)))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Cuts a string to roughly half (on a char boundary); never valid JSON for an object.
+fn halve(s: &str) -> String {
+    let mut cut = s.len() / 2;
+    while cut > 0 && !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s[..cut.max(1).min(s.len())].to_string()
+}
+
+/// One admitted request's answer, generated and billed as the provider would.
+struct Generation {
+    req: Req,
+    prepared: Prepared,
+    base_latency: Duration,
+    /// Multiplies the whole latency (phase, drift, load).
+    factor: f64,
+    malformed: bool,
+    /// The answer is generated and billed, but never sent.
+    hang: bool,
+}
+
+impl Generation {
+    /// Builds the answer, waits for the simulated generation time, records
+    /// the billing, and returns the response body.
+    async fn run(self) -> String {
+        let Generation {
+            req,
+            prepared,
+            base_latency,
+            factor,
+            malformed,
+            hang,
+        } = self;
+        let st = &req.st;
+        let cfg = &req.cfg;
+        let id = blake3::hash(
+            format!(
+                "{}:{}",
+                req.seq,
+                blake3::Hash::from(req.draws.body).to_hex()
+            )
+            .as_bytes(),
+        )
+        .to_hex();
+        let id = &id.as_str()[..24];
+        let validator = |schema: &Value| st.validator(schema);
+        let (value, billed, json_mode) = match prepared {
+            Prepared::Chat {
+                model,
+                turn,
+                max_tokens,
+                prompt_tokens,
+                cache_prefixes,
+                ..
+            } => {
+                let cached = if cache_prefixes.is_empty() {
+                    0
+                } else {
+                    let hits = st
+                        .lock()
+                        .openai_cache_lookup(&cache_prefixes, Instant::now());
+                    if hits == 0 {
+                        0
+                    } else {
+                        1024 + 128 * (hits as u64 - 1)
+                    }
+                };
+                let ask = Ask {
+                    turn: &turn,
+                    max_tokens,
+                    length_cap: max_tokens.unwrap_or(cfg.default_max_tokens),
+                    cfg,
+                    draws: req.draws,
+                    malformed,
+                };
+                let a = answer(&ask, validator);
+                let json_mode = turn.mode.is_json();
+                let content = if a.refusal {
+                    Value::Null
+                } else if malformed && json_mode {
+                    Value::String(halve(&a.text))
+                } else {
+                    Value::String(a.text.clone())
+                };
+                let refusal = if a.refusal {
+                    Value::String(a.text.clone())
+                } else {
+                    Value::Null
+                };
+                let v = json!({
+                    "id": format!("chatcmpl-sim{id}"),
+                    "object": "chat.completion",
+                    "created": unix_now(),
+                    "model": model,
+                    "system_fingerprint": "fp_pipe_sim",
+                    "choices": [{
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content, "refusal": refusal},
+                        "logprobs": null,
+                        "finish_reason": if a.cut { "length" } else { "stop" },
+                    }],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": a.tokens,
+                        "total_tokens": prompt_tokens + a.tokens,
+                        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+                        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+                    },
+                });
+                let billed = Billed {
+                    prompt: prompt_tokens,
+                    completion: a.tokens,
+                    cached,
+                    ..Billed::default()
+                };
+                (v, billed, json_mode)
+            }
+            Prepared::Embed {
+                model,
+                inputs,
+                dims,
+                base64: b64,
+                prompt_tokens,
+            } => {
+                let data: Vec<Value> = inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let v = embedding(t, dims);
+                        let emb = if b64 {
+                            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                            json!(base64(&bytes))
+                        } else {
+                            json!(v)
+                        };
+                        json!({"object": "embedding", "index": i, "embedding": emb})
+                    })
+                    .collect();
+                let v = json!({
+                    "object": "list",
+                    "data": data,
+                    "model": model,
+                    "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+                });
+                let billed = Billed {
+                    prompt: prompt_tokens,
+                    ..Billed::default()
+                };
+                (v, billed, false)
+            }
+            Prepared::Messages {
+                model,
+                turn,
+                max_tokens,
+                input_total,
+                cache_prefix,
+            } => {
+                let (mut read, mut created) = (0, 0);
+                if let Some((key, toks)) = cache_prefix {
+                    if st.lock().cache_lookup(key, Instant::now()) {
+                        read = toks;
+                    } else {
+                        created = toks;
+                    }
+                }
+                let input = input_total.saturating_sub(read + created);
+                let ask = Ask {
+                    turn: &turn,
+                    max_tokens: Some(max_tokens),
+                    length_cap: max_tokens,
+                    cfg,
+                    draws: req.draws,
+                    malformed,
+                };
+                let a = answer(&ask, validator);
+                let json_mode = turn.mode.is_json();
+                let text = if malformed && json_mode {
+                    halve(&a.text)
+                } else {
+                    a.text.clone()
+                };
+                let stop = if a.refusal {
+                    "refusal"
+                } else if a.cut {
+                    "max_tokens"
+                } else {
+                    "end_turn"
+                };
+                let v = json!({
+                    "id": format!("msg_sim{id}"),
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [{"type": "text", "text": text}],
+                    "stop_reason": stop,
+                    "stop_sequence": null,
+                    "usage": {
+                        "input_tokens": input,
+                        "output_tokens": a.tokens,
+                        "cache_creation_input_tokens": created,
+                        "cache_read_input_tokens": read,
+                    },
+                });
+                let billed = Billed {
+                    prompt: input,
+                    completion: a.tokens,
+                    cached: 0,
+                    cache_read: read,
+                    cache_creation: created,
+                };
+                (v, billed, json_mode)
+            }
+        };
+        let per_token_ms = cfg.latency_per_output_token_ms * billed.completion as f64;
+        let total_ms = (base_latency.as_secs_f64() * 1000.0 + per_token_ms) * factor;
+        if total_ms > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(total_ms.min(3_600_000.0) / 1000.0)).await;
+        }
+        {
+            let mut g = st.lock();
+            g.record_billed(billed);
+            if !hang {
+                if malformed {
+                    g.record_injected("malformed");
+                }
+                g.record_success(billed);
+            }
+        }
+        if malformed && !json_mode {
+            halve(&value.to_string())
+        } else {
+            value.to_string()
+        }
+    }
+}
 fn check_auth(
     vendor: Vendor,
     headers: &HeaderMap,
@@ -334,661 +806,4 @@ fn mask(key: &str) -> String {
         let tail: String = chars[chars.len() - 4..].iter().collect();
         format!("{head}****{tail}")
     }
-}
-
-/// A parsed, validated request.
-enum Prepared {
-    Chat {
-        model: String,
-        hash: blake3::Hash,
-        wants_json: bool,
-        last_user: String,
-        max_tokens: Option<u64>,
-        prompt_tokens: u64,
-    },
-    Embed {
-        model: String,
-        inputs: Vec<String>,
-        dims: usize,
-        base64: bool,
-        prompt_tokens: u64,
-    },
-    Messages {
-        model: String,
-        hash: blake3::Hash,
-        wants_json: bool,
-        last_user: String,
-        max_tokens: u64,
-        input_total: u64,
-        cache_prefix: Option<([u8; 32], u64)>,
-    },
-}
-
-impl Prepared {
-    fn model(&self) -> &str {
-        match self {
-            Prepared::Chat { model, .. }
-            | Prepared::Embed { model, .. }
-            | Prepared::Messages { model, .. } => model,
-        }
-    }
-    /// Tokens debited from the TPM bucket (prompt + max_tokens pre-accounting).
-    fn debit(&self, default_max: u64) -> u64 {
-        match self {
-            Prepared::Chat {
-                max_tokens,
-                prompt_tokens,
-                ..
-            } => prompt_tokens + max_tokens.unwrap_or(default_max),
-            Prepared::Embed { prompt_tokens, .. } => *prompt_tokens,
-            Prepared::Messages {
-                max_tokens,
-                input_total,
-                ..
-            } => input_total + max_tokens,
-        }
-    }
-}
-
-fn get_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a str, ApiError> {
-    obj.get(field)
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request(format!("'{field}' is a required string field")))
-}
-
-fn opt_pos_int(obj: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_u64() {
-            Some(n) if n > 0 => Ok(Some(n)),
-            _ => Err(ApiError::bad_request(format!(
-                "'{field}' must be a positive integer"
-            ))),
-        },
-    }
-}
-
-/// Text of an OpenAI message `content` (string, array of parts, or null).
-fn openai_content_text(v: Option<&Value>) -> Result<String, ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(parts)) => {
-            let mut out = Vec::new();
-            for p in parts {
-                let ty = p.get("type").and_then(Value::as_str).unwrap_or("");
-                match ty {
-                    "text" => out.push(
-                        p.get("text")
-                            .and_then(Value::as_str)
-                            .ok_or_else(|| ApiError::bad_request("text content part needs 'text'"))?
-                            .to_string(),
-                    ),
-                    "image_url" | "input_audio" | "file" => {}
-                    _ => {
-                        return Err(ApiError::bad_request(format!(
-                            "unsupported content part type '{ty}'"
-                        )));
-                    }
-                }
-            }
-            Ok(out.join("\n"))
-        }
-        Some(_) => Err(ApiError::bad_request(
-            "'content' must be a string or an array",
-        )),
-    }
-}
-
-fn prepare_chat(obj: &Map<String, Value>) -> Result<Prepared, ApiError> {
-    let model = get_str(obj, "model")?.to_string();
-    let msgs = obj
-        .get("messages")
-        .and_then(Value::as_array)
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| ApiError::bad_request("'messages' must be a non-empty array"))?;
-    let mut prompt_tokens = 3u64;
-    let mut last_user = String::new();
-    for m in msgs {
-        let role = m
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::bad_request("each message needs a string 'role'"))?;
-        if !matches!(
-            role,
-            "system" | "developer" | "user" | "assistant" | "tool" | "function"
-        ) {
-            return Err(ApiError::bad_request(format!("invalid role '{role}'")));
-        }
-        let text = openai_content_text(m.get("content"))?;
-        prompt_tokens += 3 + count_tokens(role) + count_tokens(&text);
-        if let Some(name) = m.get("name").and_then(Value::as_str) {
-            prompt_tokens += 1 + count_tokens(name);
-        }
-        if role == "user" {
-            last_user = text;
-        }
-    }
-    let max_tokens = match opt_pos_int(obj, "max_completion_tokens")? {
-        Some(n) => Some(n),
-        None => opt_pos_int(obj, "max_tokens")?,
-    };
-    if let Some(t) = obj.get("temperature").filter(|t| !t.is_null()) {
-        match t.as_f64() {
-            Some(x) if (0.0..=2.0).contains(&x) => {}
-            _ => {
-                return Err(ApiError::bad_request(
-                    "'temperature' must be a number in [0, 2]",
-                ));
-            }
-        }
-    }
-    let wants_json = match obj.get("response_format") {
-        None | Some(Value::Null) => false,
-        Some(rf) => match rf.get("type").and_then(Value::as_str) {
-            Some("text") => false,
-            Some("json_object") => true,
-            Some("json_schema") => {
-                if !rf.get("json_schema").is_some_and(Value::is_object) {
-                    return Err(ApiError::bad_request(
-                        "response_format.json_schema must be an object",
-                    ));
-                }
-                true
-            }
-            _ => return Err(ApiError::bad_request("invalid response_format.type")),
-        },
-    };
-    let canon = Value::Array(msgs.clone()).to_string();
-    Ok(Prepared::Chat {
-        model,
-        hash: blake3::hash(canon.as_bytes()),
-        wants_json,
-        last_user,
-        max_tokens,
-        prompt_tokens,
-    })
-}
-
-fn prepare_embed(obj: &Map<String, Value>, cfg: &SimConfig) -> Result<Prepared, ApiError> {
-    let model = get_str(obj, "model")?.to_string();
-    let inputs: Vec<String> = match obj.get("input") {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) if !a.is_empty() => a
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| ApiError::bad_request("'input' array items must be strings"))
-            })
-            .collect::<Result<_, _>>()?,
-        _ => {
-            return Err(ApiError::bad_request(
-                "'input' must be a string or a non-empty array of strings",
-            ));
-        }
-    };
-    if inputs.len() > 2048 {
-        return Err(ApiError::bad_request("'input' may hold at most 2048 items"));
-    }
-    let dims = match opt_pos_int(obj, "dimensions")? {
-        Some(d) if d <= 8192 => d as usize,
-        Some(_) => return Err(ApiError::bad_request("'dimensions' must be <= 8192")),
-        None => cfg.embedding_dim,
-    };
-    let base64 = match obj.get("encoding_format").and_then(Value::as_str) {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "'encoding_format' must be float or base64",
-            ));
-        }
-    };
-    let prompt_tokens = inputs.iter().map(|s| count_tokens(s)).sum();
-    Ok(Prepared::Embed {
-        model,
-        inputs,
-        dims,
-        base64,
-        prompt_tokens,
-    })
-}
-
-/// One Anthropic content block, flattened.
-struct Block {
-    role: &'static str,
-    text: String,
-    cached: bool,
-}
-
-fn anthropic_blocks(role: &'static str, v: &Value, out: &mut Vec<Block>) -> Result<(), ApiError> {
-    match v {
-        Value::String(s) => out.push(Block {
-            role,
-            text: s.clone(),
-            cached: false,
-        }),
-        Value::Array(blocks) => {
-            for b in blocks {
-                let obj = b
-                    .as_object()
-                    .ok_or_else(|| ApiError::bad_request("content blocks must be objects"))?;
-                let ty = obj
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| ApiError::bad_request("content block needs a 'type'"))?;
-                let text = match (ty, obj.get("text")) {
-                    ("text", Some(Value::String(t))) => t.clone(),
-                    ("text", _) => return Err(ApiError::bad_request("text block needs 'text'")),
-                    _ => b.to_string(),
-                };
-                let cached = match obj.get("cache_control") {
-                    None | Some(Value::Null) => false,
-                    Some(cc) if cc.get("type").and_then(Value::as_str) == Some("ephemeral") => true,
-                    Some(_) => {
-                        return Err(ApiError::bad_request(
-                            "cache_control.type must be 'ephemeral'",
-                        ));
-                    }
-                };
-                out.push(Block { role, text, cached });
-            }
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "content must be a string or an array of blocks",
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn prepare_messages(obj: &Map<String, Value>) -> Result<Prepared, ApiError> {
-    let model = get_str(obj, "model")?.to_string();
-    let max_tokens = opt_pos_int(obj, "max_tokens")?
-        .ok_or_else(|| ApiError::bad_request("max_tokens: Field required"))?;
-    let msgs = obj
-        .get("messages")
-        .and_then(Value::as_array)
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| ApiError::bad_request("messages: must be a non-empty array"))?;
-    let mut blocks = Vec::new();
-    if let Some(sys) = obj.get("system").filter(|s| !s.is_null()) {
-        anthropic_blocks("system", sys, &mut blocks)?;
-    }
-    let n_system = blocks.len();
-    let mut last_user = String::new();
-    for m in msgs {
-        let role = match m.get("role").and_then(Value::as_str) {
-            Some("user") => "user",
-            Some("assistant") => "assistant",
-            _ => {
-                return Err(ApiError::bad_request(
-                    "messages: role must be 'user' or 'assistant'",
-                ));
-            }
-        };
-        let content = m
-            .get("content")
-            .ok_or_else(|| ApiError::bad_request("messages: content is required"))?;
-        let start = blocks.len();
-        anthropic_blocks(role, content, &mut blocks)?;
-        if role == "user" {
-            last_user = blocks[start..]
-                .iter()
-                .map(|b| b.text.as_str())
-                .collect::<Vec<_>>()
-                .join("\n");
-        }
-    }
-    if blocks.iter().filter(|b| b.cached).count() > 4 {
-        return Err(ApiError::bad_request(
-            "A maximum of 4 blocks with cache_control may be provided.",
-        ));
-    }
-    let system_text: String = blocks[..n_system].iter().map(|b| b.text.as_str()).collect();
-    let wants_json =
-        system_text.to_lowercase().contains("json") || last_user.to_lowercase().contains("json");
-    let input_total: u64 = blocks.iter().map(|b| count_tokens(&b.text)).sum();
-    let cache_prefix = blocks.iter().rposition(|b| b.cached).map(|last| {
-        let mut h = blake3::Hasher::new();
-        h.update(model.as_bytes());
-        for b in &blocks[..=last] {
-            h.update(&[0]);
-            h.update(b.role.as_bytes());
-            h.update(&[0]);
-            h.update(b.text.as_bytes());
-        }
-        let toks = blocks[..=last].iter().map(|b| count_tokens(&b.text)).sum();
-        (*h.finalize().as_bytes(), toks)
-    });
-    let canon = json!([obj.get("system").cloned().unwrap_or(Value::Null), msgs]).to_string();
-    Ok(Prepared::Messages {
-        model,
-        hash: blake3::hash(canon.as_bytes()),
-        wants_json,
-        last_user,
-        max_tokens,
-        input_total,
-        cache_prefix,
-    })
-}
-
-/// Deterministic assistant text plus a `finish` flag (true = cut by max_tokens).
-fn assistant_text(
-    hash: &blake3::Hash,
-    wants_json: bool,
-    last_user: &str,
-    max: Option<u64>,
-) -> (String, bool) {
-    let full = if wants_json {
-        extraction(last_user).to_string()
-    } else {
-        sentence(hash)
-    };
-    match max {
-        Some(m) => truncate_to_tokens(&full, m),
-        None => (full, false),
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Cuts a string to roughly half (on a char boundary); never valid JSON for an object.
-fn halve(s: &str) -> String {
-    let mut cut = s.len() / 2;
-    while cut > 0 && !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    s[..cut.max(1).min(s.len())].to_string()
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn process(
-    st: &Arc<AppState>,
-    cfg: &SimConfig,
-    ep: Endpoint,
-    headers: &HeaderMap,
-    body: &Bytes,
-    key: Option<&str>,
-    concurrency: u64,
-    seq: u64,
-) -> (Response, Option<Snapshot>) {
-    let vendor = ep.vendor();
-    let err = |e: ApiError| (e.render(vendor), None);
-    if let Err(e) = check_auth(vendor, headers, key, cfg) {
-        return err(e);
-    }
-    let value: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => {
-            return err(ApiError::bad_request(format!(
-                "We could not parse the JSON body of your request: {e}"
-            )));
-        }
-    };
-    let Some(obj) = value.as_object() else {
-        return err(ApiError::bad_request("request body must be a JSON object"));
-    };
-    let prepared = match ep {
-        Endpoint::Chat => prepare_chat(obj),
-        Endpoint::Embeddings => prepare_embed(obj, cfg),
-        Endpoint::Messages => prepare_messages(obj),
-    };
-    let prepared = match prepared {
-        Ok(p) => p,
-        Err(e) => return err(e),
-    };
-    if !cfg.models.is_empty() && !cfg.models.iter().any(|m| m == prepared.model()) {
-        let model = prepared.model();
-        return err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            oa_type: "invalid_request_error",
-            oa_code: Some("model_not_found"),
-            an_type: "not_found_error",
-            message: format!("The model `{model}` does not exist or you do not have access to it."),
-            retry_after: None,
-        });
-    }
-    if let Some(h) = cfg.hidden_concurrency
-        && concurrency > u64::from(h)
-    {
-        st.lock().stats.concurrency_limited += 1;
-        return err(ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            oa_type: "server_error",
-            oa_code: None,
-            an_type: "overloaded_error",
-            message: "The server is currently overloaded with other requests. Please retry.".into(),
-            retry_after: Some(Duration::from_secs(1)),
-        });
-    }
-    let (fault, latency) = st.lock().draw();
-    if fault == Fault::E429 {
-        st.lock().record_injected("429");
-        return err(ApiError::rate_limited(
-            "requests",
-            "Rate limit reached (simulated spurious 429). Please try again in 1s.".into(),
-            Duration::from_secs(1),
-        ));
-    }
-    let debit = prepared.debit(cfg.default_max_tokens);
-    let admitted = {
-        let mut g = st.lock();
-        let r = g.limiter.try_acquire(debit, Instant::now());
-        match &r {
-            Ok(_) => g.stats.tokens_debited += debit,
-            Err(_) => g.stats.rate_limited += 1,
-        }
-        r
-    };
-    let snap = match admitted {
-        Ok(s) => s,
-        Err((d, snap)) => {
-            let unit = if d.which == "requests" {
-                "requests per min (RPM)"
-            } else {
-                "tokens per min (TPM)"
-            };
-            let msg = if d.too_large {
-                format!(
-                    "Request too large for {} on {unit}: Limit {}, Requested {} (burst window {}s).",
-                    prepared.model(),
-                    d.limit,
-                    d.requested,
-                    cfg.burst_seconds
-                )
-            } else {
-                format!(
-                    "Rate limit reached for {} on {unit}: Limit {}, Requested {}. Please try again in {}.",
-                    prepared.model(),
-                    d.limit,
-                    d.requested,
-                    format_reset(d.retry_after)
-                )
-            };
-            let e = ApiError::rate_limited(d.which, msg, d.retry_after);
-            return (e.render(vendor), Some(snap));
-        }
-    };
-    match fault {
-        Fault::E500 => {
-            st.lock().record_injected("500");
-            let e = ApiError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                oa_type: "server_error",
-                oa_code: Some("internal_error"),
-                an_type: "api_error",
-                message: "The server had an error while processing your request (simulated)."
-                    .into(),
-                retry_after: None,
-            };
-            return (e.render(vendor), Some(snap));
-        }
-        Fault::Hang => {
-            st.lock().record_injected("hang");
-            tokio::time::sleep(Duration::from_secs(cfg.hang_seconds)).await;
-            let e = ApiError {
-                status: StatusCode::GATEWAY_TIMEOUT,
-                oa_type: "server_error",
-                oa_code: Some("timeout"),
-                an_type: "api_error",
-                message: "Simulated hang ended.".into(),
-                retry_after: None,
-            };
-            return (e.render(vendor), Some(snap));
-        }
-        _ => {}
-    }
-    tokio::time::sleep(latency).await;
-    let malformed = fault == Fault::Malformed;
-    let id = blake3::hash(format!("{seq}:{}", blake3::hash(body).to_hex()).as_bytes()).to_hex();
-    let id = &id.as_str()[..24];
-    let (mut value, billed, json_mode) = match prepared {
-        Prepared::Chat {
-            model,
-            hash,
-            wants_json,
-            last_user,
-            max_tokens,
-            prompt_tokens,
-        } => {
-            let (mut text, cut) = assistant_text(&hash, wants_json, &last_user, max_tokens);
-            let completion = count_tokens(&text);
-            if malformed && wants_json {
-                text = halve(&text);
-            }
-            let v = json!({
-                "id": format!("chatcmpl-sim{id}"),
-                "object": "chat.completion",
-                "created": unix_now(),
-                "model": model,
-                "system_fingerprint": "fp_pipe_sim",
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": null},
-                    "logprobs": null,
-                    "finish_reason": if cut { "length" } else { "stop" },
-                }],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion,
-                    "total_tokens": prompt_tokens + completion,
-                    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-                    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                        "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
-                },
-            });
-            let billed = Billed {
-                prompt: prompt_tokens,
-                completion,
-                ..Billed::default()
-            };
-            (v, billed, wants_json)
-        }
-        Prepared::Embed {
-            model,
-            inputs,
-            dims,
-            base64: b64,
-            prompt_tokens,
-        } => {
-            let data: Vec<Value> = inputs
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    let v = embedding(t, dims);
-                    let emb = if b64 {
-                        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                        json!(base64(&bytes))
-                    } else {
-                        json!(v)
-                    };
-                    json!({"object": "embedding", "index": i, "embedding": emb})
-                })
-                .collect();
-            let v = json!({
-                "object": "list",
-                "data": data,
-                "model": model,
-                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-            });
-            let billed = Billed {
-                prompt: prompt_tokens,
-                ..Billed::default()
-            };
-            (v, billed, false)
-        }
-        Prepared::Messages {
-            model,
-            hash,
-            wants_json,
-            last_user,
-            max_tokens,
-            input_total,
-            cache_prefix,
-        } => {
-            let (mut text, cut) = assistant_text(&hash, wants_json, &last_user, Some(max_tokens));
-            let output = count_tokens(&text);
-            let (mut read, mut created) = (0, 0);
-            if let Some((key, toks)) = cache_prefix {
-                if st.lock().cache_lookup(key, Instant::now()) {
-                    read = toks;
-                } else {
-                    created = toks;
-                }
-            }
-            let input = input_total.saturating_sub(read + created);
-            if malformed && wants_json {
-                text = halve(&text);
-            }
-            let v = json!({
-                "id": format!("msg_sim{id}"),
-                "type": "message",
-                "role": "assistant",
-                "model": model,
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": if cut { "max_tokens" } else { "end_turn" },
-                "stop_sequence": null,
-                "usage": {
-                    "input_tokens": input,
-                    "output_tokens": output,
-                    "cache_creation_input_tokens": created,
-                    "cache_read_input_tokens": read,
-                },
-            });
-            let billed = Billed {
-                prompt: input,
-                completion: output,
-                cache_read: read,
-                cache_creation: created,
-            };
-            (v, billed, wants_json)
-        }
-    };
-    if cfg.latency_per_output_token_ms > 0.0 && billed.completion > 0 {
-        let ms = cfg.latency_per_output_token_ms * billed.completion as f64;
-        tokio::time::sleep(Duration::from_secs_f64(ms.min(3_600_000.0) / 1000.0)).await;
-    }
-    if malformed {
-        st.lock().record_injected("malformed");
-    }
-    st.lock().record_success(billed);
-    let body_text = if malformed && !json_mode {
-        halve(&value.to_string())
-    } else {
-        std::mem::take(&mut value).to_string()
-    };
-    let resp = Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body_text))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
-    (resp, Some(snap))
 }

@@ -13,13 +13,24 @@ use serde_json::{Value, json};
 use crate::config::SimConfig;
 use crate::ratelimit::Limiter;
 
-/// Tokens billed by one successful response.
+/// Tokens billed by one generated answer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Billed {
+    /// OpenAI `prompt_tokens` (cached ones included) or Anthropic uncached `input_tokens`.
     pub prompt: u64,
     pub completion: u64,
+    /// OpenAI `prompt_tokens_details.cached_tokens` (a part of `prompt`).
+    pub cached: u64,
     pub cache_read: u64,
     pub cache_creation: u64,
+}
+
+/// Everything the provider would bill, whether or not the client got or
+/// accepted the answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BilledTotals {
+    pub requests: u64,
+    pub tokens: Billed,
 }
 
 impl Billed {
@@ -37,7 +48,13 @@ pub struct Stats {
     pub concurrency_limited: u64,
     pub injected: BTreeMap<&'static str, u64>,
     pub per_second: BTreeMap<u64, (u64, u64)>,
+    /// Tokens of the 200 responses (the `tokens` stats).
     pub billed: Billed,
+    /// Everything billed, incl. answers the client never received (`billed` stats).
+    pub billed_all: BilledTotals,
+    pub by_error_code: BTreeMap<String, u64>,
+    /// Second since start -> most requests in flight during it.
+    pub in_flight_timeline: BTreeMap<u64, u64>,
     pub tokens_debited: u64,
     pub max_concurrency: u64,
     pub duplicate_bodies: u64,
@@ -60,23 +77,38 @@ pub struct Inner {
     pub rng: StdRng,
     pub stats: Stats,
     pub started: Instant,
+    /// Anthropic cache_control prefixes -> last use.
     pub prompt_cache: HashMap<[u8; 32], Instant>,
+    /// OpenAI automatic cache: hashes of 128-token prompt prefixes -> last use.
+    pub openai_cache: HashMap<[u8; 32], Instant>,
+    last_sweep: Instant,
     pub seen_bodies: HashSet<[u8; 32]>,
     pub seq: u64,
+    /// Key of the per-body draws (refusal, wrong JSON): the config's seed, or
+    /// a random one per config.
+    pub draw_seed: u64,
 }
 
 pub struct AppState {
     inner: Mutex<Inner>,
     in_flight: AtomicU64,
+    /// Compiled JSON Schemas by blake3 of their text, for recognising the
+    /// previous answer's mistake on repair turns.
+    validators: Mutex<HashMap<[u8; 32], Option<Arc<jsonschema::Validator>>>>,
 }
 
 fn make_rng(seed: Option<u64>) -> StdRng {
     StdRng::seed_from_u64(seed.unwrap_or_else(rand::random))
 }
 
+fn draw_seed(seed: Option<u64>) -> u64 {
+    seed.unwrap_or_else(rand::random)
+}
+
 impl AppState {
     pub fn new(config: SimConfig) -> Arc<Self> {
         let now = Instant::now();
+        let seed = draw_seed(config.seed);
         Arc::new(Self {
             inner: Mutex::new(Inner {
                 limiter: Limiter::new(config.rpm, config.tpm, config.burst_seconds, now),
@@ -85,11 +117,55 @@ impl AppState {
                 stats: Stats::default(),
                 started: now,
                 prompt_cache: HashMap::new(),
+                openai_cache: HashMap::new(),
+                last_sweep: now,
                 seen_bodies: HashSet::new(),
                 seq: 0,
+                draw_seed: seed,
             }),
             in_flight: AtomicU64::new(0),
+            validators: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Requests in flight right now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The compiled validator of `schema` (compiled once per distinct schema);
+    /// `None` when the schema does not compile.
+    pub fn validator(&self, schema: &Value) -> Option<Arc<jsonschema::Validator>> {
+        let key = *blake3::hash(schema.to_string().as_bytes()).as_bytes();
+        let mut cache = self.validators.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = cache.get(&key) {
+            return v.clone();
+        }
+        // Bounded: a client sending endless distinct schemas cannot grow it forever.
+        if cache.len() >= 1024 {
+            cache.clear();
+        }
+        let compiled = jsonschema::validator_for(schema).ok().map(Arc::new);
+        cache.insert(key, compiled.clone());
+        compiled
+    }
+
+    /// Samples the in-flight count into the timeline every 100 ms, so a
+    /// second in which requests were in flight but none started or ended
+    /// still shows them. Ends when the server (the last strong reference) is gone.
+    pub fn spawn_sampler(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                let Some(st) = weak.upgrade() else { break };
+                let level = st.in_flight();
+                if level > 0 {
+                    st.lock().note_in_flight(level);
+                }
+            }
+        });
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -110,6 +186,7 @@ impl AppState {
         let now = Instant::now();
         g.limiter = Limiter::new(config.rpm, config.tpm, config.burst_seconds, now);
         g.rng = make_rng(config.seed);
+        g.draw_seed = draw_seed(config.seed);
         g.config = Arc::new(config);
     }
 
@@ -126,6 +203,7 @@ impl AppState {
         };
         g.started = now;
         g.prompt_cache.clear();
+        g.openai_cache.clear();
         g.seen_bodies.clear();
     }
 }
@@ -138,7 +216,8 @@ pub struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let before = self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.state.lock().note_in_flight(before);
     }
 }
 
@@ -150,8 +229,9 @@ impl Inner {
         body_hash: [u8; 32],
         key: Option<&str>,
         endpoint: &'static str,
-    ) -> (Arc<SimConfig>, u64) {
+    ) -> (Arc<SimConfig>, u64, u64) {
         self.seq += 1;
+        self.note_in_flight(concurrency);
         let s = &mut self.stats;
         s.total_requests += 1;
         s.max_concurrency = s.max_concurrency.max(concurrency);
@@ -162,7 +242,7 @@ impl Inner {
         if !self.seen_bodies.insert(body_hash) {
             s.duplicate_bodies += 1;
         }
-        (Arc::clone(&self.config), self.seq)
+        (Arc::clone(&self.config), self.seq, self.draw_seed)
     }
 
     pub fn record_status(&mut self, status: u16) {
@@ -173,6 +253,43 @@ impl Inner {
         *self.stats.injected.entry(kind).or_default() += 1;
     }
 
+    /// Seconds since start or reset: the clock of schedules and drift.
+    pub fn elapsed_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    pub fn note_in_flight(&mut self, level: u64) {
+        let second = self.started.elapsed().as_secs();
+        let e = self.stats.in_flight_timeline.entry(second).or_default();
+        *e = (*e).max(level);
+    }
+
+    pub fn record_error_code(&mut self, code: &str) {
+        match self.stats.by_error_code.get_mut(code) {
+            Some(n) => *n += 1,
+            None => {
+                self.stats.by_error_code.insert(code.to_string(), 1);
+            }
+        }
+    }
+
+    /// Counts an answer the provider generated, and would bill, whether or
+    /// not the client receives or accepts it.
+    pub fn record_billed(&mut self, billed: Billed) {
+        let b = &mut self.stats.billed_all;
+        b.requests += 1;
+        b.tokens.prompt += billed.prompt;
+        b.tokens.completion += billed.completion;
+        b.tokens.cached += billed.cached;
+        b.tokens.cache_read += billed.cache_read;
+        b.tokens.cache_creation += billed.cache_creation;
+    }
+
+    /// Tokens billed so far (for `quota_tokens`).
+    pub fn billed_tokens(&self) -> u64 {
+        self.stats.billed_all.tokens.total()
+    }
+
     pub fn record_success(&mut self, billed: Billed) {
         let second = self.started.elapsed().as_secs();
         let e = self.stats.per_second.entry(second).or_default();
@@ -181,6 +298,7 @@ impl Inner {
         let b = &mut self.stats.billed;
         b.prompt += billed.prompt;
         b.completion += billed.completion;
+        b.cached += billed.cached;
         b.cache_read += billed.cache_read;
         b.cache_creation += billed.cache_creation;
     }
@@ -217,14 +335,57 @@ impl Inner {
         (fault, latency)
     }
 
+    /// Drops expired cache entries every tenth of the TTL (at least 1 s
+    /// apart), not on every request: lookups check the age themselves.
+    /// Past `MAX_CACHE_ENTRIES`, the OpenAI cache is emptied (evicted under
+    /// memory pressure, as a provider's cache is), so a long benchmark of
+    /// distinct long prompts cannot grow it without bound.
+    fn sweep_caches(&mut self, now: Instant) {
+        const MAX_CACHE_ENTRIES: usize = 1 << 20;
+        let ttl = Duration::from_secs(self.config.cache_ttl_seconds);
+        let every = (ttl / 10).max(Duration::from_secs(1));
+        if now.saturating_duration_since(self.last_sweep) >= every {
+            self.last_sweep = now;
+            let fresh = |t: &mut Instant| now.saturating_duration_since(*t) < ttl;
+            self.prompt_cache.retain(|_, t| fresh(t));
+            self.openai_cache.retain(|_, t| fresh(t));
+        }
+        if self.openai_cache.len() > MAX_CACHE_ENTRIES {
+            self.openai_cache.clear();
+        }
+    }
+
     /// Anthropic prompt cache: `true` = hit (read), `false` = miss (created).
     pub fn cache_lookup(&mut self, key: [u8; 32], now: Instant) -> bool {
+        self.sweep_caches(now);
         let ttl = Duration::from_secs(self.config.cache_ttl_seconds);
-        self.prompt_cache
-            .retain(|_, t| now.saturating_duration_since(*t) < ttl);
-        let hit = self.prompt_cache.contains_key(&key);
+        let hit = self
+            .prompt_cache
+            .get(&key)
+            .is_some_and(|t| now.saturating_duration_since(*t) < ttl);
         self.prompt_cache.insert(key, now);
         hit
+    }
+
+    /// OpenAI automatic prompt cache. `prefixes[i]` is the hash of the
+    /// prompt's first `1024 + 128 * i` tokens. Returns how many of them were
+    /// seen before within the TTL (the longest cached prefix), and remembers
+    /// all of them.
+    pub fn openai_cache_lookup(&mut self, prefixes: &[[u8; 32]], now: Instant) -> usize {
+        self.sweep_caches(now);
+        let ttl = Duration::from_secs(self.config.cache_ttl_seconds);
+        let fresh = |c: &HashMap<[u8; 32], Instant>, k: &[u8; 32]| {
+            c.get(k)
+                .is_some_and(|t| now.saturating_duration_since(*t) < ttl)
+        };
+        let hits = prefixes
+            .iter()
+            .rposition(|k| fresh(&self.openai_cache, k))
+            .map_or(0, |i| i + 1);
+        for k in prefixes {
+            self.openai_cache.insert(*k, now);
+        }
+        hits
     }
 
     pub fn stats_json(&self) -> Value {
@@ -240,7 +401,23 @@ impl Inner {
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
+        let b = &s.billed_all;
+        let timeline: Vec<Value> = s
+            .in_flight_timeline
+            .iter()
+            .map(|(sec, n)| json!({"second": sec, "max_in_flight": n}))
+            .collect();
         json!({
+            "billed": {
+                "requests": b.requests,
+                "prompt_tokens": b.tokens.prompt,
+                "completion_tokens": b.tokens.completion,
+                "cached_tokens": b.tokens.cached,
+                "cache_read_tokens": b.tokens.cache_read,
+                "cache_creation_tokens": b.tokens.cache_creation,
+            },
+            "by_error_code": s.by_error_code,
+            "in_flight_timeline": timeline,
             "elapsed_seconds": elapsed,
             "total_requests": s.total_requests,
             "by_status": by_status,

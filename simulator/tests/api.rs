@@ -343,16 +343,23 @@ async fn tpm_debits_prompt_plus_max_tokens() {
     let mk = |max: u64| json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max});
     let prompt = 3 + 3 + tokens("user") + tokens("hi");
 
-    // Too big for the per-second budget: refused, nothing debited.
-    let r = sim.chat("k", &mk(500)).await;
+    // More than the whole minute's limit: refused for good, nothing debited,
+    // and no retry-after since no wait helps.
+    let r = sim.chat("k", &mk(7000)).await;
     assert_eq!(r.status(), 429);
-    assert!(
-        header(&r, "retry-after")
-            .and_then(|s| s.parse::<u64>().ok())
-            .is_some_and(|s| s >= 1)
-    );
+    assert_eq!(header(&r, "retry-after"), None);
     assert_eq!(header(&r, "x-ratelimit-limit-tokens"), Some("6000"));
     assert_eq!(header(&r, "x-ratelimit-remaining-tokens"), Some("100"));
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"]["type"], "tokens");
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(
+        v["error"]["message"],
+        format!(
+            "Request too large for m in organization org-sim on tokens per min (TPM): Limit 6000, Requested {}. The input or output tokens must be reduced in order to run successfully.",
+            7000 + prompt
+        )
+    );
 
     // Fits: debits prompt + max_tokens.
     let r = sim.chat("k", &mk(60)).await;
@@ -383,9 +390,47 @@ async fn tpm_debits_prompt_plus_max_tokens() {
     assert_eq!(stats["tokens"]["prompt"], billed_prompt);
     assert_eq!(stats["tokens"]["completion"], billed_completion);
     assert_eq!(stats["rate_limited"], 2);
+    assert_eq!(stats["by_error_code"]["rate_limit_exceeded"], 2);
     let secs = stats["per_second"].as_array().expect("per_second");
     let total: u64 = secs.iter().filter_map(|s| s["tokens"].as_u64()).sum();
     assert_eq!(total, billed_prompt + billed_completion);
+}
+
+// 5b. A request larger than the burst window but within the minute's limit
+// is legal, as on the real API: admitted once the bucket is full, it leaves
+// the bucket in debt so the average stays within the limit.
+#[tokio::test]
+async fn tpm_request_larger_than_the_burst_window_is_admitted_from_a_full_bucket() {
+    let sim = start(SimConfig {
+        tpm: Some(6000),
+        ..SimConfig::default()
+    })
+    .await;
+    let mk = |max: u64| json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max});
+    let prompt = 3 + 3 + tokens("user") + tokens("hi");
+    let r = sim.chat("k", &mk(500)).await;
+    assert_eq!(r.status(), 200, "500 tokens < 6000 TPM must be admitted");
+    assert_eq!(header(&r, "x-ratelimit-remaining-tokens"), Some("0"));
+    // 100 - (500 + prompt) in debt: about 5 s until full again.
+    let reset = header(&r, "x-ratelimit-reset-tokens")
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        reset.starts_with("5.") || reset.starts_with("4.9"),
+        "{reset}"
+    );
+    // The next small request waits out the debt.
+    let r = sim.chat("k", &mk(10)).await;
+    assert_eq!(r.status(), 429);
+    let wait_ms: u64 = header(&r, "retry-after-ms")
+        .and_then(|s| s.parse().ok())
+        .expect("retry-after-ms");
+    let expected_ms = (500 + prompt - 100 + 10 + prompt) * 10;
+    assert!(
+        wait_ms.abs_diff(expected_ms) < 100,
+        "wait {wait_ms} ms, expected about {expected_ms}"
+    );
+    assert_eq!(sim.stats().await["tokens"]["debited"], 500 + prompt);
 }
 
 // 6. Hidden concurrency.

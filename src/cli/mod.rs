@@ -507,8 +507,13 @@ fn print_summary(report: &RunReport, state_dir: &Path) {
     }
     for s in &report.stages {
         let Some(c) = &s.calls else { continue };
+        let shared = if c.coalesced > 0 {
+            format!(", {} shared with an identical call in flight", c.coalesced)
+        } else {
+            String::new()
+        };
         println!(
-            "  {:<width$} calls {} (cached {}) · requests {} · retries {} · 429s {} · timeouts {} · tokens {} in / {} out · ${:.4}",
+            "  {:<width$} calls {} (cached {}{shared}) · requests {} · retries {} · 429s {} · timeouts {} · tokens {} in / {} out · ${:.4}",
             s.id,
             c.calls,
             c.cache_hits,
@@ -520,6 +525,16 @@ fn print_summary(report: &RunReport, state_dir: &Path) {
             progress::human(c.output_tokens),
             c.cost_usd
         );
+        let e = &c.estimated;
+        if e.attempts > 0 {
+            println!(
+                "  {:<width$} of which estimated: {} attempts billed without a figure (timeouts after sending, unreadable answers), counted at their worst case: {} tokens, ${:.4}",
+                "",
+                e.attempts,
+                progress::human(e.tokens),
+                e.cost_usd
+            );
+        }
     }
     for s in &report.stages {
         if !s.counts.is_empty() {

@@ -81,6 +81,9 @@ fn line_for(s: &StageStats, elapsed: f64) -> String {
             human(c.output_tokens.load(Relaxed)),
             c.cost_usd()
         ));
+        if let Some(reason) = c.paused() {
+            line.push_str(&format!(" · paused: {reason}"));
+        }
     }
     line
 }
@@ -165,5 +168,35 @@ async fn run_bars(multi: MultiProgress, stats: Arc<RunStats>, stop: Stop) {
             }
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_line_says_when_calls_are_paused_and_why() {
+        let s = StageStats::new("ask", "llm", Role::Processor);
+        s.calls.calls.store(3, Relaxed);
+        assert!(!line_for(&s, 1.0).contains("paused"));
+        let until = tokio::time::Instant::now() + Duration::from_secs(42);
+        let waiting = s.calls.pauses.enter(
+            "provider `llm` is failing (10 failures in a row; last: HTTP 503), next probe".into(),
+            Some(until),
+        );
+        let line = line_for(&s, 1.0);
+        assert!(
+            line.contains(
+                " · paused: provider `llm` is failing (10 failures in a row; last: HTTP 503), \
+                 next probe, resumes in 4"
+            ),
+            "{line}"
+        );
+        drop(waiting);
+        assert!(
+            !line_for(&s, 1.0).contains("paused"),
+            "no longer once they go"
+        );
     }
 }

@@ -8,6 +8,7 @@ pub mod generate;
 pub mod jsonl;
 pub mod llm;
 pub mod provider;
+pub mod tokens;
 
 use pipeline::Registry;
 

@@ -4,11 +4,12 @@
 //! they are the policy stack's (`pipeline::policy`).
 
 use crate::chunk::splitter::Tokenizer;
+use connectors::models::{self, Encoding};
 use connectors::{
-    AnthropicClient, ApiKey, Block, ChatMessage, ChatRequest, Completion, Failure, FailureClass,
-    MessagesRequest, OpenAiClient, RateLimitSnapshot,
+    AnthropicClient, ApiKey, Billed, Block, ChatMessage, ChatRequest, Completion, Failure,
+    FailureClass, MessagesRequest, OpenAiClient, RateLimitSnapshot, Usage,
 };
-use pipeline::policy::{Answer, Failed, Price, ProviderSpec, ServerLimits, TokenUsage};
+use pipeline::policy::{Answer, Billing, Failed, Price, ProviderSpec, ServerLimits, TokenUsage};
 use pipeline::{Registry, StageError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -115,10 +116,23 @@ impl Chat {
         })
     }
 
-    /// Prompt tokens as the provider will count them (cl100k, the chunker's tokenizer; the
+    /// The tokenizer that counts this model's prompts, and whether its count is exact (OpenAI's
+    /// models) or an estimate (Anthropic's tokenizer is not public: cl100k comes within a few
+    /// per cent of it on English; the rate limiter and the bill correct it).
+    pub fn tokenizer(&self) -> (Tokenizer, bool) {
+        let (encoding, exact) = models::token_encoding(&self.model);
+        let tokenizer = match encoding {
+            Encoding::O200kBase => Tokenizer::O200kBase,
+            Encoding::Cl100kBase => Tokenizer::Cl100kBase,
+        };
+        (tokenizer, exact)
+    }
+
+    /// Prompt tokens as the provider will count them, with the model's own encoding (the
     /// limiter reconciles the estimate with the billed usage after the answer).
     pub fn count_prompt_tokens(&self, prompt: &Prompt) -> u64 {
-        let count = |text: &str| Tokenizer::Cl100kBase.count(text) as u64;
+        let (tokenizer, _) = self.tokenizer();
+        let count = |text: &str| tokenizer.count(text) as u64;
         // OpenAI's chat framing: 3 tokens per reply priming, 3 + role per message.
         let mut total = 3;
         if let Some(system) = &prompt.system {
@@ -131,6 +145,25 @@ impl Chat {
             total += count(&schema.to_string());
         }
         total
+    }
+
+    /// Characters of every message's text, system included: what OpenAI's rate limiter
+    /// estimates a prompt from (about 4 per token).
+    pub fn prompt_chars(&self, prompt: &Prompt) -> u64 {
+        let system = prompt.system.as_deref().map_or(0, |s| s.chars().count());
+        let turns: usize = prompt.turns.iter().map(|(_, t)| t.chars().count()).sum();
+        (system + turns) as u64
+    }
+
+    /// Tokens the model's context holds: the YAML's `context_window`, else the known figure.
+    pub fn context_window(&self, spec: &ProviderSpec) -> Option<u64> {
+        spec.context_window
+            .or_else(|| models::context_window(&self.model))
+    }
+
+    /// OpenAI's reasoning models (o-series, gpt-5) take no temperature.
+    pub fn is_reasoning_model(&self) -> bool {
+        self.kind == "openai" && models::is_reasoning_model(&self.model)
     }
 
     /// Everything that determines the answer, for the response cache key.
@@ -249,18 +282,22 @@ fn answer(c: Completion) -> Answer<Reply> {
             text: c.content,
             finish_reason: c.finish_reason,
         },
-        usage: TokenUsage {
-            input: c.usage.input_tokens,
-            output: c.usage.output_tokens,
-            cached_input: c.usage.cached_input_tokens,
-            cache_write: c.usage.cache_write_tokens,
-        },
+        usage: usage(&c.usage),
         server: server_limits(&c.rate_limit),
     }
 }
 
+fn usage(u: &Usage) -> TokenUsage {
+    TokenUsage {
+        input: u.input_tokens,
+        output: u.output_tokens,
+        cached_input: u.cached_input_tokens,
+        cache_write: u.cache_write_tokens,
+    }
+}
+
 /// A connector failure in the policy layer's terms (the class decides retry / dead letter /
-/// stop; the message is already free of keys).
+/// stop; the message is already free of keys; a billed failure carries its usage).
 pub fn failed(f: Failure) -> Failed {
     let error = match f.class {
         FailureClass::Retryable { retry_after } => {
@@ -273,6 +310,11 @@ pub fn failed(f: Failure) -> Failed {
         error,
         status: f.status,
         server: Box::new(server_limits(&f.rate_limit)),
+        billed: match f.billed {
+            Billed::Nothing => Billing::Nothing,
+            Billed::Usage(u) => Billing::Known(usage(&u)),
+            Billed::Unknown => Billing::Unknown,
+        },
     }
 }
 

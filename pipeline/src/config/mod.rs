@@ -428,6 +428,11 @@ fn check_limit(
         ("rpd", limit.rpd),
         ("tpd", limit.tpd),
         ("max_concurrency", limit.max_concurrency.map(|c| c as u64)),
+        ("min_concurrency", limit.min_concurrency.map(|c| c as u64)),
+        (
+            "initial_concurrency",
+            limit.initial_concurrency.map(|c| c as u64),
+        ),
     ];
     for (field, value) in zero {
         if value == Some(0) {
@@ -437,6 +442,7 @@ fn check_limit(
             ));
         }
     }
+    check_adaptive_bounds(name, limit, at, locator, diags);
     if limit
         .burst_seconds
         .is_some_and(|b| !positive(b) || b > 60.0)
@@ -445,6 +451,68 @@ fn check_limit(
             locator.span(field_or(at, "burst_seconds").span()),
             format!("limit `{name}`: `burst_seconds` must be more than 0 and at most 60"),
         ));
+    }
+}
+
+/// `min_concurrency <= initial_concurrency <= max_concurrency`, on adaptive limits only.
+fn check_adaptive_bounds(
+    name: &str,
+    limit: &LimitSpec,
+    at: &Node,
+    locator: &Locator,
+    diags: &mut Diagnostics,
+) {
+    let adaptive_only = [
+        ("min_concurrency", limit.min_concurrency),
+        ("initial_concurrency", limit.initial_concurrency),
+    ];
+    if !limit.is_adaptive() {
+        for (field, value) in adaptive_only {
+            if value.is_some() {
+                diags.push(
+                    Diagnostic::new(
+                        locator.span(field_or(at, field).span()),
+                        format!("limit `{name}`: `{field}` applies to adaptive limits only"),
+                    )
+                    .with_help(Some(
+                        "a limit with `rpm` or `tpm` is fixed unless it says `adaptive: true`"
+                            .into(),
+                    )),
+                );
+            }
+        }
+        return;
+    }
+    let min = limit.min_concurrency;
+    let ordered = [
+        (
+            "min_concurrency",
+            min,
+            "initial_concurrency",
+            limit.initial_concurrency,
+        ),
+        (
+            "min_concurrency",
+            min,
+            "max_concurrency",
+            limit.max_concurrency,
+        ),
+        (
+            "initial_concurrency",
+            limit.initial_concurrency,
+            "max_concurrency",
+            limit.max_concurrency,
+        ),
+    ];
+    for (low_field, low, high_field, high) in ordered {
+        if let (Some(low), Some(high)) = (low, high)
+            && low > high
+        {
+            diags.push(Diagnostic::new(
+                locator.span(field_or(at, low_field).span()),
+                format!("limit `{name}`: `{low_field}` ({low}) is above `{high_field}` ({high})"),
+            ));
+        }
     }
 }
 
@@ -465,6 +533,8 @@ fn placeholder_provider() -> ProviderSpec {
         max_backoff_s: None,
         pricing: None,
         breaker: None,
+        context_window: None,
+        unreachable_after_s: None,
     }
 }
 
@@ -514,6 +584,7 @@ fn check_provider(
         ("timeout_s", provider.timeout_s),
         ("backoff_s", provider.backoff_s),
         ("max_backoff_s", provider.max_backoff_s),
+        ("unreachable_after_s", provider.unreachable_after_s),
     ] {
         if value.is_some_and(|v| !positive(v)) {
             diags.push(Diagnostic::new(
@@ -521,6 +592,12 @@ fn check_provider(
                 format!("provider `{name}`: `{field}` must be more than 0"),
             ));
         }
+    }
+    if provider.context_window == Some(0) {
+        diags.push(Diagnostic::new(
+            locator.span(field_or(node, "context_window").span()),
+            format!("provider `{name}`: `context_window` must be at least 1"),
+        ));
     }
     if provider.max_attempts == Some(0) {
         diags.push(Diagnostic::new(

@@ -1,56 +1,191 @@
-//! Concurrency per limit: a fixed cap, or an adaptive one (AIMD, in the spirit of Vector's
-//! adaptive request concurrency) when the provider's capacity is not known.
+//! Concurrency per limit: a fixed cap, or an adaptive one when the provider's capacity is not
+//! known.
 //!
-//! A back-pressure signal (429, 503/529, a timeout) cuts the limit by 10 % at once (at most
-//! once per round trip). Every window of one round-trip time the controller looks back: a
-//! mean latency well above the usual also cuts it; otherwise, if the limit was actually
-//! reached and nothing pushed back, it grows by one. A gentle
-//! cut (not halving) keeps the average close to the real capacity, and growing only when the
-//! limit was the bottleneck keeps an idle stage from inflating it. Where the last cut
-//! happened is remembered: climbing back up to just below it is quick (one step per window),
-//! stepping past it waits for a few calm windows, so the overshoots that cost 429s are rare.
+//! The adaptive controller is a congestion window (TCP, and its service-side heirs: Netflix's
+//! concurrency-limits, Envoy's adaptive concurrency filter, Vector's ARC) shaped for LLM APIs,
+//! where the provider says when it is full and latency mostly says how long the answer was:
+//!
+//! - **Overload is the strong signal**: a 429 that carries no account rate-limit state, a
+//!   503/529, a timeout. It cuts the limit to 90 % (the AIMD backoff ratio of Vector's ARC and
+//!   Netflix's `AIMDLimit`) of the level the refused call was sent under, at once, but only when
+//!   that call was sent after the last cut: a refusal of a call sent before it says nothing the
+//!   cut has not already acted on (TCP's "one cut per window", made exact because refusals come
+//!   back fast). So a capacity that drops is followed within a few refusals, and one overshoot
+//!   costs one cut.
+//! - **Growth is clocked by answers** (as TCP's window is clocked by ACKs) and happens only
+//!   while the limit is the bottleneck (callers wait for a slot). Slow start: +1 per answer,
+//!   i.e. doubling per round trip, until the first overload; then +1 per round trip. Right
+//!   below the level of the last cut it waits for calm (two round trips, and 100 answers or
+//!   10 s) before trying that level again (more answers each time the same level is refused,
+//!   so a capacity that stays put costs well under 1 % refused calls, as BIC/CUBIC linger near
+//!   their last maximum); a whole round trip at that level without a refusal means the
+//!   capacity rose, and slow start finds the new one.
+//!   Refusals come back fast and growth is one slot per answer, so an overshoot costs about one
+//!   refused call.
+//! - **Latency is a weak signal, normalised**: an LLM call's latency is mostly its output length
+//!   (time to first token + tokens x time per token), so a raw average rises and falls with the
+//!   answers, not the load, and two stages with different `max_tokens` on one limit would look
+//!   like congestion whenever the mix shifts. Each answer is compared with a model of latency vs
+//!   output tokens (least squares over the last ~200 answers); a round trip whose answers took
+//!   well over what the model expects (1.5x) holds growth for the next round trip. It never
+//!   cuts: a slower provider (its busy hour) does not hold fewer calls, and servers that batch
+//!   get slower as they fill while their throughput still grows. The model learns from every
+//!   answer, so a lasting rise stops holding growth after a few round trips.
+//! - **A floor**: the limit starts at `initial` (default: the floor) and nothing but overload
+//!   takes it below `min`; below it after an overload, it comes back by slow start. Default 4:
+//!   any hosted API takes that many at once, a default Ollama server runs 4 (and queues the
+//!   rest), and slow start climbs from 4 to 64 in four round trips.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-const DECREASE_RATIO: f64 = 0.9;
-/// How far (in mean absolute deviations) a window's latency may stray above the usual.
-const RTT_DEVIATION_SCALE: f64 = 3.0;
-const EWMA_ALPHA: f64 = 0.3;
-/// Calm windows at the last cut's level before trying one more; doubled each time the same
-/// level is cut again (a capacity that stays put is probed less and less), up to the max.
-const CALM_WINDOWS_AT_CEILING: u32 = 4;
-const MAX_CALM_WINDOWS_AT_CEILING: u32 = 64;
+#[cfg(test)]
+mod model;
 
-/// What a finished call says about the provider's load.
+/// Default floor (and starting point) of an adaptive limit.
+pub const DEFAULT_MIN_CONCURRENCY: usize = 4;
+
+const DECREASE_RATIO: f64 = 0.9;
+/// Before trying the level last refused again: at least this many calm round trips right below
+/// it, and either this many answers since the cut (each try costs about one refused call, so
+/// this bounds their share; doubled each time the same level is refused again, up to the max)
+/// or this long (which bounds how long a capacity that rose goes unnoticed).
+const CALM_ROUNDS_AT_CEILING: u32 = 2;
+const CALM_ANSWERS_AT_CEILING: u64 = 100;
+const MAX_CALM_ANSWERS_AT_CEILING: u64 = 400;
+const MAX_CALM_TIME_AT_CEILING: Duration = Duration::from_secs(10);
+/// A round trip whose answers took this many times what the latency model expects holds growth.
+const SLOW_ROUND_RATIO: f64 = 1.5;
+/// Fewer latency samples in a round trip than this say nothing.
+const MIN_ROUND_SAMPLES: u32 = 3;
+/// Answers the latency model remembers (exponential forgetting), and how many it needs before
+/// it says anything.
+const LATENCY_MEMORY: f64 = 200.0;
+const LATENCY_MODEL_MIN_ANSWERS: f64 = 20.0;
+/// Raises of the limit remembered, to know the limit a refused call was sent under.
+const RAISES_REMEMBERED: usize = 512;
+
+/// What a finished attempt says about the provider's load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
-    /// Answered (successfully or with an error unrelated to load).
-    Answered,
-    /// 429, 503, 529, a timeout: too much.
+    /// Answered, with this many output tokens: a latency sample.
+    Answered { output_tokens: u64 },
+    /// Finished in a way that says nothing about load: a 4xx, a 500, a connection error, a 429
+    /// that carries the account's rate-limit state (the rate limiter's business, not ours).
+    Neutral,
+    /// Overload: a 429 without account state, 503, 529, a timeout.
     BackPressure,
+}
+
+/// Bounds of an adaptive limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdaptiveSettings {
+    /// Never below this without an overload signal.
+    pub min: usize,
+    /// Where it starts (at least `min`).
+    pub initial: usize,
+    /// Never above this.
+    pub max: usize,
+}
+
+impl AdaptiveSettings {
+    /// Defaults below `max`: floor and start at [`DEFAULT_MIN_CONCURRENCY`].
+    pub fn up_to(max: usize) -> AdaptiveSettings {
+        AdaptiveSettings {
+            min: DEFAULT_MIN_CONCURRENCY,
+            initial: DEFAULT_MIN_CONCURRENCY,
+            max,
+        }
+    }
+
+    /// Made consistent: 1 <= min <= initial <= max.
+    fn normalised(self) -> AdaptiveSettings {
+        let max = self.max.max(1);
+        let min = self.min.clamp(1, max);
+        AdaptiveSettings {
+            min,
+            initial: self.initial.clamp(min, max),
+            max,
+        }
+    }
+}
+
+/// Latency vs output tokens, `rtt ≈ a + b · tokens`, by least squares over exponentially
+/// forgotten answers.
+#[derive(Debug, Default)]
+struct LatencyModel {
+    weight: f64,
+    sum_x: f64,
+    sum_y: f64,
+    sum_xx: f64,
+    sum_xy: f64,
+}
+
+impl LatencyModel {
+    /// Expected seconds for an answer of `tokens` (None until enough answers were seen).
+    fn expected(&self, tokens: f64) -> Option<f64> {
+        if self.weight < LATENCY_MODEL_MIN_ANSWERS {
+            return None;
+        }
+        let mean_x = self.sum_x / self.weight;
+        let mean_y = self.sum_y / self.weight;
+        let var_x = self.sum_xx / self.weight - mean_x * mean_x;
+        let cov = self.sum_xy / self.weight - mean_x * mean_y;
+        // No spread in lengths (embeddings, fixed answers): the mean is the model.
+        let slope = if var_x > 1.0 {
+            (cov / var_x).max(0.0)
+        } else {
+            0.0
+        };
+        let at = mean_y + slope * (tokens - mean_x);
+        // A fit with a negative intercept must not expect ~0 s of a short answer.
+        Some(at.max(0.1 * mean_y).max(1e-6))
+    }
+
+    fn learn(&mut self, tokens: f64, rtt: f64) {
+        let keep = 1.0 - 1.0 / LATENCY_MEMORY;
+        self.weight = keep * self.weight + 1.0;
+        self.sum_x = keep * self.sum_x + tokens;
+        self.sum_y = keep * self.sum_y + rtt;
+        self.sum_xx = keep * self.sum_xx + tokens * tokens;
+        self.sum_xy = keep * self.sum_xy + tokens * rtt;
+    }
+}
+
+/// One round trip's worth of finished attempts (as many as the limit when it began).
+#[derive(Debug, Default)]
+struct Round {
+    size: usize,
+    finished: usize,
+    overloaded: bool,
+    latency_ratio_sum: f64,
+    latency_samples: u32,
 }
 
 #[derive(Debug)]
 struct Controller {
     limit: usize,
-    max: usize,
-    window_start: Instant,
-    window_rtt_sum: f64,
-    window_count: u32,
-    window_back_pressure: bool,
-    window_reached_limit: bool,
-    /// Smoothed window-mean latency (seconds) and its mean absolute deviation.
-    rtt_mean: Option<f64>,
-    rtt_deviation: f64,
-    /// The limit at which back-pressure was last seen.
+    settings: AdaptiveSettings,
+    /// Until the first overload: +1 per answer.
+    slow_start: bool,
+    /// The limit at which overload was last seen.
     ceiling: Option<usize>,
-    calm_windows: u32,
-    calm_needed: u32,
+    calm_rounds: u32,
+    answers_since_cut: u64,
+    calm_answers_needed: u64,
+    /// Fractions of a slot earned by answers (1 / limit each).
+    credit: f64,
     last_cut: Option<Instant>,
+    /// (when, limit before) of recent raises, oldest first.
+    raises: VecDeque<(Instant, usize)>,
+    /// The previous round trip was slow: hold growth.
+    holding: bool,
+    round: Round,
+    latency: LatencyModel,
 }
 
 #[derive(Debug)]
@@ -59,6 +194,8 @@ pub struct Concurrency {
     /// Permits to retire as they come back (the limit went down while they were out).
     owed: AtomicUsize,
     in_flight: AtomicUsize,
+    /// Callers waiting for a slot: the limit is the bottleneck.
+    waiting: AtomicUsize,
     controller: Option<Mutex<Controller>>,
 }
 
@@ -84,6 +221,15 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// Counts a caller as waiting for as long as it exists (an acquire can be cancelled).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 impl Concurrency {
     /// No cap at all (the rate limiter alone paces calls).
     pub fn unlimited() -> Concurrency {
@@ -100,32 +246,20 @@ impl Concurrency {
             semaphore: std::sync::Arc::new(Semaphore::new(max.max(1))),
             owed: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             controller: None,
         }
     }
 
-    /// Starts at one call in flight and finds the capacity, never above `max`.
-    pub fn adaptive(max: usize) -> Concurrency {
-        let max = max.max(1);
+    /// Starts at `settings.initial` calls in flight and finds the capacity within the bounds.
+    pub fn adaptive(settings: AdaptiveSettings) -> Concurrency {
+        let settings = settings.normalised();
         Concurrency {
-            semaphore: std::sync::Arc::new(Semaphore::new(1)),
+            semaphore: std::sync::Arc::new(Semaphore::new(settings.initial)),
             owed: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
-            controller: Some(Mutex::new(Controller {
-                limit: 1,
-                max,
-                window_start: Instant::now(),
-                window_rtt_sum: 0.0,
-                window_count: 0,
-                window_back_pressure: false,
-                window_reached_limit: false,
-                rtt_mean: None,
-                rtt_deviation: 0.0,
-                ceiling: None,
-                calm_windows: 0,
-                calm_needed: CALM_WINDOWS_AT_CEILING,
-                last_cut: None,
-            })),
+            waiting: AtomicUsize::new(0),
+            controller: Some(Mutex::new(Controller::new(settings))),
         }
     }
 
@@ -146,53 +280,42 @@ impl Concurrency {
     }
 
     pub async fn acquire(&self) -> Slot<'_> {
+        let waiting = {
+            self.waiting.fetch_add(1, Relaxed);
+            Waiting(&self.waiting)
+        };
         // The semaphore is never closed, so acquiring cannot fail; `None` would only mean an
         // uncapped call, never a lost one.
         let permit = self.semaphore.clone().acquire_owned().await.ok();
-        let now_in_flight = self.in_flight.fetch_add(1, Relaxed) + 1;
-        if let Some(c) = &self.controller {
-            let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
-            if now_in_flight >= c.limit {
-                c.window_reached_limit = true;
-            }
-        }
+        drop(waiting);
+        self.in_flight.fetch_add(1, Relaxed);
         Slot {
             owner: self,
             permit,
         }
     }
 
-    /// Feeds one finished call into the controller (no-op for a fixed cap). Call it before
-    /// giving the call's slot back, so a cut takes that slot out of circulation at once.
+    /// Feeds one finished attempt (`rtt` from sending to its end) into the controller (no-op
+    /// for a fixed cap). Call it before giving the attempt's slot back, so a cut takes that
+    /// slot out of circulation at once.
     pub fn record(&self, rtt: Duration, signal: Signal) {
         let Some(controller) = &self.controller else {
             return;
         };
         let now = Instant::now();
+        let sent = now.checked_sub(rtt).unwrap_or(now);
         let mut c = controller.lock().unwrap_or_else(|p| p.into_inner());
-        let window = Duration::from_secs_f64(c.rtt_mean.unwrap_or(rtt.as_secs_f64()).max(0.01));
         let old = c.limit;
         match signal {
-            // Cut at once, not at the end of the window: refusals come back fast, and a slot
-            // too many would otherwise be refused again and again until the window ends. One
-            // cut per window: the refusals that follow it were already on their way.
-            Signal::BackPressure => {
-                let cut_recently = c
-                    .last_cut
-                    .is_some_and(|at| now.saturating_duration_since(at) < window);
-                if cut_recently {
-                    c.window_back_pressure = true;
-                } else {
-                    c.cut(now, self.in_flight());
-                }
+            Signal::BackPressure => c.overloaded(now, sent),
+            Signal::Answered { output_tokens } => {
+                // Growth only while the limit holds calls back (callers wait for a slot, or
+                // every slot is taken, this one included): a limit above the demand proves
+                // nothing, and raising it would only overshoot once the demand comes.
+                let bottleneck = self.waiting.load(Relaxed) > 0 || self.in_flight() >= c.limit;
+                c.answered(now, rtt.as_secs_f64(), output_tokens as f64, bottleneck);
             }
-            Signal::Answered => {
-                c.window_rtt_sum += rtt.as_secs_f64();
-                c.window_count += 1;
-                if now.saturating_duration_since(c.window_start) >= window {
-                    c.end_window(now, self.in_flight());
-                }
-            }
+            Signal::Neutral => c.finished(),
         }
         let new = c.limit;
         drop(c);
@@ -220,70 +343,150 @@ impl Concurrency {
 }
 
 impl Controller {
-    fn cut(&mut self, now: Instant, in_flight: usize) {
-        self.calm_needed = if self.ceiling == Some(self.limit) {
-            (self.calm_needed * 2).min(MAX_CALM_WINDOWS_AT_CEILING)
+    fn new(settings: AdaptiveSettings) -> Controller {
+        Controller {
+            limit: settings.initial,
+            settings,
+            slow_start: true,
+            ceiling: None,
+            calm_rounds: 0,
+            answers_since_cut: 0,
+            calm_answers_needed: CALM_ANSWERS_AT_CEILING,
+            credit: 0.0,
+            last_cut: None,
+            raises: VecDeque::new(),
+            holding: false,
+            round: Round {
+                size: settings.initial,
+                ..Round::default()
+            },
+            latency: LatencyModel::default(),
+        }
+    }
+
+    fn overloaded(&mut self, now: Instant, sent: Instant) {
+        self.round.overloaded = true;
+        // Sent under a limit already cut: nothing new.
+        if self.last_cut.is_some_and(|cut| sent < cut) {
+            return self.finished();
+        }
+        // The level refused is the one the call was sent under: in slow start the limit may
+        // have grown since (answers keep coming while the refusal is on its way), and cutting
+        // from there would take several more refusals to get back.
+        let refused = self.limit_when(sent);
+        self.calm_answers_needed = if self.ceiling == Some(refused) {
+            (self.calm_answers_needed * 2).min(MAX_CALM_ANSWERS_AT_CEILING)
         } else {
-            CALM_WINDOWS_AT_CEILING
+            CALM_ANSWERS_AT_CEILING
         };
-        self.ceiling = Some(self.limit);
-        self.calm_windows = 0;
-        self.limit = ((self.limit as f64 * DECREASE_RATIO).floor() as usize).max(1);
+        self.ceiling = Some(refused);
+        self.limit = ((refused as f64 * DECREASE_RATIO).floor() as usize).max(1);
+        self.raises.clear();
+        self.slow_start = false;
+        self.credit = 0.0;
+        self.calm_rounds = 0;
+        self.answers_since_cut = 0;
         self.last_cut = Some(now);
-        self.start_window(now, in_flight);
-    }
-
-    fn start_window(&mut self, now: Instant, in_flight: usize) {
-        self.window_start = now;
-        self.window_rtt_sum = 0.0;
-        self.window_count = 0;
-        self.window_back_pressure = false;
-        self.window_reached_limit = in_flight >= self.limit;
-    }
-
-    /// A round trip has passed: grow if the limit was the bottleneck and all was calm, cut if
-    /// latency rose well above the usual.
-    fn end_window(&mut self, now: Instant, in_flight: usize) {
-        let mean =
-            (self.window_count > 0).then(|| self.window_rtt_sum / f64::from(self.window_count));
-        let too_slow = match (mean, self.rtt_mean) {
-            (Some(mean), Some(usual)) => {
-                mean > usual + RTT_DEVIATION_SCALE * self.rtt_deviation.max(usual * 0.05)
-            }
-            _ => false,
+        self.round = Round {
+            size: self.limit,
+            overloaded: true,
+            ..Round::default()
         };
-        if too_slow {
-            self.cut(now, in_flight);
+    }
+
+    /// The limit at `at` (raises since then undone; cuts since then never matter, see
+    /// `overloaded`).
+    fn limit_when(&self, at: Instant) -> usize {
+        self.raises
+            .iter()
+            .find(|(raised, _)| *raised > at)
+            .map_or(self.limit, |&(_, before)| before)
+    }
+
+    fn answered(&mut self, now: Instant, rtt: f64, tokens: f64, bottleneck: bool) {
+        self.answers_since_cut += 1;
+        if let Some(expected) = self.latency.expected(tokens) {
+            self.round.latency_ratio_sum += rtt / expected;
+            self.round.latency_samples += 1;
+        }
+        // Every answer teaches the model, slow ones too: a lasting rise must become the norm.
+        self.latency.learn(tokens, rtt);
+        if bottleneck && !self.holding {
+            self.grow(now);
+        }
+        self.finished();
+    }
+
+    /// Calm enough right below the level last refused to try it again.
+    fn calm_at_ceiling(&self, now: Instant) -> bool {
+        let waited = self
+            .last_cut
+            .is_none_or(|cut| now.saturating_duration_since(cut) >= MAX_CALM_TIME_AT_CEILING);
+        self.calm_rounds >= CALM_ROUNDS_AT_CEILING
+            && (self.answers_since_cut >= self.calm_answers_needed || waited)
+    }
+
+    fn grow(&mut self, now: Instant) {
+        let max = self.settings.max;
+        if self.limit >= max {
             return;
         }
-        if !self.window_back_pressure && self.window_reached_limit && self.limit < self.max {
-            match self.ceiling {
-                Some(ceiling) if self.limit + 1 >= ceiling => {
-                    self.calm_windows += 1;
-                    if self.calm_windows >= self.calm_needed {
-                        self.calm_windows = 0;
-                        self.limit += 1;
-                        if self.limit > ceiling {
-                            // Capacity grew past the old cut: probe freely again.
-                            self.ceiling = None;
-                        }
-                    }
-                }
-                _ => self.limit += 1,
-            }
+        if self.slow_start || self.limit < self.settings.min {
+            return self.raise(now);
         }
-        // Latency learned from calm windows only: congestion must not become "usual".
-        if let (Some(mean), false) = (mean, self.window_back_pressure) {
-            match self.rtt_mean {
-                None => self.rtt_mean = Some(mean),
-                Some(usual) => {
-                    self.rtt_deviation =
-                        (1.0 - EWMA_ALPHA) * self.rtt_deviation + EWMA_ALPHA * (mean - usual).abs();
-                    self.rtt_mean = Some((1.0 - EWMA_ALPHA) * usual + EWMA_ALPHA * mean);
-                }
+        self.credit += 1.0 / self.limit as f64;
+        // (The epsilon: `limit` answers of 1/limit each must add up to a whole slot.)
+        while self.credit >= 1.0 - 1e-9 && self.limit < max {
+            if let Some(ceiling) = self.ceiling
+                && self.limit + 1 >= ceiling
+                && !self.calm_at_ceiling(now)
+            {
+                // Right below the level last refused: wait for calm first.
+                self.credit = 0.0;
+                return;
             }
+            self.credit -= 1.0;
+            self.raise(now);
         }
-        self.start_window(now, in_flight);
+    }
+
+    fn raise(&mut self, now: Instant) {
+        if self.raises.len() == RAISES_REMEMBERED {
+            self.raises.pop_front();
+        }
+        self.raises.push_back((now, self.limit));
+        self.limit += 1;
+    }
+
+    /// Counts a finished attempt into the round trip; closes it once `limit` have finished.
+    fn finished(&mut self) {
+        self.round.finished += 1;
+        if self.round.finished < self.round.size {
+            return;
+        }
+        let round = std::mem::replace(
+            &mut self.round,
+            Round {
+                size: self.limit,
+                ..Round::default()
+            },
+        );
+        self.holding = round.latency_samples >= MIN_ROUND_SAMPLES
+            && round.latency_ratio_sum / f64::from(round.latency_samples) > SLOW_ROUND_RATIO;
+        if round.overloaded {
+            return;
+        }
+        match self.ceiling {
+            // A whole round trip at the last refused level without a refusal: the capacity
+            // rose. Find the new one as at the start (refusals come back fast, and growth is
+            // one slot per answer, so an overshoot is seen at its first call).
+            Some(ceiling) if round.size >= ceiling => {
+                self.ceiling = None;
+                self.slow_start = true;
+            }
+            Some(ceiling) if round.size + 1 >= ceiling => self.calm_rounds += 1,
+            _ => {}
+        }
     }
 }
 
@@ -291,97 +494,352 @@ impl Controller {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn grows_while_the_limit_is_the_bottleneck_and_backs_off_on_429() {
-        let c = Concurrency::adaptive(100);
-        let rtt = Duration::from_millis(100);
-        // 30 windows of full use, no trouble: +1 per window.
-        for _ in 0..30 {
-            let limit = c.limit();
-            let slots: Vec<_> = futures::future::join_all((0..limit).map(|_| c.acquire())).await;
-            tokio::time::advance(rtt).await;
-            drop(slots);
-            for _ in 0..limit {
-                c.record(rtt, Signal::Answered);
-            }
+    fn answered(tokens: u64) -> Signal {
+        Signal::Answered {
+            output_tokens: tokens,
         }
-        let grown = c.limit();
-        assert!((25..=31).contains(&grown), "{grown}");
-        // One 429 in a window: -10 %.
+    }
+
+    /// Takes every slot, waits `rtt`, and feeds one signal per slot while more callers wait:
+    /// one round trip at full use.
+    async fn full_round(c: &Concurrency, rtt: Duration, signal: impl Fn(usize) -> Signal) {
+        let limit = c.limit();
+        let slots: Vec<_> = futures::future::join_all((0..limit).map(|_| c.acquire())).await;
         tokio::time::advance(rtt).await;
-        c.record(rtt, Signal::BackPressure);
-        assert_eq!(c.limit(), (grown as f64 * 0.9).floor() as usize);
-    }
-
-    /// A provider that takes `capacity` calls at once and refuses the rest, window by window.
-    #[tokio::test(start_paused = true)]
-    async fn settles_close_to_a_hidden_capacity_with_few_refusals() {
-        let capacity = 40;
-        let c = Concurrency::adaptive(256);
-        let rtt = Duration::from_millis(300);
-        let (mut refused, mut sent, mut limits) = (0usize, 0usize, Vec::new());
-        for window in 0..300 {
-            let limit = c.limit();
-            let slots: Vec<_> = futures::future::join_all((0..limit).map(|_| c.acquire())).await;
-            tokio::time::advance(rtt).await;
-            drop(slots);
-            let over = limit.saturating_sub(capacity);
-            for i in 0..limit {
-                let signal = if i < over {
-                    Signal::BackPressure
-                } else {
-                    Signal::Answered
-                };
-                c.record(rtt, signal);
-            }
-            sent += limit;
-            refused += over;
-            if window >= 100 {
-                limits.push(limit);
-            }
+        c.waiting.fetch_add(1, Relaxed);
+        let more_demand = Waiting(&c.waiting);
+        for i in 0..limit {
+            c.record(rtt, signal(i));
         }
-        let mean = limits.iter().sum::<usize>() as f64 / limits.len() as f64;
-        assert!(mean >= 0.95 * capacity as f64, "mean concurrency {mean}");
-        let share = refused as f64 / sent as f64;
-        // Measured: ~0.06 % refused at a mean of 39.9. Stepping past the last cut at once,
-        // without the calm windows, refuses ~0.4 %.
-        assert!(share <= 0.002, "refused {refused} of {sent}");
+        drop(more_demand);
+        drop(slots);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn does_not_grow_when_idle() {
-        let c = Concurrency::adaptive(100);
-        for _ in 0..20 {
-            tokio::time::advance(Duration::from_millis(100)).await;
-            c.record(Duration::from_millis(100), Signal::Answered);
+    async fn slow_start_doubles_per_round_trip_then_backs_off_on_overload() {
+        let c = Concurrency::adaptive(AdaptiveSettings::up_to(1000));
+        assert_eq!(c.limit(), DEFAULT_MIN_CONCURRENCY);
+        let rtt = Duration::from_millis(100);
+        for _ in 0..4 {
+            full_round(&c, rtt, |_| answered(10)).await;
+        }
+        // 4 → 8 → 16 → 32 → 64.
+        assert_eq!(c.limit(), 64);
+        tokio::time::advance(rtt).await;
+        c.record(Duration::from_millis(5), Signal::BackPressure);
+        assert_eq!(c.limit(), 57);
+        // Additive from here: +1 per full round trip.
+        for _ in 0..3 {
+            full_round(&c, rtt, |_| answered(10)).await;
+        }
+        assert_eq!(c.limit(), 60);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_of_calls_sent_before_a_cut_do_not_cut_again() {
+        let c = Concurrency::adaptive(AdaptiveSettings {
+            min: 1,
+            initial: 50,
+            max: 100,
+        });
+        let rtt = Duration::from_millis(200);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Three refusals of calls sent at the same moment: one cut.
+        c.record(rtt, Signal::BackPressure);
+        c.record(rtt, Signal::BackPressure);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        c.record(rtt, Signal::BackPressure);
+        assert_eq!(c.limit(), 45);
+        // A call sent after the cut and refused: the cut was not enough.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        c.record(Duration::from_millis(50), Signal::BackPressure);
+        assert_eq!(c.limit(), 40);
+        // Overload can go below the floor; nothing else does.
+        for _ in 0..60 {
+            tokio::time::advance(Duration::from_millis(10)).await;
+            c.record(Duration::from_millis(5), Signal::BackPressure);
         }
         assert_eq!(c.limit(), 1);
     }
 
+    /// In slow start the limit keeps growing while a refusal is on its way: the cut starts
+    /// from the level the refused call was sent under.
     #[tokio::test(start_paused = true)]
-    async fn shrinking_retires_permits_that_are_out() {
-        let c = Concurrency::adaptive(100);
-        // Grow to 10.
-        for _ in 0..9 {
-            let n = c.limit();
-            let slots: Vec<_> = futures::future::join_all((0..n).map(|_| c.acquire())).await;
-            tokio::time::advance(Duration::from_millis(50)).await;
-            c.record(Duration::from_millis(50), Signal::Answered);
-            drop(slots);
+    async fn a_refusal_cuts_from_the_limit_its_call_was_sent_under() {
+        let c = Concurrency::adaptive(AdaptiveSettings {
+            min: 1,
+            initial: 10,
+            max: 100,
+        });
+        let refused_sent = Instant::now();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let rtt = Duration::from_millis(50);
+        full_round(&c, rtt, |_| answered(10)).await;
+        assert_eq!(c.limit(), 20);
+        c.record(refused_sent.elapsed(), Signal::BackPressure);
+        assert_eq!(c.limit(), 9, "0.9 x 10, not 0.9 x 20");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn does_not_grow_when_the_limit_is_not_the_bottleneck() {
+        let c = Concurrency::adaptive(AdaptiveSettings::up_to(100));
+        for _ in 0..50 {
+            let slot = c.acquire().await;
+            tokio::time::advance(Duration::from_millis(100)).await;
+            c.record(Duration::from_millis(100), answered(50));
+            drop(slot);
         }
-        assert_eq!(c.limit(), 10);
-        let slots: Vec<_> = futures::future::join_all((0..10).map(|_| c.acquire())).await;
-        tokio::time::advance(Duration::from_millis(60)).await;
-        c.record(Duration::from_millis(50), Signal::BackPressure);
+        assert_eq!(c.limit(), DEFAULT_MIN_CONCURRENCY);
+    }
+
+    /// Feeds the rest of the controller's round trip: answers of `rtt(i)` seconds and
+    /// `tokens(i)` output tokens, the limit being the bottleneck.
+    fn controller_round(
+        c: &mut Controller,
+        rtt: impl Fn(usize) -> f64,
+        tokens: impl Fn(usize) -> f64,
+    ) {
+        let left = c.round.size - c.round.finished;
+        for i in 0..left {
+            c.answered(Instant::now(), rtt(i), tokens(i), true);
+        }
+    }
+
+    /// Out of slow start, well below the level last refused: +1 per round trip.
+    fn avoiding(limit: usize) -> Controller {
+        let mut c = Controller::new(AdaptiveSettings {
+            min: 4,
+            initial: limit,
+            max: 1000,
+        });
+        c.slow_start = false;
+        c.ceiling = Some(1000);
+        c
+    }
+
+    #[test]
+    fn latency_never_cuts_and_a_lasting_rise_stops_holding_growth() {
+        let mut c = avoiding(30);
+        for _ in 0..10 {
+            controller_round(&mut c, |_| 1.0, |_| 100.0);
+            assert!(!c.holding);
+        }
+        let before = c.limit;
+        assert_eq!(before, 40, "+1 per round trip");
+        // Calls now take 3x as long (the provider's busy hour).
+        let mut limits = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..12 {
+            controller_round(&mut c, |_| 3.0, |_| 100.0);
+            limits.push(c.limit);
+            held.push(c.holding);
+        }
+        // The first slow round trip had already begun: it grows, then growth holds...
+        assert_eq!(limits[0], before + 1);
+        assert!(held[0] && held[1], "{held:?}");
+        assert_eq!(limits[1], limits[0], "held: {limits:?}");
+        // ...never a cut...
+        assert!(limits.windows(2).all(|w| w[1] >= w[0]), "{limits:?}");
+        // ...and once the model has learnt the new normal, growth resumes.
+        let resumed = held.iter().position(|h| !h).expect("learnt");
+        assert!(resumed <= 6, "held {resumed} round trips: {held:?}");
+        assert_eq!(limits[11], limits[resumed] + (11 - resumed), "{limits:?}");
+    }
+
+    /// Answers of very different lengths, in proportions that shift from one round trip to
+    /// the next (two stages, `max_tokens` 10 and 1000, on one limit), are not congestion.
+    #[test]
+    fn long_answers_are_not_congestion() {
+        let mut c = avoiding(30);
+        // latency = 0.3 s + 20 ms per token, ±5 %.
+        let rtt = |tokens: f64, i: usize| (0.3 + 0.02 * tokens) * (0.95 + 0.01 * (i % 11) as f64);
+        for r in 0..40 {
+            // One round trip 1 long answer in 10, the next 9 in 10.
+            let mostly_long = r % 2 == 1;
+            let tokens = move |i: usize| {
+                let long = if mostly_long {
+                    i % 10 != 5
+                } else {
+                    i % 10 == 5
+                };
+                if long { 1000.0 } else { 10.0 }
+            };
+            let start = c.limit;
+            controller_round(&mut c, |i| rtt(tokens(i), i), tokens);
+            assert!(!c.holding, "round {r} looked slow");
+            assert_eq!(c.limit, start + 1, "round {r}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn holds_right_below_the_last_refused_level_before_trying_it_again() {
+        let c = Concurrency::adaptive(AdaptiveSettings {
+            min: 4,
+            initial: 11,
+            max: 1000,
+        });
+        let rtt = Duration::from_millis(100);
+        let refuse = async || {
+            tokio::time::advance(rtt).await;
+            c.record(Duration::from_millis(5), Signal::BackPressure);
+        };
+        // Round trips spent at 10, one below the refused 11, before trying 11 again.
+        let rounds_at_10 = async || {
+            let mut rounds = 0;
+            while c.limit() == 10 {
+                full_round(&c, rtt, |_| answered(10)).await;
+                rounds += 1;
+                assert!(rounds < 100);
+            }
+            rounds
+        };
+        refuse().await;
         assert_eq!(c.limit(), 9);
-        drop(slots);
-        // Only 9 can be in flight now.
-        let slots: Vec<_> = futures::future::join_all((0..9).map(|_| c.acquire())).await;
+        full_round(&c, rtt, |_| answered(10)).await;
+        assert_eq!(c.limit(), 10);
+        // 100 answers since the cut: 9 at 9, then 10 per round trip.
+        assert_eq!(rounds_at_10().await, 10);
+        assert_eq!(c.limit(), 11);
+        // Refused at 11 again: twice as many answers before the next try.
+        refuse().await;
+        full_round(&c, rtt, |_| answered(10)).await;
+        assert_eq!(rounds_at_10().await, 20);
+        // 11 passes a whole round trip this time: the capacity rose; slow start again
+        // (doubling per round trip) instead of +1 per round trip.
+        full_round(&c, rtt, |_| answered(10)).await;
+        let mut limits = Vec::new();
+        for _ in 0..3 {
+            full_round(&c, rtt, |_| answered(10)).await;
+            limits.push(c.limit());
+        }
+        assert!(
+            limits[0] >= 12 && limits[2] >= 4 * limits[0] - 4,
+            "{limits:?}"
+        );
+        // Refused at the new level: back to +1 per round trip.
+        let refused_at = c.limit();
+        refuse().await;
+        let cut = c.limit();
+        assert_eq!(cut, (refused_at as f64 * 0.9) as usize);
+        full_round(&c, rtt, |_| answered(10)).await;
+        assert_eq!(c.limit(), cut + 1);
+    }
+
+    /// The level last refused is tried again after ~10 s even when answers are few (so a
+    /// capacity that rose is found).
+    #[tokio::test(start_paused = true)]
+    async fn slow_answers_try_the_refused_level_again_within_seconds() {
+        let c = Concurrency::adaptive(AdaptiveSettings {
+            min: 4,
+            initial: 11,
+            max: 1000,
+        });
+        tokio::time::advance(Duration::from_millis(100)).await;
+        c.record(Duration::from_millis(5), Signal::BackPressure);
+        // 4 s calls: 10 answers per round trip, far from 100 answers in 10 s.
+        let rtt = Duration::from_secs(4);
+        let mut waited = Duration::ZERO;
+        while c.limit() < 11 {
+            full_round(&c, rtt, |_| answered(10)).await;
+            waited += rtt;
+        }
+        // One round trip to climb to 10, two calm ones there, and 10 s since the cut passed
+        // during the third (instead of 100 answers: 40 s).
+        assert_eq!(waited, Duration::from_secs(16));
+    }
+
+    /// How `CallPolicy` reads a provider's refusals: a 429 that carries the account's
+    /// rate-limit state is the rate limiter's business; a 429 without it, or a 503, means the
+    /// provider is full; a 500 says nothing about load.
+    #[tokio::test(start_paused = true)]
+    async fn the_policy_cuts_on_overload_only() {
+        use crate::error::StageError;
+        use crate::policy::{
+            Answer, CallSpec, Failed, LimitSpec, ProviderSpec, Resources, ResourcesOptions,
+            ServerLimits, TokenUsage,
+        };
+        use std::collections::BTreeMap;
+        use std::sync::atomic::AtomicU32;
+
+        let limit = LimitSpec {
+            adaptive: Some(true),
+            min_concurrency: Some(1),
+            initial_concurrency: Some(10),
+            ..Default::default()
+        };
+        let provider: ProviderSpec = serde_json::from_value(serde_json::json!({
+            "kind": "openai", "model": "m", "limit": "acct", "backoff_s": 0.1
+        }))
+        .unwrap();
+        let resources = Resources::new(
+            &BTreeMap::from([("acct".to_string(), limit)]),
+            &BTreeMap::from([("p".to_string(), provider)]),
+            ResourcesOptions::default(),
+        )
+        .unwrap();
+        let policy = resources.policy("p", Default::default()).unwrap();
+        let spec = CallSpec {
+            cache_key: None,
+            input_tokens: 10,
+            max_output_tokens: 10,
+            ..Default::default()
+        };
+        // One call: refused once with `status` (and `server` state), then answered.
+        let call = async |status: u16, server: ServerLimits| {
+            let attempts = AtomicU32::new(0);
+            let attempt = || {
+                let first = attempts.fetch_add(1, Relaxed) == 0;
+                let server = server.clone();
+                async move {
+                    if first {
+                        return Err(Failed {
+                            error: StageError::retryable(format!("HTTP {status}"), Some(0.1)),
+                            status: Some(status),
+                            server: Box::new(server),
+                            billed: Default::default(),
+                        });
+                    }
+                    Ok(Answer {
+                        value: "ok".to_string(),
+                        usage: TokenUsage {
+                            input: 10,
+                            output: 5,
+                            ..Default::default()
+                        },
+                        server: ServerLimits::default(),
+                    })
+                }
+            };
+            policy.call(&spec, attempt, |_| Ok(())).await.unwrap();
+            assert_eq!(attempts.load(Relaxed), 2);
+            policy.concurrency().limit()
+        };
+        let account_spent = ServerLimits {
+            limit_requests: Some(600),
+            remaining_requests: Some(0),
+            reset_requests: Some(Duration::from_millis(100)),
+            ..Default::default()
+        };
+        assert_eq!(call(429, account_spent).await, 10, "a rate limit");
+        assert_eq!(call(429, ServerLimits::default()).await, 9, "overload");
+        assert_eq!(call(503, ServerLimits::default()).await, 8, "overload");
+        assert_eq!(call(500, ServerLimits::default()).await, 8, "no news");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_acquire_stops_counting_as_waiting() {
+        let c = Concurrency::adaptive(AdaptiveSettings {
+            min: 1,
+            initial: 1,
+            max: 100,
+        });
+        let slot = c.acquire().await;
         assert!(
             tokio::time::timeout(Duration::from_millis(10), c.acquire())
                 .await
                 .is_err()
         );
-        drop(slots);
+        assert_eq!(c.waiting.load(Relaxed), 0);
+        drop(slot);
     }
 }

@@ -6,6 +6,11 @@
 //! A provider starts *unproven*: its first request goes alone, and the rest wait for its
 //! answer, so a wrong key or URL costs one request, not one per concurrency slot. A run-fatal
 //! answer (401/403) halts the breaker: calls still waiting fail at once instead of sending.
+//!
+//! A provider whose every attempt has failed for `unreachable_after` (unreachable, timing out,
+//! overloaded) halts it too: the run ends with that error instead of probing forever.
+//!
+//! A [`Pass`] dropped unused (its call was cancelled) frees the probe slot it held.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -17,6 +22,8 @@ pub struct BreakerSettings {
     pub failures: u32,
     pub cooldown: Duration,
     pub max_cooldown: Duration,
+    /// Every attempt failing for this long halts the breaker (the run ends).
+    pub unreachable_after: Duration,
 }
 
 impl Default for BreakerSettings {
@@ -25,6 +32,7 @@ impl Default for BreakerSettings {
             failures: 10,
             cooldown: Duration::from_secs(5),
             max_cooldown: Duration::from_secs(120),
+            unreachable_after: Duration::from_secs(300),
         }
     }
 }
@@ -49,6 +57,9 @@ struct Inner {
     unproven: bool,
     /// Set by a run-fatal answer: nothing is sent any more.
     halted: Option<String>,
+    /// Since when every attempt has failed (none answered since), and the last error.
+    failing_since: Option<Instant>,
+    last_error: String,
 }
 
 #[derive(Debug)]
@@ -59,10 +70,28 @@ pub struct Breaker {
     changed: Notify,
 }
 
-/// Permission to make one attempt; says whether it is the half-open probe.
+/// Permission to make one attempt; says whether it is the half-open probe. Dropped without
+/// an outcome (the call was cancelled), it frees the probe slot for the next caller.
 #[derive(Debug)]
-pub struct Pass {
+pub struct Pass<'a> {
+    breaker: &'a Breaker,
     probe: bool,
+    done: bool,
+}
+
+impl Pass<'_> {
+    fn finish(mut self) -> bool {
+        self.done = true;
+        self.probe
+    }
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        if !self.done && self.probe {
+            self.breaker.release_probe();
+        }
+    }
 }
 
 impl Breaker {
@@ -80,6 +109,8 @@ impl Breaker {
                 times_opened: 0,
                 unproven: true,
                 halted: None,
+                failing_since: None,
+                last_error: String::new(),
             }),
             changed: Notify::new(),
         }
@@ -98,8 +129,14 @@ impl Breaker {
     }
 
     /// Waits while the breaker is open (or a probe is out), then lets the caller through.
-    /// `Err` once halted by a run-fatal answer.
-    pub async fn pass(&self) -> Result<Pass, String> {
+    /// `Err` once halted by a run-fatal answer, or when the provider has failed every attempt
+    /// for `unreachable_after`.
+    pub async fn pass(&self) -> Result<Pass<'_>, String> {
+        let pass = |probe| Pass {
+            breaker: self,
+            probe,
+            done: false,
+        };
         loop {
             let notified = self.changed.notified();
             let wait_until = {
@@ -107,19 +144,31 @@ impl Breaker {
                 if let Some(reason) = &s.halted {
                     return Err(reason.clone());
                 }
+                let now = Instant::now();
+                let give_up_at = s.failing_since.map(|t| t + self.settings.unreachable_after);
+                if s.state == BreakerState::Open && give_up_at.is_some_and(|at| now >= at) {
+                    let reason = self.unreachable(&s);
+                    s.halted = Some(reason.clone());
+                    drop(s);
+                    self.changed.notify_waiters();
+                    return Err(reason);
+                }
                 match s.state {
-                    BreakerState::Closed => return Ok(Pass { probe: false }),
-                    BreakerState::Open if Instant::now() >= s.open_until => {
+                    BreakerState::Closed => return Ok(pass(false)),
+                    BreakerState::Open if now >= s.open_until => {
                         s.state = BreakerState::HalfOpen;
                         s.probe_in_flight = true;
                         tracing::info!("provider `{}`: half-open, sending a probe", self.name);
-                        return Ok(Pass { probe: true });
+                        return Ok(pass(true));
                     }
                     BreakerState::HalfOpen if !s.probe_in_flight => {
                         s.probe_in_flight = true;
-                        return Ok(Pass { probe: true });
+                        return Ok(pass(true));
                     }
-                    BreakerState::Open => Some(s.open_until),
+                    BreakerState::Open => Some(match give_up_at {
+                        Some(at) => s.open_until.min(at),
+                        None => s.open_until,
+                    }),
                     BreakerState::HalfOpen => None,
                 }
             };
@@ -135,12 +184,45 @@ impl Breaker {
         }
     }
 
+    fn unreachable(&self, s: &Inner) -> String {
+        format!(
+            "provider `{}` failed every attempt for {:.0}s (unreachable_after_s); last error: {}",
+            self.name,
+            self.settings.unreachable_after.as_secs_f64(),
+            s.last_error
+        )
+    }
+
+    /// Why calls wait here now, and until when: the breaker is open after failures. `None`
+    /// when calls go through (or wait only for the first answer of an unproven provider).
+    pub fn pause_reason(&self) -> Option<(String, Instant)> {
+        let s = self.lock();
+        (s.state == BreakerState::Open && s.halted.is_none()).then(|| {
+            (
+                format!(
+                    "provider `{}` is failing ({} failures in a row; last: {}), next probe",
+                    self.name, s.consecutive_failures, s.last_error
+                ),
+                s.open_until,
+            )
+        })
+    }
+
+    fn release_probe(&self) {
+        let mut s = self.lock();
+        s.probe_in_flight = false;
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
     /// The attempt behind `pass` reached the provider and was answered.
-    pub fn succeeded(&self, pass: Pass) {
+    pub fn succeeded(&self, pass: Pass<'_>) {
+        let probe = pass.finish();
         let mut s = self.lock();
         s.consecutive_failures = 0;
+        s.failing_since = None;
         let first = std::mem::take(&mut s.unproven);
-        if pass.probe || s.state != BreakerState::Closed {
+        if probe || s.state != BreakerState::Closed {
             if s.state != BreakerState::Closed && !first {
                 tracing::info!("provider `{}`: closed again, calls resume", self.name);
             }
@@ -154,15 +236,28 @@ impl Breaker {
 
     /// The attempt failed in a way that says the provider is unwell (5xx, timeout, refused
     /// connection). Errors about the record itself and 429s (the limiter's business) are not
-    /// reported here.
-    pub fn failed(&self, pass: Pass) {
+    /// reported here. `Err` with the reason when the provider has now failed every attempt
+    /// for `unreachable_after`: the breaker is halted.
+    pub fn failed(&self, pass: Pass<'_>, error: &str) -> Result<(), String> {
+        let probe = pass.finish();
         let mut s = self.lock();
+        let now = Instant::now();
         s.consecutive_failures += 1;
-        let trip = if pass.probe && s.unproven {
+        s.last_error = error.to_string();
+        let since = *s.failing_since.get_or_insert(now);
+        if s.halted.is_none() && now >= since + self.settings.unreachable_after {
+            let reason = self.unreachable(&s);
+            tracing::error!("{reason}");
+            s.halted = Some(reason.clone());
+            drop(s);
+            self.changed.notify_waiters();
+            return Err(reason);
+        }
+        let trip = if probe && s.unproven {
             // No answer yet at all: let the next caller probe, open only on the usual count.
             s.probe_in_flight = false;
             s.consecutive_failures >= self.settings.failures
-        } else if pass.probe {
+        } else if probe {
             s.cooldown = (s.cooldown * 2).min(self.settings.max_cooldown);
             true
         } else {
@@ -181,10 +276,11 @@ impl Breaker {
             );
             drop(s);
             self.changed.notify_waiters();
-        } else if pass.probe {
+        } else if probe {
             drop(s);
             self.changed.notify_waiters();
         }
+        Ok(())
     }
 
     /// A run-fatal answer (401/403): nothing more is sent to this provider.
@@ -195,28 +291,27 @@ impl Breaker {
 
     /// The attempt ended without telling anything about the provider's health (a 429, a
     /// record-level error): a probe slot is freed for the next caller.
-    pub fn neutral(&self, pass: Pass) {
-        if pass.probe {
-            let mut s = self.lock();
-            s.probe_in_flight = false;
-            drop(s);
-            self.changed.notify_waiters();
+    pub fn neutral(&self, pass: Pass<'_>) {
+        if pass.finish() {
+            self.release_probe();
         }
     }
 
     /// The provider answered in a way that says the account works (a 429, a 400 about one
     /// record): the others need not wait for a success to start.
-    pub fn reachable(&self, pass: Pass) {
+    pub fn reachable(&self, pass: Pass<'_>) {
+        let probe = pass.finish();
         let mut s = self.lock();
-        if s.unproven && pass.probe {
+        s.failing_since = None;
+        if s.unproven && probe {
             s.unproven = false;
             s.state = BreakerState::Closed;
             s.probe_in_flight = false;
             drop(s);
             self.changed.notify_waiters();
-        } else {
+        } else if probe {
             drop(s);
-            self.neutral(pass);
+            self.release_probe();
         }
     }
 }
@@ -240,6 +335,7 @@ mod tests {
                 failures: 3,
                 cooldown: Duration::from_secs(1),
                 max_cooldown: Duration::from_secs(4),
+                unreachable_after: Duration::from_secs(60),
             },
         )
     }
@@ -249,7 +345,7 @@ mod tests {
         let b = breaker();
         for _ in 0..3 {
             let p = b.pass().await.unwrap();
-            b.failed(p);
+            b.failed(p, "HTTP 503").unwrap();
         }
         assert_eq!(b.state(), BreakerState::Open);
         let start = Instant::now();
@@ -272,10 +368,10 @@ mod tests {
         let b = breaker();
         for _ in 0..3 {
             let p = b.pass().await.unwrap();
-            b.failed(p);
+            b.failed(p, "HTTP 503").unwrap();
         }
         let probe = b.pass().await.unwrap();
-        b.failed(probe);
+        b.failed(probe, "HTTP 503").unwrap();
         let start = Instant::now();
         let probe = b.pass().await.unwrap();
         assert!(start.elapsed() >= Duration::from_secs(2));
@@ -302,7 +398,7 @@ mod tests {
     async fn a_first_failure_does_not_open_it() {
         let b = unproven();
         let first = b.pass().await.unwrap();
-        b.failed(first);
+        b.failed(first, "HTTP 503").unwrap();
         // The next caller probes at once, no cooldown.
         let start = Instant::now();
         let second = b.pass().await.unwrap();
@@ -316,10 +412,77 @@ mod tests {
         let b = breaker();
         for _ in 0..10 {
             let p = b.pass().await.unwrap();
-            b.failed(p);
+            b.failed(p, "HTTP 503").unwrap();
             let p = b.pass().await.unwrap();
             b.succeeded(p);
         }
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_whose_call_is_dropped_frees_the_slot() {
+        let b = std::sync::Arc::new(breaker());
+        for _ in 0..3 {
+            let p = b.pass().await.unwrap();
+            b.failed(p, "HTTP 503").unwrap();
+        }
+        // The probe's call is cancelled mid-flight (its future dropped).
+        let call = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let _probe = b.pass().await.unwrap();
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        call.abort();
+        let _ = call.await;
+        // The next caller may probe at once instead of waiting forever.
+        let next = tokio::time::timeout(Duration::from_millis(10), b.pass()).await;
+        assert!(next.is_ok_and(|p| p.is_ok()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_failing_every_attempt_for_too_long_halts_it() {
+        let b = std::sync::Arc::new(breaker());
+        let start = Instant::now();
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                loop {
+                    let p = b.pass().await?;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    b.failed(p, "connection refused")?;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), String>(())
+            })
+        };
+        let reason = waiter.await.unwrap().unwrap_err();
+        assert!(
+            reason.contains("failed every attempt for 60s")
+                && reason.contains("connection refused"),
+            "{reason}"
+        );
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= Duration::from_secs(60) && elapsed < Duration::from_secs(61),
+            "{elapsed:?}"
+        );
+        // Everyone else is told at once.
+        assert_eq!(b.pass().await.unwrap_err(), reason);
+        // One success in between starts the clock again.
+        let b = breaker();
+        let p = b.pass().await.unwrap();
+        b.failed(p, "HTTP 503").unwrap();
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        let p = b.pass().await.unwrap();
+        b.succeeded(p);
+        let p = b.pass().await.unwrap();
+        b.failed(p, "HTTP 503").unwrap();
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        let p = b.pass().await.unwrap();
+        assert!(b.failed(p, "HTTP 503").is_ok());
     }
 }

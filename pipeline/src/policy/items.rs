@@ -162,6 +162,8 @@ impl CallPolicy {
             // Cached per item below, never as a whole.
             cache_key: None,
             input_tokens,
+            // Embeddings are limited by their counted tokens; nothing is generated.
+            prompt_chars: 0,
             max_output_tokens: 0,
         };
         // Whether the last attempt was refused for its content.
@@ -259,6 +261,8 @@ mod tests {
                 cache_write: None,
             }),
             breaker: None,
+            context_window: None,
+            unreachable_after_s: None,
         };
         Resources::new(
             &BTreeMap::from([("acct".to_string(), LimitSpec::default())]),

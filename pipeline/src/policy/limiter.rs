@@ -1,17 +1,32 @@
 //! Named rate limiters: requests and tokens per minute (and per day), shared by every stage
 //! that names the limit.
 //!
-//! Each dimension is a token bucket refilled continuously at `limit / period`, holding at
-//! most `burst_seconds` of refill — the short-window shape providers enforce. A caller
-//! *reserves* what it needs: the level may go below zero, and the caller sleeps until its
-//! share has been refilled. Reservations are therefore served in arrival order with exact
+//! Per minute, each dimension is a token bucket refilled continuously at `limit / 60 s`,
+//! holding at most `burst_seconds` of refill — the short-window shape providers enforce. A
+//! caller *reserves* what it needs: the level may go below zero, and the caller sleeps until
+//! its share has been refilled. Reservations are therefore served in arrival order with exact
 //! spacing and no thundering herd of waiters re-checking a shared level.
+//!
+//! Per day, a quota is a calendar-day window (UTC midnight to midnight): a window never admits
+//! more than its quota; what does not fit waits for the next window.
+//!
+//! Tokens are counted the way the *server* counts them, which is learned: OpenAI's limiter
+//! charges `max_tokens` plus an estimate from the request's characters, not the tokenizer's
+//! count. Each reservation carries the caller's prompt estimate; the limiter compares what the
+//! server's `x-ratelimit-remaining-tokens` fell by between two answers with the estimates
+//! sent in between, and reserves `estimate × learned ratio`. Until it has learned, it takes the
+//! caller's (conservative) estimate as it is.
+//!
+//! A 429 with the account's state pauses everyone: the callers already waiting keep their
+//! order and spacing and are moved back by the pause, so the end of a pause does not release
+//! them all at once.
 //!
 //! Why not `governor`: it has no way to give tokens back (reconciling an estimate with the
 //! billed usage), to lower its state to what the server reports, or to pause on a 429 —
 //! the three things that let `pipe` run at the provider's limit without 429 storms.
 
 use super::ServerLimits;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -26,6 +41,19 @@ const BURST_SHARE: f64 = 0.9;
 /// How long a caller may have to wait before the limiter mentions it in the log.
 const LONG_WAIT: Duration = Duration::from_secs(60);
 
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Margin on a ratio learned from the server's headers: the learned figure is an average, and
+/// reserving 2 % above it keeps the noisy half of the requests from meeting a 429, at 2 % of
+/// the limit.
+const LEARNED_MARGIN: f64 = 1.02;
+/// Snapshot pairs needed before a learned ratio replaces the caller's estimate.
+const SAMPLES_TO_TRUST: u32 = 5;
+/// Weight of the newest sample in the learned sums (the rest decays).
+const SAMPLE_WEIGHT: f64 = 0.1;
+const PAUSES_KEPT: usize = 64;
+const REFUSALS_KEPT: usize = 512;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dimension {
     Requests,
@@ -34,7 +62,7 @@ pub enum Dimension {
 
 #[derive(Debug)]
 struct Bucket {
-    /// Per minute or per day, as configured (for messages).
+    /// Per minute, as configured or learned (for messages).
     limit: u64,
     per_second: f64,
     capacity: f64,
@@ -45,8 +73,8 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(limit: u64, period: Duration, burst: Duration, now: Instant) -> Bucket {
-        let per_second = limit as f64 / period.as_secs_f64();
+    fn new(limit: u64, burst: Duration, now: Instant) -> Bucket {
+        let per_second = limit as f64 / 60.0;
         let capacity = (per_second * burst.as_secs_f64()).max(1.0);
         Bucket {
             limit,
@@ -68,10 +96,10 @@ impl Bucket {
     fn reserve(&mut self, amount: f64, now: Instant) -> Duration {
         self.refill(now);
         self.level -= amount;
-        self.wait(now)
+        self.debt_wait()
     }
 
-    fn wait(&self, _now: Instant) -> Duration {
+    fn debt_wait(&self) -> Duration {
         if self.level >= 0.0 {
             Duration::ZERO
         } else {
@@ -82,6 +110,63 @@ impl Bucket {
     fn give_back(&mut self, amount: f64, now: Instant) {
         self.refill(now);
         self.level = (self.level + amount).min(self.capacity);
+    }
+}
+
+/// A daily quota in calendar-day windows: window 0 runs from the limiter's creation to the
+/// first reset (the next UTC midnight), window k from `first_reset + (k-1) days` for a day.
+#[derive(Debug)]
+struct DayWindows {
+    limit: u64,
+    first_reset: Instant,
+    /// Used per window index (only the current and future ones are kept).
+    used: BTreeMap<u64, f64>,
+}
+
+impl DayWindows {
+    fn new(limit: u64, first_reset: Instant) -> DayWindows {
+        DayWindows {
+            limit,
+            first_reset,
+            used: BTreeMap::new(),
+        }
+    }
+
+    fn index(&self, at: Instant) -> u64 {
+        if at < self.first_reset {
+            0
+        } else {
+            1 + (at - self.first_reset).as_secs() / DAY.as_secs()
+        }
+    }
+
+    fn start(&self, index: u64) -> Instant {
+        self.first_reset + DAY * (index.saturating_sub(1) as u32)
+    }
+
+    /// Puts `amount` in the first window (from now on) with room for it; returns the window
+    /// and, when that is a later one, when it opens.
+    fn reserve(&mut self, amount: f64, now: Instant) -> (u64, Option<Instant>) {
+        let current = self.index(now);
+        self.used.retain(|k, _| *k >= current);
+        let limit = self.limit as f64;
+        let mut k = current;
+        loop {
+            let used = self.used.entry(k).or_default();
+            // An empty window takes anything: a request larger than the whole quota is
+            // refused before it gets here, and must not loop forever if it does.
+            if *used + amount <= limit || *used == 0.0 {
+                *used += amount;
+                return (k, (k > current).then(|| self.start(k)));
+            }
+            k += 1;
+        }
+    }
+
+    fn give_back(&mut self, window: u64, amount: f64) {
+        if let Some(used) = self.used.get_mut(&window) {
+            *used = (*used - amount).max(0.0);
+        }
     }
 }
 
@@ -97,28 +182,140 @@ pub struct LimitSettings {
     /// `true`: the provider's token limit counts `max_tokens` when the request arrives (OpenAI);
     /// `false`: it counts the output actually generated (reconciled after the answer).
     pub reserve_max_tokens: bool,
+    /// When the first daily window ends; `None` = at the next UTC midnight.
+    pub first_day_reset: Option<Duration>,
+}
+
+/// What one request asks of the limiter.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Demand {
+    /// The caller's estimate of the prompt as the server counts it.
+    pub prompt: u64,
+    /// `max_tokens`.
+    pub output: u64,
+}
+
+/// How an attempt ended, for the token accounting.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Outcome {
+    /// Answered (also a billed answer the stage cannot use) with this billed usage.
+    Answered { input: u64, output: u64 },
+    /// Refused before it was counted (a 429): its tokens come back.
+    Refused,
+    /// Failed after the server counted it (5xx, timeout): nothing to correct.
+    Failed,
+}
+
+/// One pair of server snapshots, kept to compare with the next.
+#[derive(Clone, Copy, Debug)]
+struct Snapshot {
+    seq: u64,
+    at: Instant,
+    remaining: f64,
+    prompt_through: f64,
+    fixed_through: f64,
+}
+
+/// How the server counts a prompt, learned.
+#[derive(Debug, Default)]
+struct TokenModel {
+    /// From header deltas: decayed sums of the server's prompt charge and our estimate.
+    header_charge: f64,
+    header_estimate: f64,
+    header_samples: u32,
+    /// From billed usage: decayed sums of billed input and our estimate.
+    billed_input: f64,
+    billed_estimate: f64,
+    billed_samples: u32,
+    last: Option<Snapshot>,
+    /// The most the server has reported left: a floor of its window's capacity.
+    max_remaining: f64,
+    /// The server's window size, from `remaining + reset × rate` (the reset header says
+    /// when its window is full again), when it sends one.
+    capacity: Option<f64>,
+    /// Recent requests the server refused (not counted): (seq, prompt, fixed).
+    refused: VecDeque<(u64, f64, f64)>,
+}
+
+impl TokenModel {
+    /// Server charge per unit of the caller's prompt estimate.
+    fn ratio(&self, reserve_max_tokens: bool) -> f64 {
+        if self.header_samples >= SAMPLES_TO_TRUST && self.header_estimate > 0.0 {
+            return (self.header_charge / self.header_estimate * LEARNED_MARGIN).clamp(0.05, 20.0);
+        }
+        if self.billed_samples > 0 && self.billed_estimate > 0.0 {
+            let ratio = (self.billed_input / self.billed_estimate).clamp(0.05, 20.0);
+            // Under OpenAI's rule the server's count is not the bill (it estimates from
+            // characters): a bill above the estimate raises it, one below does not lower it.
+            return if reserve_max_tokens {
+                ratio.max(1.0)
+            } else {
+                ratio
+            };
+        }
+        1.0
+    }
+
+    fn learned_from_headers(&self) -> bool {
+        self.header_samples >= SAMPLES_TO_TRUST
+    }
+
+    fn add(sum: &mut f64, estimate: &mut f64, samples: &mut u32, value: f64, of: f64) {
+        *sum = *sum * (1.0 - SAMPLE_WEIGHT) + value;
+        *estimate = *estimate * (1.0 - SAMPLE_WEIGHT) + of;
+        *samples = samples.saturating_add(1);
+    }
 }
 
 #[derive(Debug)]
 struct State {
     requests_per_minute: Option<Bucket>,
     tokens_per_minute: Option<Bucket>,
-    requests_per_day: Option<Bucket>,
-    tokens_per_day: Option<Bucket>,
-    /// A 429 with the account's state paused everyone until then.
+    requests_per_day: Option<DayWindows>,
+    tokens_per_day: Option<DayWindows>,
+    /// The latest a 429 pause lasts until.
     paused_until: Option<Instant>,
-    /// Tokens reserved so far (monotonic), to tell which debits a server snapshot has not seen.
+    /// Recent pauses: (number, start, end); waiters move back by those after their reservation.
+    pauses: VecDeque<(u64, Instant, Instant)>,
+    pause_count: u64,
+    /// Reservations so far (each gets the next number).
+    seq: u64,
+    /// Tokens reserved so far (corrected by reconciliation), to tell which debits a server
+    /// snapshot has not seen yet.
     reserved_tokens_total: f64,
     reserved_requests_total: f64,
+    /// Prompt estimates and fixed (max_tokens) parts reserved so far, never corrected.
+    prompt_total: f64,
+    fixed_total: f64,
+    /// The newest reservation whose effect a server snapshot has already put in our level:
+    /// reconciling it (or anything older) again would count it twice.
+    synced_through: u64,
+    model: TokenModel,
+    /// Largest requested wait so far that was logged (to log long waits once per pause).
+    logged_wait_until: Option<Instant>,
 }
 
-/// One reservation: what was taken, so the answer can be reconciled against it.
-#[derive(Clone, Copy, Debug)]
-pub struct Reservation {
+/// A reservation: what was taken and where it stands, so the answer can be reconciled.
+/// Dropped before it was sent (the call was cancelled while waiting), it gives everything
+/// back.
+#[derive(Debug)]
+pub struct Ticket<'a> {
+    limiter: &'a RateLimiter,
+    seq: u64,
+    /// Tokens taken from the token buckets.
     pub tokens: u64,
-    sent_at: Instant,
-    requests_total_at_send: f64,
-    tokens_total_at_send: f64,
+    prompt: f64,
+    fixed: f64,
+    prompt_through: f64,
+    fixed_through: f64,
+    requests_total_at: f64,
+    tokens_total_at: f64,
+    release: Instant,
+    pauses_seen: u64,
+    request_window: Option<u64>,
+    token_window: Option<u64>,
+    /// Set when it was sent; `None` = still waiting (a drop gives it back).
+    sent_at: Option<Instant>,
 }
 
 /// A named limiter. Cloning its `Arc` shares it; it is never copied.
@@ -129,22 +326,33 @@ pub struct RateLimiter {
     state: Mutex<State>,
 }
 
+fn until_utc_midnight() -> Duration {
+    let now = chrono::Utc::now();
+    let since_midnight = now.timestamp().rem_euclid(DAY.as_secs() as i64) as u64;
+    Duration::from_secs(DAY.as_secs() - since_midnight)
+}
+
 impl RateLimiter {
     pub fn new(name: &str, settings: LimitSettings) -> RateLimiter {
         let now = Instant::now();
-        let burst = Duration::from_secs_f64(settings.burst_seconds.max(0.001));
-        let minute = Duration::from_secs(60);
-        let day = Duration::from_secs(86_400);
-        let burst = burst.mul_f64(BURST_SHARE);
+        let burst = Duration::from_secs_f64(settings.burst_seconds.max(0.001) * BURST_SHARE);
+        let first_reset = now + settings.first_day_reset.unwrap_or_else(until_utc_midnight);
         let state = State {
-            requests_per_minute: settings.rpm.map(|l| Bucket::new(l, minute, burst, now)),
-            tokens_per_minute: settings.tpm.map(|l| Bucket::new(l, minute, burst, now)),
-            // A daily quota may be spent at any pace within the day.
-            requests_per_day: settings.rpd.map(|l| Bucket::new(l, day, day, now)),
-            tokens_per_day: settings.tpd.map(|l| Bucket::new(l, day, day, now)),
+            requests_per_minute: settings.rpm.map(|l| Bucket::new(l, burst, now)),
+            tokens_per_minute: settings.tpm.map(|l| Bucket::new(l, burst, now)),
+            requests_per_day: settings.rpd.map(|l| DayWindows::new(l, first_reset)),
+            tokens_per_day: settings.tpd.map(|l| DayWindows::new(l, first_reset)),
             paused_until: None,
+            pauses: VecDeque::new(),
+            pause_count: 0,
+            seq: 0,
             reserved_tokens_total: 0.0,
             reserved_requests_total: 0.0,
+            prompt_total: 0.0,
+            fixed_total: 0.0,
+            synced_through: 0,
+            model: TokenModel::default(),
+            logged_wait_until: None,
         };
         RateLimiter {
             name: name.to_string(),
@@ -169,89 +377,215 @@ impl RateLimiter {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits until one request costing `tokens` may be sent, and takes it.
-    pub async fn acquire(&self, tokens: u64) -> Reservation {
-        let wait = {
-            let now = Instant::now();
-            let mut guard = self.lock();
-            let s = &mut *guard;
-            let mut wait = Duration::ZERO;
-            for bucket in [&mut s.requests_per_minute, &mut s.requests_per_day]
-                .into_iter()
-                .flatten()
-            {
-                wait = wait.max(bucket.reserve(1.0, now));
-            }
-            for bucket in [&mut s.tokens_per_minute, &mut s.tokens_per_day]
-                .into_iter()
-                .flatten()
-            {
-                wait = wait.max(bucket.reserve(tokens as f64, now));
-            }
-            s.reserved_requests_total += 1.0;
-            s.reserved_tokens_total += tokens as f64;
-            wait
+    /// Tokens a request is charged: its prompt estimate times what the server was learned to
+    /// count per estimated token, plus `max_tokens`.
+    pub fn charge(&self, demand: Demand) -> u64 {
+        let ratio = self.lock().model.ratio(self.settings.reserve_max_tokens);
+        (demand.prompt as f64 * ratio).ceil() as u64 + demand.output
+    }
+
+    /// Server-counted tokens per token of the caller's prompt estimate (1.0 until learned).
+    pub fn prompt_ratio(&self) -> f64 {
+        self.lock().model.ratio(self.settings.reserve_max_tokens)
+    }
+
+    /// Why a request could never be sent: it needs more tokens than the whole per-minute or
+    /// per-day limit allows.
+    pub fn never_fits(&self, demand: Demand) -> Option<String> {
+        let tokens = self.charge(demand);
+        let s = self.lock();
+        let minute = s.tokens_per_minute.as_ref().map(|b| (b.limit, "minute"));
+        let day = s.tokens_per_day.as_ref().map(|d| (d.limit, "day"));
+        [minute, day]
+            .into_iter()
+            .flatten()
+            .find(|(limit, _)| tokens > *limit)
+            .map(|(limit, per)| {
+                format!(
+                    "needs about {tokens} tokens ({} prompt as the provider counts it + \
+                     max_tokens {}), more than limit `{}` allows in a whole {per} ({limit})",
+                    tokens - demand.output,
+                    demand.output,
+                    self.name
+                )
+            })
+    }
+
+    /// Takes what one request needs, now, and says when it may go (see [`Ticket::ready`]).
+    pub fn reserve(&self, demand: Demand) -> Ticket<'_> {
+        let now = Instant::now();
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let ratio = s.model.ratio(self.settings.reserve_max_tokens);
+        let tokens = (demand.prompt as f64 * ratio).ceil() + demand.output as f64;
+        let mut release = now;
+        for bucket in s.requests_per_minute.iter_mut() {
+            release = release.max(now + bucket.reserve(1.0, now));
+        }
+        for bucket in s.tokens_per_minute.iter_mut() {
+            release = release.max(now + bucket.reserve(tokens, now));
+        }
+        let mut request_window = None;
+        if let Some(day) = s.requests_per_day.as_mut() {
+            let (window, opens) = day.reserve(1.0, now);
+            request_window = Some(window);
+            release = release.max(opens.unwrap_or(now));
+        }
+        let mut token_window = None;
+        if let Some(day) = s.tokens_per_day.as_mut() {
+            let (window, opens) = day.reserve(tokens, now);
+            token_window = Some(window);
+            release = release.max(opens.unwrap_or(now));
+        }
+        if let Some(until) = s.paused_until {
+            release = release.max(until);
+        }
+        s.seq += 1;
+        s.reserved_requests_total += 1.0;
+        s.reserved_tokens_total += tokens;
+        s.prompt_total += demand.prompt as f64;
+        let fixed = if self.settings.reserve_max_tokens {
+            demand.output as f64
+        } else {
+            0.0
         };
-        if wait >= LONG_WAIT {
+        s.fixed_total += fixed;
+        let wait = release.saturating_duration_since(now);
+        if wait >= LONG_WAIT
+            && s.logged_wait_until
+                .is_none_or(|at| release > at + LONG_WAIT)
+        {
+            s.logged_wait_until = Some(release);
             tracing::warn!(
                 limit = %self.name,
-                "rate limit `{}` is spent: waiting {:.0}s for capacity",
+                "rate limit `{}` is spent: calls wait {:.0}s for capacity",
                 self.name,
                 wait.as_secs_f64()
             );
         }
-        tokio::time::sleep(wait).await;
-        // A 429 may have paused the limiter while this caller slept.
-        loop {
-            let paused_until = self.lock().paused_until;
-            match paused_until {
-                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
-                _ => break,
-            }
-        }
-        let s = self.lock();
-        Reservation {
-            tokens,
-            sent_at: Instant::now(),
-            requests_total_at_send: s.reserved_requests_total,
-            tokens_total_at_send: s.reserved_tokens_total,
+        Ticket {
+            limiter: self,
+            seq: s.seq,
+            tokens: tokens as u64,
+            prompt: demand.prompt as f64,
+            fixed,
+            prompt_through: s.prompt_total,
+            fixed_through: s.fixed_total,
+            requests_total_at: s.reserved_requests_total,
+            tokens_total_at: s.reserved_tokens_total,
+            release,
+            pauses_seen: s.pause_count,
+            request_window,
+            token_window,
+            sent_at: None,
         }
     }
 
-    /// Corrects the token debit once the provider has said what it billed.
-    /// `counted` is what the provider's limiter counted for the call.
-    pub fn reconcile(&self, reservation: &Reservation, counted: u64) {
-        let delta = reservation.tokens as f64 - counted as f64;
-        if delta == 0.0 {
-            return;
-        }
+    /// Waits until one request costing `tokens` may be sent, and takes it (a reservation
+    /// marked as sent at once; for callers that do not reconcile).
+    pub async fn acquire(&self, tokens: u64) -> Ticket<'_> {
+        let mut ticket = self.reserve(Demand {
+            prompt: 0,
+            output: tokens,
+        });
+        ticket.ready().await;
+        ticket
+    }
+
+    /// Corrects the token accounting once the attempt is over: gives back what the server did
+    /// not count (a refused request; with `output_tokens: generated`, the unused output), or
+    /// takes more when the bill shows a larger prompt than the estimate — unless a server
+    /// snapshot taken after this request already set the level (that counted it).
+    pub fn settle(&self, ticket: &Ticket<'_>, outcome: Outcome) {
         let now = Instant::now();
         let mut guard = self.lock();
         let s = &mut *guard;
+        let charged = ticket.tokens as f64;
+        let counted = match outcome {
+            Outcome::Refused => {
+                s.model
+                    .refused
+                    .push_back((ticket.seq, ticket.prompt, ticket.fixed));
+                if s.model.refused.len() > REFUSALS_KEPT {
+                    s.model.refused.pop_front();
+                }
+                0.0
+            }
+            Outcome::Failed => charged,
+            Outcome::Answered { input, output } => {
+                let m = &mut s.model;
+                if ticket.prompt > 0.0 {
+                    TokenModel::add(
+                        &mut m.billed_input,
+                        &mut m.billed_estimate,
+                        &mut m.billed_samples,
+                        input as f64,
+                        ticket.prompt,
+                    );
+                }
+                if !self.settings.reserve_max_tokens {
+                    (input + output) as f64
+                } else if m.learned_from_headers() {
+                    // The server's own figures rule; the bill is not what it counts.
+                    charged
+                } else {
+                    charged.max(input as f64 + ticket.fixed)
+                }
+            }
+        };
+        let delta = charged - counted;
+        if delta == 0.0 {
+            return;
+        }
+        // Headers are per minute: nothing but this corrects the day's count.
+        if let (Some(day), Some(window)) = (s.tokens_per_day.as_mut(), ticket.token_window) {
+            day.give_back(window, delta);
+        }
+        if ticket.seq <= s.synced_through {
+            return;
+        }
         s.reserved_tokens_total -= delta;
-        for bucket in [&mut s.tokens_per_minute, &mut s.tokens_per_day]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(bucket) = s.tokens_per_minute.as_mut() {
             bucket.give_back(delta, now);
         }
     }
 
     /// Brings the limiter in line with what the server reported in a response's headers:
-    /// learns limits it was not told, adopts lower ones, and lowers its levels when the server
-    /// has less left than we think (another process on the same account, a lower real limit).
-    pub fn observe(&self, reservation: &Reservation, server: &ServerLimits) {
+    /// learns limits it was not told, adopts lower ones, lowers its levels when the server
+    /// has less left than we think (another process on the same account, a lower real
+    /// limit), and learns how the server counts tokens. `counted` = the server counted this
+    /// request (false for a refusal).
+    pub fn observe(&self, ticket: &Ticket<'_>, server: &ServerLimits, counted: bool) {
         if server.is_empty() {
             return;
         }
         let now = Instant::now();
         let burst = Duration::from_secs_f64(self.settings.burst_seconds.max(0.001) * BURST_SHARE);
-        let mut s = self.lock();
-        let unseen_requests = s.reserved_requests_total - reservation.requests_total_at_send;
-        let unseen_tokens = s.reserved_tokens_total - reservation.tokens_total_at_send;
-        let since = now.saturating_duration_since(reservation.sent_at);
+        let sent_at = ticket.sent_at.unwrap_or(now);
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        if self.settings.reserve_max_tokens
+            && let (Some(limit), Some(remaining)) = (
+                server
+                    .limit_tokens
+                    .or(s.tokens_per_minute.as_ref().map(|b| b.limit)),
+                server.remaining_tokens,
+            )
+        {
+            learn_from_snapshot(
+                s,
+                ticket,
+                sent_at,
+                (limit, self.settings.burst_seconds),
+                (remaining as f64, server.reset_tokens),
+                counted,
+            );
+        }
+        let unseen_requests = s.reserved_requests_total - ticket.requests_total_at;
+        let unseen_tokens = s.reserved_tokens_total - ticket.tokens_total_at;
+        let since = now.saturating_duration_since(sent_at);
         let name = self.name.clone();
-        sync_bucket(
+        let lowered_requests = sync_bucket(
             &name,
             Dimension::Requests,
             &mut s.requests_per_minute,
@@ -262,7 +596,7 @@ impl RateLimiter {
             burst,
             now,
         );
-        sync_bucket(
+        let lowered_tokens = sync_bucket(
             &name,
             Dimension::Tokens,
             &mut s.tokens_per_minute,
@@ -273,26 +607,44 @@ impl RateLimiter {
             burst,
             now,
         );
+        if lowered_tokens || lowered_requests {
+            s.synced_through = s.synced_through.max(ticket.seq);
+        }
     }
 
-    /// A 429 carrying the account's state: nobody sends until `wait` has passed, and the
-    /// exhausted dimension starts from empty after it.
+    /// A 429 carrying the account's state: nobody sends until `wait` has passed. Callers
+    /// already waiting move back by the pause (keeping their spacing); new ones queue behind
+    /// them, and the exhausted dimension starts from empty after it.
     pub fn pause(&self, wait: Duration, which: Option<Dimension>) {
         let now = Instant::now();
         let until = now + wait;
-        let mut s = self.lock();
-        if s.paused_until.is_none_or(|p| p < until) {
-            s.paused_until = Some(until);
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        if s.paused_until.is_some_and(|p| p >= until) {
+            // An earlier 429 already holds everyone at least that long.
+            return;
         }
+        // Only the part beyond an ongoing pause is new.
+        let start = s.paused_until.filter(|p| *p > now).unwrap_or(now);
+        s.paused_until = Some(until);
+        s.pause_count += 1;
+        s.pauses.push_back((s.pause_count, start, until));
+        if s.pauses.len() > PAUSES_KEPT {
+            s.pauses.pop_front();
+        }
+        let extra = until - start;
         let buckets = match which {
             Some(Dimension::Requests) => vec![&mut s.requests_per_minute],
             Some(Dimension::Tokens) => vec![&mut s.tokens_per_minute],
-            None => vec![],
+            None => vec![&mut s.requests_per_minute, &mut s.tokens_per_minute],
         };
         for bucket in buckets.into_iter().flatten() {
             bucket.refill(now);
-            bucket.level = bucket.level.min(0.0);
+            // Empty now, and the pause's worth in debt: new reservations queue after it.
+            bucket.level = bucket.level.min(0.0) - bucket.per_second * extra.as_secs_f64();
         }
+        // The server's view (empty) is now our level: older reservations are reflected.
+        s.synced_through = s.seq;
         tracing::debug!(limit = %self.name, "rate limit `{}` paused for {:.2}s after a 429", self.name, wait.as_secs_f64());
     }
 
@@ -324,8 +676,192 @@ impl RateLimiter {
             s.tokens_per_minute.as_ref().map(|b| b.limit),
         )
     }
+
+    /// Until when the limiter is paused by a 429, if it is.
+    pub fn paused_until(&self) -> Option<Instant> {
+        self.lock()
+            .paused_until
+            .filter(|until| *until > Instant::now())
+    }
 }
 
+/// Compares this snapshot with the previous one: what the server's remaining tokens fell by
+/// (plus its refill in between) is what it charged for the requests sent in between; minus
+/// their `max_tokens`, that is their prompts as the server counts them.
+fn learn_from_snapshot(
+    s: &mut State,
+    ticket: &Ticket<'_>,
+    sent_at: Instant,
+    (limit, burst_seconds): (u64, f64),
+    (remaining, reset): (f64, Option<Duration>),
+    counted: bool,
+) {
+    let m = &mut s.model;
+    let per_second = limit as f64 / 60.0;
+    m.max_remaining = m.max_remaining.max(remaining);
+    if let Some(reset) = reset {
+        let full = remaining + reset.as_secs_f64() * per_second;
+        m.capacity = Some(m.capacity.map_or(full, |c| c.max(full)));
+    }
+    let sample = Snapshot {
+        seq: ticket.seq,
+        at: sent_at,
+        remaining,
+        prompt_through: ticket.prompt_through,
+        fixed_through: ticket.fixed_through,
+    };
+    let Some(last) = m.last else {
+        m.last = Some(sample);
+        return;
+    };
+    if sample.seq <= last.seq {
+        // Answered out of order: the newer snapshot is the better base for the next pair.
+        return;
+    }
+    m.last = Some(sample);
+    let refill = per_second * sample.at.saturating_duration_since(last.at).as_secs_f64();
+    // The server's window stops refilling when full. Its size is what its reset header
+    // implies, else the configured burst (what `burst_seconds` says about the provider), or
+    // more if it reported more left.
+    let capacity = m
+        .capacity
+        .unwrap_or_else(|| (per_second * burst_seconds).max(m.max_remaining));
+    let before = (last.remaining + refill).min(capacity);
+    // Sent in between but not counted by the server: refused, or cancelled before sending
+    // (and this request itself, when it was refused).
+    let (mut refused_prompt, mut refused_fixed) = m
+        .refused
+        .iter()
+        .filter(|(seq, _, _)| *seq > last.seq && *seq < sample.seq)
+        .fold((0.0, 0.0), |(p, f), (_, prompt, fixed)| {
+            (p + prompt, f + fixed)
+        });
+    if !counted {
+        refused_prompt += ticket.prompt;
+        refused_fixed += ticket.fixed;
+    }
+    let estimate = sample.prompt_through - last.prompt_through - refused_prompt;
+    let fixed = sample.fixed_through - last.fixed_through - refused_fixed;
+    if estimate < 1.0 {
+        return;
+    }
+    let charged = (before - sample.remaining - fixed).max(0.0);
+    TokenModel::add(
+        &mut m.header_charge,
+        &mut m.header_estimate,
+        &mut m.header_samples,
+        charged,
+        estimate,
+    );
+}
+
+impl Ticket<'_> {
+    /// When this request may go, if nothing else happens.
+    pub fn release(&self) -> Instant {
+        self.release
+    }
+
+    /// Why this request waits beyond the normal spacing, and until when: a 429 pause or a
+    /// spent daily quota. `None` for ordinary pacing.
+    pub fn pause_reason(&self) -> Option<(String, Instant)> {
+        let now = Instant::now();
+        let limiter = self.limiter;
+        let s = limiter.lock();
+        if let Some(until) = s.paused_until.filter(|u| *u > now) {
+            return Some((
+                format!(
+                    "rate limit `{}`: the provider answered 429 (limit reached)",
+                    limiter.name
+                ),
+                until,
+            ));
+        }
+        let day_opens = [
+            (&s.requests_per_day, self.request_window, "requests"),
+            (&s.tokens_per_day, self.token_window, "tokens"),
+        ]
+        .into_iter()
+        .filter_map(|(day, window, what)| {
+            let day = day.as_ref()?;
+            let window = window?;
+            (window > day.index(now)).then(|| (day.start(window), day.limit, what))
+        })
+        .max_by_key(|(opens, _, _)| *opens);
+        day_opens.map(|(opens, limit, what)| {
+            (
+                format!(
+                    "daily limit `{}` spent ({limit} {what} per day); it resets at midnight UTC",
+                    limiter.name
+                ),
+                opens,
+            )
+        })
+    }
+
+    /// Sleeps until the request may go: its turn at the rate, moved back by any 429 pause
+    /// that came after the reservation. Marks the reservation as sent.
+    pub async fn ready(&mut self) {
+        let limiter = self.limiter;
+        loop {
+            tokio::time::sleep_until(self.release).await;
+            let s = limiter.lock();
+            let mut moved = false;
+            for (number, start, end) in &s.pauses {
+                if *number > self.pauses_seen {
+                    // Those waiting when the pause began move back by its length; those who
+                    // were due before it go right after it, in their order.
+                    self.release = self.release.max(*start) + (*end - *start);
+                    moved = true;
+                }
+            }
+            self.pauses_seen = s.pause_count;
+            drop(s);
+            if !moved || self.release <= Instant::now() {
+                break;
+            }
+        }
+        self.sent_at = Some(Instant::now());
+    }
+
+    /// The sequence number of the reservation (order of arrival).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if self.sent_at.is_some() {
+            return;
+        }
+        // Cancelled before it was sent: nothing reached the server, everything comes back.
+        let now = Instant::now();
+        let mut guard = self.limiter.lock();
+        let s = &mut *guard;
+        if let Some(b) = s.requests_per_minute.as_mut() {
+            b.give_back(1.0, now);
+        }
+        if let Some(b) = s.tokens_per_minute.as_mut() {
+            b.give_back(self.tokens as f64, now);
+        }
+        if let (Some(day), Some(window)) = (s.requests_per_day.as_mut(), self.request_window) {
+            day.give_back(window, 1.0);
+        }
+        if let (Some(day), Some(window)) = (s.tokens_per_day.as_mut(), self.token_window) {
+            day.give_back(window, self.tokens as f64);
+        }
+        s.reserved_requests_total -= 1.0;
+        s.reserved_tokens_total -= self.tokens as f64;
+        s.model
+            .refused
+            .push_back((self.seq, self.prompt, self.fixed));
+        if s.model.refused.len() > REFUSALS_KEPT {
+            s.model.refused.pop_front();
+        }
+    }
+}
+
+/// Returns whether the level was lowered to the server's view.
 #[allow(clippy::too_many_arguments)]
 fn sync_bucket(
     name: &str,
@@ -337,7 +873,7 @@ fn sync_bucket(
     since: Duration,
     burst: Duration,
     now: Instant,
-) {
+) -> bool {
     let what = match dimension {
         Dimension::Requests => "requests",
         Dimension::Tokens => "tokens",
@@ -348,7 +884,7 @@ fn sync_bucket(
                 tracing::info!(
                     "rate limit `{name}`: learned {limit} {what}/min from the provider's headers"
                 );
-                let mut learned = Bucket::new(limit, Duration::from_secs(60), burst, now);
+                let mut learned = Bucket::new(limit, burst, now);
                 learned.learned = true;
                 *bucket = Some(learned);
             }
@@ -359,7 +895,7 @@ fn sync_bucket(
                     b.limit
                 );
                 b.refill(now);
-                let fresh = Bucket::new(limit, Duration::from_secs(60), burst, now);
+                let fresh = Bucket::new(limit, burst, now);
                 b.limit = limit;
                 b.per_second = fresh.per_second;
                 b.capacity = fresh.capacity;
@@ -369,7 +905,7 @@ fn sync_bucket(
         }
     }
     let (Some(b), Some(remaining)) = (bucket.as_mut(), server_remaining) else {
-        return;
+        return false;
     };
     // What the server had left when it answered, carried forward to now: refilled since, and
     // minus what we reserved after this call (which the server had not seen yet).
@@ -378,152 +914,10 @@ fn sync_bucket(
     // Only ever lower: a higher server figure may just be a wider window than ours.
     if implied < b.level - 1.0 {
         b.level = implied;
+        return true;
     }
+    false
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limiter(rpm: Option<u64>, tpm: Option<u64>) -> RateLimiter {
-        RateLimiter::new(
-            "test",
-            LimitSettings {
-                rpm,
-                tpm,
-                burst_seconds: 1.0,
-                reserve_max_tokens: true,
-                ..Default::default()
-            },
-        )
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn requests_are_spaced_at_the_rate_after_the_burst() {
-        // 600 rpm = 10/s, burst of 0.9 s = 9 at once, then one every 100 ms.
-        let l = limiter(Some(600), None);
-        let start = Instant::now();
-        for _ in 0..9 {
-            l.acquire(0).await;
-        }
-        assert_eq!(start.elapsed(), Duration::ZERO);
-        for i in 1..=5u64 {
-            l.acquire(0).await;
-            let expected = Duration::from_millis(100 * i);
-            let got = start.elapsed();
-            assert!(
-                got >= expected && got < expected + Duration::from_millis(2),
-                "{got:?}"
-            );
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn tokens_bind_when_calls_are_large() {
-        // 60k tpm = 1000 tokens/s; 800-token calls: the 900-token burst holds one, then one
-        // per 0.8 s.
-        let l = limiter(None, Some(60_000));
-        let start = Instant::now();
-        l.acquire(800).await;
-        l.acquire(800).await;
-        l.acquire(800).await;
-        let got = start.elapsed().as_secs_f64();
-        assert!((got - 1.5).abs() < 0.01, "{got}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_daily_quota_is_spent_at_any_pace_then_waits() {
-        let l = RateLimiter::new(
-            "daily",
-            LimitSettings {
-                rpd: Some(3),
-                burst_seconds: 1.0,
-                ..Default::default()
-            },
-        );
-        let start = Instant::now();
-        for _ in 0..3 {
-            l.acquire(0).await;
-        }
-        assert_eq!(start.elapsed(), Duration::ZERO);
-        // The fourth waits for a third of a day's refill, not a minute's.
-        assert!(
-            tokio::time::timeout(Duration::from_secs(3 * 3600), l.acquire(0))
-                .await
-                .is_err()
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn reconcile_gives_unused_tokens_back() {
-        let l = limiter(None, Some(60_000));
-        let r = l.acquire(900).await;
-        assert!(l.levels().1.unwrap().abs() < 1e-6);
-        l.reconcile(&r, 400);
-        assert!((l.levels().1.unwrap() - 500.0).abs() < 1e-6);
-        // And takes more when the provider counted more than estimated.
-        let r = l.acquire(100).await;
-        l.reconcile(&r, 300);
-        assert!((l.levels().1.unwrap() - 200.0).abs() < 1e-6);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_pause_holds_every_caller_until_the_reset() {
-        let l = std::sync::Arc::new(limiter(Some(6000), None));
-        let start = Instant::now();
-        l.pause(Duration::from_secs(2), Some(Dimension::Requests));
-        let mut waiters = Vec::new();
-        for _ in 0..3 {
-            let l = l.clone();
-            waiters.push(tokio::spawn(async move {
-                l.acquire(0).await;
-                Instant::now()
-            }));
-        }
-        for w in waiters {
-            let at = w.await.unwrap();
-            assert!(at.duration_since(start) >= Duration::from_secs(2));
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn headers_teach_unknown_limits_and_lower_the_level() {
-        let l = limiter(None, None);
-        assert!(!l.knows_limits());
-        let r = l.acquire(100).await;
-        l.observe(
-            &r,
-            &ServerLimits {
-                limit_requests: Some(1200),
-                remaining_requests: Some(3),
-                ..Default::default()
-            },
-        );
-        assert!(l.knows_limits());
-        assert_eq!(l.per_minute(), (Some(1200), None));
-        // The server had 3 left; our fresh bucket thought 18: it now believes the server.
-        let level = l.levels().0.unwrap();
-        assert!((level - 3.0).abs() < 1e-6, "{level}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_snapshot_does_not_forget_later_reservations() {
-        let l = limiter(Some(600), None);
-        let first = l.acquire(0).await;
-        for _ in 0..4 {
-            l.acquire(0).await;
-        }
-        // Our bucket (9) has 4 left. The server saw only the first call and has 6 left; our 4
-        // later calls still count against that: 2 left, not 6.
-        l.observe(
-            &first,
-            &ServerLimits {
-                limit_requests: Some(600),
-                remaining_requests: Some(6),
-                ..Default::default()
-            },
-        );
-        let level = l.levels().0.unwrap();
-        assert!((level - 2.0).abs() < 1e-6, "{level}");
-    }
-}
+mod tests;

@@ -2,10 +2,11 @@
 //! objects built from them once per run (one limiter per limit, one breaker per provider, one
 //! response cache, one budget), handed to stages through their `BuildContext`.
 
-use super::adaptive::Concurrency;
+use super::adaptive::{AdaptiveSettings, Concurrency, DEFAULT_MIN_CONCURRENCY};
 use super::breaker::{Breaker, BreakerSettings};
 use super::budget::{Budget, BudgetSpec};
 use super::cache::ResponseCache;
+use super::flight::Flights;
 use super::limiter::{LimitSettings, RateLimiter};
 use super::stats::CallStats;
 use super::{CallPolicy, RetrySettings, TokenUsage};
@@ -49,9 +50,14 @@ pub struct LimitSpec {
     /// Most calls in flight at once (the cap for adaptive concurrency; default: no cap, or
     /// 256 when adaptive).
     pub max_concurrency: Option<usize>,
-    /// Find the concurrency the provider sustains (AIMD on latency and 429s). Implied when
-    /// neither `rpm` nor `tpm` is given.
+    /// Find the concurrency the provider sustains (grows while calls wait for a slot, backs off
+    /// on overload: 429 without account state, 503/529, timeouts). Implied when neither `rpm`
+    /// nor `tpm` is given.
     pub adaptive: Option<bool>,
+    /// Adaptive only: the floor, never undercut without an overload signal (default 4).
+    pub min_concurrency: Option<usize>,
+    /// Adaptive only: where the limit starts (default: `min_concurrency`).
+    pub initial_concurrency: Option<usize>,
     /// Seconds of the per-minute limit that may be spent back to back (default 1: providers
     /// enforce limits over short windows, not per whole minute).
     pub burst_seconds: Option<f64>,
@@ -81,6 +87,13 @@ impl Price {
             + written as f64 * self.cache_write.unwrap_or(self.input)
             + usage.output as f64 * self.output)
             / 1e6
+    }
+
+    /// The most `usage` can cost when any of its prompt may be written to the provider's
+    /// cache: every prompt token at the dearer of the input and cache-write prices.
+    pub fn worst_cost(&self, usage: &TokenUsage) -> f64 {
+        let input = self.input.max(self.cache_write.unwrap_or(self.input));
+        (usage.input as f64 * input + usage.output as f64 * self.output) / 1e6
     }
 }
 
@@ -139,6 +152,12 @@ pub struct ProviderSpec {
     /// USD per million tokens; overrides the built-in table.
     pub pricing: Option<Price>,
     pub breaker: Option<BreakerSpec>,
+    /// Tokens (prompt + max_tokens) the model's context holds (default: known for OpenAI's
+    /// and Anthropic's models); a call needing more is dead-lettered without being sent.
+    pub context_window: Option<u64>,
+    /// Seconds a provider may fail every attempt (unreachable, timing out, overloaded) before
+    /// the run ends with that error (default 300).
+    pub unreachable_after_s: Option<f64>,
 }
 
 impl ProviderSpec {
@@ -160,6 +179,12 @@ impl ProviderSpec {
 
     pub fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.timeout_s.unwrap_or(120.0))
+    }
+
+    pub fn unreachable_after(&self) -> Duration {
+        self.unreachable_after_s
+            .map(Duration::from_secs_f64)
+            .unwrap_or(BreakerSettings::default().unreachable_after)
     }
 }
 
@@ -192,6 +217,7 @@ pub struct Resources {
     providers: BTreeMap<String, ProviderRuntime>,
     cache: Option<Arc<ResponseCache>>,
     read_cache: bool,
+    flights: Arc<Flights>,
     budget: Arc<Budget>,
 }
 
@@ -212,15 +238,28 @@ fn limit_settings(spec: &LimitSpec) -> LimitSettings {
         tpd: spec.tpd,
         burst_seconds: spec.burst_seconds.unwrap_or(1.0),
         reserve_max_tokens: spec.output_tokens.unwrap_or_default() == OutputTokens::MaxTokens,
+        first_day_reset: None,
+    }
+}
+
+impl LimitSpec {
+    /// `adaptive`, or implied by knowing neither `rpm` nor `tpm`.
+    pub fn is_adaptive(&self) -> bool {
+        self.adaptive
+            .unwrap_or(self.rpm.is_none() && self.tpm.is_none())
     }
 }
 
 fn concurrency_for(spec: &LimitSpec) -> Concurrency {
-    let adaptive = spec
-        .adaptive
-        .unwrap_or(spec.rpm.is_none() && spec.tpm.is_none());
-    match (adaptive, spec.max_concurrency) {
-        (true, max) => Concurrency::adaptive(max.unwrap_or(DEFAULT_ADAPTIVE_MAX)),
+    match (spec.is_adaptive(), spec.max_concurrency) {
+        (true, max) => {
+            let min = spec.min_concurrency.unwrap_or(DEFAULT_MIN_CONCURRENCY);
+            Concurrency::adaptive(AdaptiveSettings {
+                min,
+                initial: spec.initial_concurrency.unwrap_or(min),
+                max: max.unwrap_or(DEFAULT_ADAPTIVE_MAX),
+            })
+        }
         (false, Some(max)) => Concurrency::fixed(max),
         (false, None) => Concurrency::unlimited(),
     }
@@ -280,6 +319,7 @@ impl Resources {
                     .map(Duration::from_secs_f64)
                     .unwrap_or(defaults.cooldown),
                 max_cooldown: defaults.max_cooldown,
+                unreachable_after: spec.unreachable_after(),
             };
             provider_runtimes.insert(
                 name.clone(),
@@ -299,6 +339,7 @@ impl Resources {
             providers: provider_runtimes,
             cache,
             read_cache: !options.no_cache,
+            flights: Arc::default(),
             budget: Arc::new(Budget::new(options.budget, options.stop)),
         })
     }
@@ -310,6 +351,7 @@ impl Resources {
             providers: BTreeMap::new(),
             cache: None,
             read_cache: true,
+            flights: Arc::default(),
             budget: Arc::new(Budget::new(BudgetSpec::default(), CancellationToken::new())),
         }
     }
@@ -343,16 +385,19 @@ impl Resources {
         let limit = &self.limits[&provider.limit];
         Ok(CallPolicy {
             provider: name.to_string(),
+            kind: provider.spec.kind.clone(),
             limiter: limit.limiter.clone(),
             concurrency: limit.concurrency.clone(),
             breaker: provider.breaker.clone(),
             cache: self.cache.clone(),
             read_cache: self.read_cache,
+            flights: self.flights.clone(),
             budget: self.budget.clone(),
             stats,
             retry: provider.spec.retry_settings(),
             timeout: provider.spec.timeout(),
             price: None,
+            context_window: provider.spec.context_window,
         })
     }
 }
@@ -377,6 +422,9 @@ mod tests {
         };
         let expected = 0.25 * 3.0 + 0.5 * 0.3 + 0.25 * 3.75 + 0.1 * 15.0;
         assert!((price.cost(&usage) - expected).abs() < 1e-9);
+        // The worst case: every prompt token written to the cache (3.75 > 3.0).
+        let worst = price.worst_cost(&usage);
+        assert!((worst - (1.0 * 3.75 + 0.1 * 15.0)).abs() < 1e-9, "{worst}");
     }
 
     #[test]

@@ -29,6 +29,8 @@ fn setup(limit: LimitSpec, budget: BudgetSpec, provider: impl FnOnce(&mut Provid
             cache_write: None,
         }),
         breaker: None,
+        context_window: None,
+        unreachable_after_s: None,
     };
     provider(&mut spec);
     let resources = Resources::new(
@@ -48,6 +50,15 @@ fn setup(limit: LimitSpec, budget: BudgetSpec, provider: impl FnOnce(&mut Provid
     }
 }
 
+/// The policy of provider `p`, priced as its spec says (as the stages do).
+fn priced(resources: &Resources) -> CallPolicy {
+    let price = resources.provider_spec("p").and_then(|p| p.pricing);
+    resources
+        .policy("p", Default::default())
+        .unwrap()
+        .with_price(price)
+}
+
 fn rpm(n: u64) -> LimitSpec {
     LimitSpec {
         rpm: Some(n),
@@ -59,6 +70,7 @@ fn spec(key: Option<&str>) -> CallSpec {
     CallSpec {
         cache_key: key.map(str::to_string),
         input_tokens: 100,
+        prompt_chars: 0,
         max_output_tokens: 50,
     }
 }
@@ -301,6 +313,7 @@ async fn a_429_with_account_state_pauses_every_caller() {
                 reset_requests: Some(Duration::from_secs(3)),
                 ..Default::default()
             }),
+            billed: Billing::Nothing,
         }),
         ok("eventually"),
     ]);
@@ -329,6 +342,8 @@ async fn rejected_answers_are_returned_but_never_cached() {
         .await
         .unwrap();
     assert!(first.rejected.is_some());
+    // Dropped without a repaired answer: identical calls no longer wait for it.
+    drop(first);
     let second = policy
         .call(&spec(Some("k")), || script.next(), check)
         .await
@@ -368,4 +383,479 @@ async fn the_breaker_pauses_calls_after_consecutive_failures() {
         .unwrap();
     assert!(start.elapsed() >= Duration::from_secs(29));
     assert_eq!(policy.breaker().state(), BreakerState::Closed);
+}
+
+fn refusal() -> Result<Answer<String>, Failed> {
+    Err(Failed {
+        error: StageError::record("the model refused: I'm sorry, but I can't help with that."),
+        status: Some(200),
+        server: Box::default(),
+        billed: Billing::Known(TokenUsage {
+            input: 100,
+            output: 12,
+            ..Default::default()
+        }),
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_is_a_billed_record_error_not_a_retry() {
+    let s = setup(rpm(600), BudgetSpec::default(), |_| {});
+    let policy = priced(&s.resources);
+    let script = Script::new(vec![refusal()]);
+    let e = policy
+        .call(&spec(None), || script.next(), accept_all)
+        .await
+        .unwrap_err();
+    assert_eq!(e.class, ErrorClass::Record);
+    assert!(
+        e.message.contains("I can't help with that"),
+        "{}",
+        e.message
+    );
+    assert_eq!(script.count(), 1, "not retried");
+    let r = policy.stats().report();
+    assert_eq!(
+        (r.input_tokens, r.output_tokens),
+        (100, 12),
+        "billed: counted"
+    );
+    // $1 / $2 per million.
+    assert!(
+        (r.cost_usd - (100.0 + 24.0) / 1e6).abs() < 1e-9,
+        "{}",
+        r.cost_usd
+    );
+    assert_eq!(s.resources.budget().spent().1, 112);
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_billed_by_an_unknown_amount_count_at_their_worst_case() {
+    let s = setup(rpm(600), BudgetSpec::default(), |p| p.timeout_s = Some(2.0));
+    let policy = priced(&s.resources);
+    let calls = AtomicU32::new(0);
+    let attempt = || {
+        let n = calls.fetch_add(1, Relaxed);
+        async move {
+            match n {
+                // Sent, then no answer in time: it may have been generated and billed.
+                0 => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    ok("never")
+                }
+                // A 200 whose body could not be read.
+                1 => Err(Failed {
+                    billed: Billing::Unknown,
+                    ..Failed::new(StageError::retryable("malformed response", None), Some(200))
+                }),
+                _ => ok("third time"),
+            }
+        }
+    };
+    let called = policy.call(&spec(None), attempt, accept_all).await.unwrap();
+    assert_eq!(called.value, "third time");
+    let r = policy.stats().report();
+    // Two worst cases (100 prompt + 50 max_tokens) and the real bill (100 + 10).
+    assert_eq!(r.estimated.attempts, 2);
+    assert_eq!(r.estimated.tokens, 300);
+    assert_eq!((r.input_tokens, r.output_tokens), (300, 110));
+    assert!((r.estimated.cost_usd - 2.0 * 200.0 / 1e6).abs() < 1e-9);
+    assert_eq!(s.resources.budget().spent().1, 410);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_mid_flight_releases_what_it_held() {
+    let s = setup(
+        LimitSpec {
+            rpm: Some(600),
+            max_concurrency: Some(1),
+            ..Default::default()
+        },
+        BudgetSpec {
+            max_usd: Some(1.0),
+            max_tokens: None,
+        },
+        |_| {},
+    );
+    let policy = Arc::new(s.resources.policy("p", Default::default()).unwrap());
+    // The provider's first call is its breaker's probe: the others wait for its answer.
+    let hanging = {
+        let policy = policy.clone();
+        tokio::spawn(async move {
+            let attempt = || async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                ok("never")
+            };
+            policy.call(&spec(Some("a")), attempt, accept_all).await
+        })
+    };
+    while policy.stats().in_flight.load(Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(s.resources.budget().reserved().1 > 0);
+    assert_eq!(policy.flights().len(), 1);
+    hanging.abort();
+    assert!(hanging.await.unwrap_err().is_cancelled());
+    // Everything is back: budget reservation, slot, probe, in-flight count, single flight.
+    assert_eq!(s.resources.budget().reserved(), (0.0, 0));
+    assert_eq!(policy.stats().in_flight.load(Relaxed), 0);
+    assert_eq!(policy.concurrency().in_flight(), 0);
+    assert!(policy.flights().is_empty());
+    // It was sent: its bill is unknown, counted at the worst case (100 + 50 tokens).
+    assert_eq!(s.resources.budget().spent().1, 150);
+    assert_eq!(policy.stats().report().estimated.attempts, 1);
+    // The next call goes at once (the probe slot was freed, not kept by a dead call).
+    let script = Script::new(vec![ok("next")]);
+    let next = tokio::time::timeout(
+        Duration::from_secs(1),
+        policy.call(&spec(Some("a")), || script.next(), accept_all),
+    )
+    .await
+    .expect("not blocked by the dropped call")
+    .unwrap();
+    assert_eq!(next.value, "next");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_while_waiting_for_the_rate_gives_its_debit_back() {
+    let s = setup(rpm(60), BudgetSpec::default(), |_| {});
+    let policy = Arc::new(s.resources.policy("p", Default::default()).unwrap());
+    // One request per second, a burst of 0.9: the first goes, the second waits a second.
+    let script = Script::new(vec![ok("first")]);
+    policy
+        .call(&spec(None), || script.next(), accept_all)
+        .await
+        .unwrap();
+    let level = policy.limiter().levels().0.unwrap();
+    let waiting = {
+        let policy = policy.clone();
+        tokio::spawn(async move {
+            let never = || async { ok("never sent") };
+            policy.call(&spec(None), never, accept_all).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(policy.limiter().admitted_requests(), 2, "reserved");
+    waiting.abort();
+    let _ = waiting.await;
+    assert_eq!(policy.limiter().admitted_requests(), 1, "given back");
+    let now = policy.limiter().levels().0.unwrap();
+    assert!((now - (level + 0.1)).abs() < 1e-6, "{level} -> {now}");
+    assert_eq!(policy.stats().report().attempts, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_is_paid_after_the_slot_when_the_request_goes() {
+    let s = setup(
+        LimitSpec {
+            rpm: Some(600),
+            max_concurrency: Some(1),
+            ..Default::default()
+        },
+        BudgetSpec::default(),
+        |_| {},
+    );
+    let policy = Arc::new(s.resources.policy("p", Default::default()).unwrap());
+    // A first answer proves the provider (otherwise the others would wait at the breaker).
+    let first = Script::new(vec![ok("first")]);
+    policy
+        .call(&spec(None), || first.next(), accept_all)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let policy = policy.clone();
+        tasks.push(tokio::spawn(async move {
+            let attempt = || async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                ok("done")
+            };
+            policy
+                .call(&spec(Some(&format!("k{i}"))), attempt, accept_all)
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // One request is out; five wait for the only slot, and have not paid the rate yet.
+    assert_eq!(policy.concurrency().in_flight(), 1);
+    assert_eq!(policy.limiter().admitted_requests(), 2);
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(policy.limiter().admitted_requests(), 7);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_can_never_be_sent_is_a_record_error_before_anything_is_reserved() {
+    let s = setup(
+        LimitSpec {
+            tpm: Some(1_000),
+            ..Default::default()
+        },
+        BudgetSpec::default(),
+        |p| p.context_window = Some(5_000),
+    );
+    let policy = s.resources.policy("p", Default::default()).unwrap();
+    let script = Script::new(vec![]);
+    let big = CallSpec {
+        input_tokens: 1_200,
+        ..spec(None)
+    };
+    let e = policy
+        .call(&big, || script.next(), accept_all)
+        .await
+        .unwrap_err();
+    assert_eq!(e.class, ErrorClass::Record);
+    assert!(
+        e.message
+            .contains("more than limit `acct` allows in a whole minute (1000)"),
+        "{}",
+        e.message
+    );
+    let huge = CallSpec {
+        input_tokens: 4_990,
+        ..spec(None)
+    };
+    let e = policy
+        .call(&huge, || script.next(), accept_all)
+        .await
+        .unwrap_err();
+    assert!(
+        e.message
+            .contains("more than the model's context window of 5000"),
+        "{}",
+        e.message
+    );
+    assert_eq!(script.count(), 0);
+    assert_eq!(policy.limiter().admitted_requests(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn openai_prompts_reserve_at_least_a_token_per_four_characters() {
+    let s = setup(
+        LimitSpec {
+            tpm: Some(60_000),
+            ..Default::default()
+        },
+        BudgetSpec::default(),
+        |_| {},
+    );
+    let policy = s.resources.policy("p", Default::default()).unwrap();
+    let script = Script::new(vec![ok("a")]);
+    // 100 tokens by the tokenizer, but 2,000 characters: OpenAI's limiter counts ~500.
+    let wordy = CallSpec {
+        prompt_chars: 2_000,
+        ..spec(None)
+    };
+    policy
+        .call(&wordy, || script.next(), accept_all)
+        .await
+        .unwrap();
+    // Burst 900 - (500 + 50 max_tokens); the bill (100 prompt tokens) gives nothing back.
+    let level = policy.limiter().levels().1.unwrap();
+    assert!((level - 350.0).abs() < 1e-6, "{level}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn identical_calls_in_flight_are_paid_once() {
+    let s = setup(rpm(6000), BudgetSpec::default(), |_| {});
+    let policy = Arc::new(s.resources.policy("p", Default::default()).unwrap());
+    let script = Arc::new(Script::new(vec![ok("shared"), ok("other")]));
+    let mut tasks = Vec::new();
+    for key in ["same", "same", "same", "different"] {
+        let (policy, script) = (policy.clone(), script.clone());
+        tasks.push(tokio::spawn(async move {
+            let attempt = || {
+                let script = script.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    script.next().await
+                }
+            };
+            policy.call(&spec(Some(key)), attempt, accept_all).await
+        }));
+    }
+    let mut values = Vec::new();
+    for t in tasks {
+        values.push(t.await.unwrap().unwrap().value);
+    }
+    assert_eq!(script.count(), 2, "one request per distinct prompt");
+    assert_eq!(values.iter().filter(|v| *v == "shared").count(), 3);
+    let r = policy.stats().report();
+    assert_eq!(
+        (r.calls, r.coalesced, r.cache_misses, r.attempts),
+        (4, 2, 2, 2)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repaired_answer_is_cached_under_the_original_call_and_given_to_its_twins() {
+    let s = setup(rpm(6000), BudgetSpec::default(), |_| {});
+    let policy = Arc::new(s.resources.policy("p", Default::default()).unwrap());
+    let check = |v: &String| {
+        serde_json::from_str::<serde_json::Value>(v)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let script = Script::new(vec![ok("not json"), ok("{\"fixed\":true}")]);
+    let first = policy
+        .call(&spec(Some("original")), || script.next(), check)
+        .await
+        .unwrap();
+    assert!(first.rejected.is_some());
+    // An identical call arrives while the stage repairs the answer: it waits for it.
+    let twin = {
+        let policy = policy.clone();
+        tokio::spawn(async move {
+            let never = || async { ok("not sent") };
+            policy.call(&spec(Some("original")), never, check).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!twin.is_finished());
+    let repaired = policy
+        .call(&spec(Some("repair turn")), || script.next(), check)
+        .await
+        .unwrap();
+    assert!(repaired.rejected.is_none());
+    policy.remember(first.pending.unwrap(), &repaired.value, repaired.usage);
+    let twin = twin.await.unwrap().unwrap();
+    assert_eq!(twin.value, "{\"fixed\":true}");
+    // A re-run of the original prompt: answered from the cache, nothing sent.
+    let again = policy
+        .call(&spec(Some("original")), || script.next(), check)
+        .await
+        .unwrap();
+    assert!(again.from_cache);
+    assert_eq!(again.value, "{\"fixed\":true}");
+    assert_eq!(script.count(), 2);
+    // Both calls' usage is what the cached answer cost.
+    assert_eq!(again.usage.total(), 220);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_failing_every_attempt_ends_the_run_after_unreachable_after() {
+    let s = setup(rpm(6000), BudgetSpec::default(), |p| {
+        p.max_attempts = Some(1000);
+        p.unreachable_after_s = Some(120.0);
+        p.breaker = Some(resources::BreakerSpec {
+            failures: Some(3),
+            cooldown_s: Some(5.0),
+        });
+    });
+    let policy = Arc::new(s.resources.policy("p", Default::default()).unwrap());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let policy = policy.clone();
+        tasks.push(tokio::spawn(async move {
+            let refused = || async {
+                Err::<Answer<String>, _>(Failed::new(
+                    StageError::retryable(
+                        "chat/completions: request failed: connection refused",
+                        None,
+                    ),
+                    None,
+                ))
+            };
+            let e = policy
+                .call(&spec(None), refused, accept_all)
+                .await
+                .unwrap_err();
+            (e, Instant::now())
+        }));
+    }
+    // While the breaker is open, the calls say why they wait.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let paused = policy.stats().paused().expect("paused");
+    assert!(
+        paused.contains("provider `p` is failing") && paused.contains("connection refused"),
+        "{paused}"
+    );
+    for t in tasks {
+        let (e, at) = t.await.unwrap();
+        assert_eq!(e.class, ErrorClass::Run, "{}", e.message);
+        assert!(
+            e.message.contains("failed every attempt for 120s"),
+            "{}",
+            e.message
+        );
+        let after = at.duration_since(start);
+        assert!(
+            after >= Duration::from_secs(120) && after < Duration::from_secs(130),
+            "{after:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_budget_short_only_because_of_calls_in_flight_waits_instead_of_stopping() {
+    // Room for two calls' worst case ($1 / $2 per million: 100 + 50 tokens = $0.0002).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let dir = tempfile::tempdir().unwrap();
+    let resources = Resources::new(
+        &BTreeMap::from([("acct".to_string(), rpm(6000))]),
+        &BTreeMap::from([(
+            "p".to_string(),
+            ProviderSpec {
+                kind: "openai".into(),
+                model: "m".into(),
+                base_url: None,
+                api_key: None,
+                limit: Some("acct".into()),
+                timeout_s: None,
+                max_attempts: None,
+                backoff_s: None,
+                max_backoff_s: None,
+                pricing: Some(Price {
+                    input: 1.0,
+                    output: 2.0,
+                    cached_input: None,
+                    cache_write: None,
+                }),
+                breaker: None,
+                context_window: None,
+                unreachable_after_s: None,
+            },
+        )]),
+        ResourcesOptions {
+            cache_path: Some(dir.path().join("cache.sqlite")),
+            no_cache: false,
+            budget: BudgetSpec {
+                max_usd: Some(0.00045),
+                max_tokens: None,
+            },
+            stop: stop.clone(),
+        },
+    )
+    .unwrap();
+    let policy = Arc::new(priced(&resources));
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let policy = policy.clone();
+        tasks.push(tokio::spawn(async move {
+            let attempt = || async {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                ok("answer")
+            };
+            policy
+                .call(&spec(Some(&format!("k{i}"))), attempt, accept_all)
+                .await
+                .map(|c| (c.value, Instant::now()))
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let paused = policy.stats().paused().unwrap();
+    assert!(paused.contains("budget: waiting"), "{paused}");
+    let mut done = Vec::new();
+    for t in tasks {
+        done.push(t.await.unwrap().expect("all three admitted in the end"));
+    }
+    assert!(!stop.is_cancelled(), "the run was not stopped");
+    // Each spent 100 + 10 tokens = $0.00012: three fit in $0.00045.
+    let (usd, _) = resources.budget().spent();
+    assert!((usd - 0.00036).abs() < 1e-9, "{usd}");
+    // The third went when the first two settled.
+    done.sort_by_key(|(_, at)| *at);
+    assert!(done[2].1 > done[0].1);
 }

@@ -68,6 +68,18 @@ impl Sim {
             .expect("stats json")
     }
 
+    /// Replaces the whole config at runtime.
+    pub async fn configure(&self, config: &SimConfig) {
+        let r = self
+            .client
+            .post(self.url("/_sim/config"))
+            .json(config)
+            .send()
+            .await
+            .expect("config");
+        assert_eq!(r.status(), 200);
+    }
+
     pub async fn reset(&self) {
         let r = self
             .client
@@ -95,4 +107,23 @@ pub fn tokens(text: &str) -> u64 {
     tiktoken_rs::cl100k_base_singleton()
         .encode_ordinary(text)
         .len() as u64
+}
+
+/// The assistant content of a chat completion.
+pub fn content(v: &Value) -> &str {
+    v["choices"][0]["message"]["content"].as_str().unwrap_or("")
+}
+
+/// Runs the futures concurrently on the runtime and returns their outputs in order.
+pub async fn join_all<F, T>(futs: Vec<F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("join"));
+    }
+    out
 }

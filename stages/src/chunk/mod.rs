@@ -1,6 +1,6 @@
-//! `chunk` processor: token-aware splitting with overlap (text-splitter + tiktoken-rs), and
-//! transcript-aware: in a transcript it packs whole speaker turns, so chunks break between
-//! turns wherever a turn fits.
+//! `chunk` processor: token-aware splitting with overlap and exact token counts (see
+//! [`splitter`]), transcript-aware: in a transcript it packs whole speaker turns, so chunks
+//! break between turns wherever a turn fits.
 
 pub mod splitter;
 
@@ -209,11 +209,11 @@ impl<'a> CharIndex<'a> {
 
     fn at(&mut self, byte: usize) -> u64 {
         if byte < self.byte {
-            // Overlapping chunks step back a little: recount from the start of the text.
-            self.byte = 0;
-            self.chars = 0;
+            // Overlapping chunks step back a little: count only the stretch stepped over.
+            self.chars -= self.text[byte..self.byte].chars().count() as u64;
+        } else {
+            self.chars += self.text[self.byte..byte].chars().count() as u64;
         }
-        self.chars += self.text[self.byte..byte].chars().count() as u64;
         self.byte = byte;
         self.chars
     }
@@ -231,5 +231,7 @@ mod tests {
         assert_eq!(idx.at(text.find('w').unwrap()), 6);
         assert_eq!(idx.at(text.len()), 11);
         assert_eq!(idx.at(3), 2);
+        assert_eq!(idx.at(text.len()), 11);
+        assert_eq!(idx.at(1), 1);
     }
 }

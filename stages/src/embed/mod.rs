@@ -678,6 +678,8 @@ mod tests {
             max_backoff_s: None,
             pricing: None,
             breaker: None,
+            context_window: None,
+            unreachable_after_s: None,
         };
         let resources = Resources::new(
             &BTreeMap::<String, LimitSpec>::new(),

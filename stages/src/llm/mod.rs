@@ -8,7 +8,7 @@
 mod template;
 
 use crate::provider::{Chat, Prompt, Reply};
-use pipeline::policy::{CallPolicy, CallSpec, cache_key};
+use pipeline::policy::{CallPolicy, CallSpec, Called, cache_key};
 use pipeline::{
     BuildContext, BuiltStage, ConfigIssue, KindSet, Payload, PayloadKind, Processor, Produces,
     Record, Role, StageConfig, StageError, YamlJson, async_trait, record::stable_id,
@@ -144,7 +144,26 @@ impl StageConfig for LlmConfig {
                 )));
             }
         }
-        let policy = ctx.call_policy(&self.provider)?.with_price(price);
+        if chat.is_reasoning_model() && self.temperature.is_some() {
+            tracing::warn!(
+                "stage `{}`: model `{}` is a reasoning model, which takes no temperature: \
+                 `temperature` is not sent",
+                ctx.stage_id,
+                chat.model
+            );
+        }
+        if !chat.tokenizer().1 {
+            tracing::info!(
+                "stage `{}`: model `{}`'s tokenizer is not known here: prompt tokens are \
+                 estimated with cl100k (billed usage is what counts)",
+                ctx.stage_id,
+                chat.model
+            );
+        }
+        let policy = ctx
+            .call_policy(&self.provider)?
+            .with_price(price)
+            .with_context_window(chat.context_window(spec));
         let templates = Templates::new(self.system.as_deref(), &self.prompt)
             .map_err(|e| StageError::run(e.message))?;
         let validator = match (&self.schema, self.output) {
@@ -207,6 +226,7 @@ impl Llm {
         CallSpec {
             cache_key: Some(cache_key(&self.chat.cache_material(prompt, &self.version))),
             input_tokens: self.chat.count_prompt_tokens(prompt),
+            prompt_chars: self.chat.prompt_chars(prompt),
             max_output_tokens: u64::from(prompt.max_tokens),
         }
     }
@@ -244,17 +264,15 @@ impl Llm {
         }
     }
 
-    async fn ask(&self, prompt: &Prompt) -> Result<(Reply, Option<String>), StageError> {
+    async fn ask(&self, prompt: &Prompt) -> Result<Called<Reply>, StageError> {
         let spec = self.spec(prompt);
-        let called = self
-            .policy
+        self.policy
             .call(
                 &spec,
                 || self.chat.complete(prompt),
                 |reply: &Reply| self.parse(reply).map(|_| ()),
             )
-            .await?;
-        Ok((called.value, called.rejected))
+            .await
     }
 
     fn output_record(&self, input: &Record, answer: Value) -> Record {
@@ -290,14 +308,16 @@ impl Llm {
 impl Processor for Llm {
     async fn process(&self, record: &Record) -> Result<Vec<Record>, StageError> {
         let prompt = self.prompt(record)?;
-        let (reply, rejected) = self.ask(&prompt).await?;
-        let Some(problem) = rejected else {
-            let value = self.parse(&reply).map_err(StageError::record)?;
+        let first = self.ask(&prompt).await?;
+        let Some(problem) = first.rejected else {
+            let value = self.parse(&first.value).map_err(StageError::record)?;
             return Ok(vec![self.output_record(record, value)]);
         };
         // One repair attempt: show the model its answer and what is wrong with it.
         let mut repair = prompt.clone();
-        repair.turns.push(("assistant".into(), reply.text.clone()));
+        repair
+            .turns
+            .push(("assistant".into(), first.value.text.clone()));
         repair.turns.push((
             "user".into(),
             format!(
@@ -305,10 +325,15 @@ impl Processor for Llm {
                  JSON, nothing else."
             ),
         ));
-        let (fixed, still) = self.ask(&repair).await?;
-        match still {
+        let fixed = self.ask(&repair).await?;
+        match fixed.rejected {
             None => {
-                let value = self.parse(&fixed).map_err(StageError::record)?;
+                let value = self.parse(&fixed.value).map_err(StageError::record)?;
+                // Cached under the original prompt too: a re-run asks nothing, and identical
+                // records waiting for this one take it.
+                if let Some(pending) = first.pending {
+                    self.policy.remember(pending, &fixed.value, fixed.usage);
+                }
                 Ok(vec![self.output_record(record, value)])
             }
             Some(again) => Err(StageError::record(format!(

@@ -1,0 +1,421 @@
+use super::*;
+
+fn limiter(rpm: Option<u64>, tpm: Option<u64>) -> RateLimiter {
+    RateLimiter::new(
+        "test",
+        LimitSettings {
+            rpm,
+            tpm,
+            burst_seconds: 1.0,
+            reserve_max_tokens: true,
+            ..Default::default()
+        },
+    )
+}
+
+fn demand(prompt: u64, output: u64) -> Demand {
+    Demand { prompt, output }
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_are_spaced_at_the_rate_after_the_burst() {
+    // 600 rpm = 10/s, burst of 0.9 s = 9 at once, then one every 100 ms.
+    let l = limiter(Some(600), None);
+    let start = Instant::now();
+    for _ in 0..9 {
+        l.acquire(0).await;
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    for i in 1..=5u64 {
+        l.acquire(0).await;
+        let expected = Duration::from_millis(100 * i);
+        let got = start.elapsed();
+        assert!(
+            got >= expected && got < expected + Duration::from_millis(2),
+            "{got:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn tokens_bind_when_calls_are_large() {
+    // 60k tpm = 1000 tokens/s; 800-token calls: the 900-token burst holds one, then one
+    // per 0.8 s.
+    let l = limiter(None, Some(60_000));
+    let start = Instant::now();
+    l.acquire(800).await;
+    l.acquire(800).await;
+    l.acquire(800).await;
+    let got = start.elapsed().as_secs_f64();
+    assert!((got - 1.5).abs() < 0.01, "{got}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_daily_quota_is_a_calendar_window_that_is_never_exceeded() {
+    let l = RateLimiter::new(
+        "daily",
+        LimitSettings {
+            rpd: Some(3),
+            burst_seconds: 1.0,
+            first_day_reset: Some(Duration::from_secs(5 * 3600)),
+            ..Default::default()
+        },
+    );
+    let start = Instant::now();
+    for _ in 0..3 {
+        l.acquire(0).await;
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // The fourth waits for the next day (the window resets in 5 h), and goes right then —
+    // not after a third of a day of refill, and not before the reset.
+    let fourth = l.reserve(demand(0, 0));
+    let reason = fourth.pause_reason().expect("waiting for the next day").0;
+    assert!(reason.contains("daily limit `daily` spent"), "{reason}");
+    drop(fourth);
+    l.acquire(0).await;
+    assert_eq!(start.elapsed(), Duration::from_secs(5 * 3600));
+    // That day holds three, the seventh call waits for the day after.
+    l.acquire(0).await;
+    l.acquire(0).await;
+    assert_eq!(start.elapsed(), Duration::from_secs(5 * 3600));
+    l.acquire(0).await;
+    assert_eq!(start.elapsed(), Duration::from_secs(29 * 3600));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_daily_token_quota_gets_back_what_a_cancelled_call_took() {
+    let l = RateLimiter::new(
+        "daily",
+        LimitSettings {
+            tpd: Some(1000),
+            burst_seconds: 1.0,
+            reserve_max_tokens: true,
+            first_day_reset: Some(Duration::from_secs(3600)),
+            ..Default::default()
+        },
+    );
+    let start = Instant::now();
+    l.acquire(600).await;
+    // 400 left today: a 600-token call waits for tomorrow...
+    let waiting = l.reserve(demand(0, 600));
+    assert_eq!(waiting.release(), start + Duration::from_secs(3600));
+    // ...and given up, it leaves the next day's quota untouched: a 1000-token call still fits
+    // there.
+    drop(waiting);
+    let big = l.reserve(demand(0, 1000));
+    assert_eq!(big.release(), start + Duration::from_secs(3600));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_larger_than_the_whole_limit_never_fits() {
+    let l = RateLimiter::new(
+        "small",
+        LimitSettings {
+            tpm: Some(10_000),
+            tpd: Some(50_000),
+            burst_seconds: 1.0,
+            reserve_max_tokens: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(l.never_fits(demand(9_000, 1_000)), None);
+    let why = l.never_fits(demand(9_500, 1_000)).unwrap();
+    assert!(
+        why.contains("10500 tokens") && why.contains("whole minute (10000)"),
+        "{why}"
+    );
+    let why = l.never_fits(demand(59_000, 0)).unwrap();
+    assert!(why.contains("whole minute"), "{why}");
+    let daily = RateLimiter::new(
+        "daily",
+        LimitSettings {
+            tpd: Some(50_000),
+            burst_seconds: 1.0,
+            reserve_max_tokens: true,
+            ..Default::default()
+        },
+    );
+    assert!(daily.never_fits(demand(40_000, 1_000)).is_none());
+    let why = daily.never_fits(demand(60_000, 1_000)).unwrap();
+    assert!(why.contains("whole day (50000)"), "{why}");
+    assert!(
+        limiter(None, None)
+            .never_fits(demand(10_000_000, 0))
+            .is_none()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn settling_gives_back_what_the_server_did_not_count() {
+    // OpenAI's rule: max_tokens is counted, so an answer gives nothing back, but a refusal
+    // gives everything back and a bill above the estimate takes more.
+    let l = limiter(None, Some(60_000));
+    let mut t = l.reserve(demand(500, 400));
+    t.ready().await;
+    assert!(l.levels().1.unwrap().abs() < 1e-6);
+    l.settle(
+        &t,
+        Outcome::Answered {
+            input: 300,
+            output: 10,
+        },
+    );
+    assert!(l.levels().1.unwrap().abs() < 1e-6, "not given back");
+    let mut refused = l.reserve(demand(100, 100));
+    refused.ready().await;
+    let before = l.levels().1.unwrap();
+    l.settle(&refused, Outcome::Refused);
+    assert!(
+        (l.levels().1.unwrap() - (before + 200.0)).abs() < 1e-6,
+        "refused: all back"
+    );
+    let mut more = l.reserve(demand(100, 100));
+    more.ready().await;
+    let before = l.levels().1.unwrap();
+    l.settle(
+        &more,
+        Outcome::Answered {
+            input: 150,
+            output: 5,
+        },
+    );
+    // Billed 150 prompt tokens where 100 were reserved (the estimate is raised from now on too).
+    assert!((l.levels().1.unwrap() - (before - 50.0)).abs() < 1e-6);
+
+    // Counting generated output: the unused part of max_tokens comes back.
+    let generated = RateLimiter::new(
+        "g",
+        LimitSettings {
+            tpm: Some(60_000),
+            burst_seconds: 1.0,
+            reserve_max_tokens: false,
+            ..Default::default()
+        },
+    );
+    let mut t = generated.reserve(demand(500, 400));
+    t.ready().await;
+    generated.settle(
+        &t,
+        Outcome::Answered {
+            input: 500,
+            output: 100,
+        },
+    );
+    assert!((generated.levels().1.unwrap() - 300.0).abs() < 1e-6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_and_a_reconciliation_never_count_a_request_twice() {
+    let l = limiter(None, Some(60_000));
+    let mut first = l.reserve(demand(100, 100));
+    first.ready().await;
+    let mut second = l.reserve(demand(100, 100));
+    second.ready().await;
+    // Our level: 900 - 400 = 500. The server, answering the second request, has 200 left:
+    // it counted more (another process on the account). The level follows it.
+    l.observe(
+        &second,
+        &ServerLimits {
+            limit_tokens: Some(60_000),
+            remaining_tokens: Some(200),
+            ..Default::default()
+        },
+        true,
+    );
+    assert!((l.levels().1.unwrap() - 200.0).abs() < 1e-6);
+    // The first request then turns out refused: the server's 200 already did not count it,
+    // so giving its 200 tokens back now would count it a second time.
+    l.settle(&first, Outcome::Refused);
+    assert!((l.levels().1.unwrap() - 200.0).abs() < 1e-6);
+    // A request reserved after the snapshot is still reconciled.
+    let mut third = l.reserve(demand(100, 100));
+    third.ready().await;
+    l.settle(&third, Outcome::Refused);
+    assert!((l.levels().1.unwrap() - 200.0).abs() < 1e-6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_reservation_gives_its_share_back() {
+    let l = limiter(Some(600), Some(60_000));
+    let waiting = l.reserve(demand(400, 100));
+    assert!((l.levels().1.unwrap() - 400.0).abs() < 1e-6);
+    drop(waiting);
+    assert!((l.levels().1.unwrap() - 900.0).abs() < 1e-6);
+    assert!((l.levels().0.unwrap() - 9.0).abs() < 1e-6);
+    assert_eq!(l.admitted_requests(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_moves_waiters_back_keeping_their_spacing() {
+    let l = std::sync::Arc::new(limiter(Some(600), None));
+    // Spend the burst: the next five wait 100, 200, ... 500 ms.
+    for _ in 0..9 {
+        l.acquire(0).await;
+    }
+    let start = Instant::now();
+    let mut waiters = Vec::new();
+    for _ in 0..5 {
+        let l = l.clone();
+        waiters.push(tokio::spawn(async move {
+            l.acquire(0).await;
+            Instant::now()
+        }));
+    }
+    tokio::task::yield_now().await;
+    // A 429 says: nothing for 2 s.
+    l.pause(Duration::from_secs(2), Some(Dimension::Requests));
+    let late = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            l.acquire(0).await;
+            Instant::now()
+        })
+    };
+    let mut times = Vec::new();
+    for w in waiters {
+        times.push(w.await.unwrap().duration_since(start));
+    }
+    times.push(late.await.unwrap().duration_since(start));
+    times.sort();
+    assert!(times[0] >= Duration::from_secs(2), "{times:?}");
+    // Released one by one at the rate, not all at the end of the pause.
+    for pair in times.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(99),
+            "released together: {times:?}"
+        );
+    }
+    assert!(times[5] < Duration::from_millis(2700), "{times:?}");
+}
+
+/// A server's token bucket that counts prompts its own way: `server_prompt` per request (plus
+/// max_tokens), full window of `limit / 60` per second held for one second.
+struct FakeServer {
+    limit: f64,
+    level: f64,
+    last: Instant,
+}
+
+impl FakeServer {
+    fn new(limit: u64) -> FakeServer {
+        FakeServer {
+            limit: limit as f64,
+            level: limit as f64 / 60.0,
+            last: Instant::now(),
+        }
+    }
+
+    /// Admits (debiting `charge`) or refuses; returns the headers it would send.
+    fn arrive(&mut self, charge: f64) -> (bool, ServerLimits) {
+        let now = Instant::now();
+        let rate = self.limit / 60.0;
+        let capacity = rate;
+        self.level = (self.level + rate * (now - self.last).as_secs_f64()).min(capacity);
+        self.last = now;
+        let admitted = self.level >= charge;
+        if admitted {
+            self.level -= charge;
+        }
+        let reset = Duration::from_secs_f64((capacity - self.level) / rate);
+        let headers = ServerLimits {
+            limit_tokens: Some(self.limit as u64),
+            remaining_tokens: Some(self.level.floor() as u64),
+            reset_tokens: Some(reset),
+            ..Default::default()
+        };
+        (admitted, headers)
+    }
+}
+
+/// Sends `n` requests one after the other through `l` to `server`, which counts `factor` ×
+/// our prompt estimate; returns how many it refused.
+async fn drive(l: &RateLimiter, server: &mut FakeServer, factor: f64, n: usize) -> usize {
+    let mut refused = 0;
+    for _ in 0..n {
+        let mut ticket = l.reserve(demand(400, 100));
+        ticket.ready().await;
+        let (admitted, headers) = server.arrive(400.0 * factor + 100.0);
+        l.observe(&ticket, &headers, admitted);
+        if admitted {
+            l.settle(
+                &ticket,
+                Outcome::Answered {
+                    input: 400,
+                    output: 50,
+                },
+            );
+        } else {
+            refused += 1;
+            l.settle(&ticket, Outcome::Refused);
+            l.pause(Duration::from_millis(500), Some(Dimension::Tokens));
+        }
+    }
+    refused
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_server_s_own_count_is_learned_from_its_headers() {
+    // It counts half of our estimate (characters / 4 against a tokenizer count): the limiter
+    // learns to reserve that, and so sends twice as many prompts.
+    let l = limiter(None, Some(60_000));
+    let mut server = FakeServer::new(60_000);
+    drive(&l, &mut server, 0.5, 40).await;
+    let ratio = l.prompt_ratio();
+    assert!((ratio - 0.5 * 1.02).abs() < 0.02, "{ratio}");
+    assert_eq!(
+        l.charge(demand(400, 100)),
+        100 + (400.0 * ratio).ceil() as u64
+    );
+
+    // It counts 1.5 × our estimate: refusals at first, none once learned.
+    let l = limiter(None, Some(60_000));
+    let mut server = FakeServer::new(60_000);
+    let early = drive(&l, &mut server, 1.5, 40).await;
+    assert!(early > 0, "the estimate was too low at first");
+    let ratio = l.prompt_ratio();
+    assert!((ratio - 1.5 * 1.02).abs() < 0.05, "{ratio}");
+    assert_eq!(drive(&l, &mut server, 1.5, 100).await, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn headers_teach_unknown_limits_and_lower_the_level() {
+    let l = limiter(None, None);
+    assert!(!l.knows_limits());
+    let r = l.acquire(100).await;
+    l.observe(
+        &r,
+        &ServerLimits {
+            limit_requests: Some(1200),
+            remaining_requests: Some(3),
+            ..Default::default()
+        },
+        true,
+    );
+    assert!(l.knows_limits());
+    assert_eq!(l.per_minute(), (Some(1200), None));
+    // The server had 3 left; our fresh bucket thought 18: it now believes the server.
+    let level = l.levels().0.unwrap();
+    assert!((level - 3.0).abs() < 1e-6, "{level}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_does_not_forget_later_reservations() {
+    let l = limiter(Some(600), None);
+    let first = l.acquire(0).await;
+    for _ in 0..4 {
+        l.acquire(0).await;
+    }
+    // Our bucket (9) has 4 left. The server saw only the first call and has 6 left; our 4
+    // later calls still count against that: 2 left, not 6.
+    l.observe(
+        &first,
+        &ServerLimits {
+            limit_requests: Some(600),
+            remaining_requests: Some(6),
+            ..Default::default()
+        },
+        true,
+    );
+    let level = l.levels().0.unwrap();
+    assert!((level - 2.0).abs() < 1e-6, "{level}");
+}
