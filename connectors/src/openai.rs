@@ -187,7 +187,21 @@ impl OpenAiClient {
     }
 
     pub async fn embed(&self, model: &str, inputs: &[String]) -> Result<Embeddings, Failure> {
-        let body = json!({ "model": model, "input": inputs, "encoding_format": "float" });
+        self.embed_with_dimensions(model, inputs, None).await
+    }
+
+    /// `dimensions`: the size to ask for (text-embedding-3 models shorten their vectors to
+    /// it); `None` = the model's own size.
+    pub async fn embed_with_dimensions(
+        &self,
+        model: &str,
+        inputs: &[String],
+        dimensions: Option<u32>,
+    ) -> Result<Embeddings, Failure> {
+        let mut body = json!({ "model": model, "input": inputs, "encoding_format": "float" });
+        if let Some(dimensions) = dimensions {
+            body["dimensions"] = json!(dimensions);
+        }
         let (value, rate_limit) = self.post("embeddings", &body).await?;
         let data = value["data"]
             .as_array()

@@ -46,6 +46,7 @@ const TABLE: &[(&str, ListPrice)] = &[
     ("o3", openai(2.00, 8.00, 0.50)),
     ("text-embedding-3-small", openai(0.02, 0.0, 0.02)),
     ("text-embedding-3-large", openai(0.13, 0.0, 0.13)),
+    ("text-embedding-ada-002", openai(0.10, 0.0, 0.10)),
     ("claude-3-5-haiku", anthropic(0.80, 4.00)),
     ("claude-haiku-4-5", anthropic(1.00, 5.00)),
     ("claude-3-7-sonnet", anthropic(3.00, 15.00)),

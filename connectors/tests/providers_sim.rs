@@ -98,6 +98,22 @@ async fn embeddings_come_back_in_input_order() {
 }
 
 #[tokio::test]
+async fn embeddings_ask_for_the_dimensions_given() {
+    let base = simulator(SimConfig {
+        embedding_dim: 16,
+        ..Default::default()
+    })
+    .await;
+    let c = client(&base, KEY);
+    let inputs = vec!["Aquarius".to_string()];
+    let out = c
+        .embed_with_dimensions("text-embedding-3-small", &inputs, Some(24))
+        .await
+        .unwrap();
+    assert_eq!(out.vectors[0].len(), 24);
+}
+
+#[tokio::test]
 async fn rate_limit_429_is_retryable_with_the_servers_wait() {
     // 60 rpm = one request per second: the second request at once is refused.
     let base = simulator(SimConfig {

@@ -3,6 +3,7 @@
 pub mod blackhole;
 pub mod chunk;
 pub mod contextualize;
+pub mod embed;
 pub mod falkordb;
 pub mod files;
 pub mod generate;
@@ -29,6 +30,7 @@ pub fn register_builtin(registry: &mut Registry) {
         .register::<chunk::ChunkConfig>()
         .register::<jsonl::JsonlConfig>()
         .register::<llm::LlmConfig>()
+        .register::<embed::EmbedConfig>()
         .register::<kg_extract::KgExtractConfig>()
         .register::<contextualize::ContextualizeConfig>()
         .register::<nlp_extract::NlpExtractConfig>()

@@ -27,6 +27,7 @@ pub mod breaker;
 pub mod budget;
 pub mod cache;
 pub mod flight;
+pub mod items;
 pub mod limiter;
 pub mod resources;
 pub mod stats;
