@@ -338,7 +338,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let resources = resources(dir.path());
         let stats = Arc::new(CallStats::default());
-        let policy = resources.policy("p", stats.clone()).unwrap();
+        // The stage gives the policy its price (the YAML's or the list price).
+        let price = resources.provider_spec("p").unwrap().pricing;
+        let policy = resources
+            .policy("p", stats.clone())
+            .unwrap()
+            .with_price(price);
         let first = Provider::new(&["a", "bb", "ccc"]);
         let out = policy
             .call_items(&items(&["a", "bb"]), |i| first.answer(i))
@@ -373,7 +378,11 @@ mod tests {
         assert_eq!(report.attempts, 2);
         assert_eq!(report.input_tokens, 30);
         // Each hit saved its share (10 tokens at $1/M).
-        assert!((report.saved_by_cache_usd - 40e-6).abs() < 1e-12);
+        assert!(
+            (report.saved_by_cache_usd - 40e-6).abs() < 1e-12,
+            "{}",
+            report.saved_by_cache_usd
+        );
     }
 
     #[tokio::test]
