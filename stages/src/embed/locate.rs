@@ -77,7 +77,7 @@ pub fn locate(
         return match missing_files(&dir) {
             None => Ok(Some(Located {
                 dir,
-                found_via: format!("{ENV_VAR}"),
+                found_via: ENV_VAR.to_string(),
             })),
             Some(problem) => Err(StageError::run(format!("{ENV_VAR}: {problem}"))),
         };
