@@ -3,6 +3,7 @@
 //!   2. the same Cypher one row per query, one round trip per query (the naive client),
 //!   3. one row per query, but all queries of a batch pipelined in one round trip (to tell the
 //!      server's per-query cost from the network's).
+//!
 //! Every mode writes the same records into a fresh graph and ends with the same node and
 //! relationship counts (checked).
 //!
@@ -14,7 +15,7 @@
 use connectors::FalkorClient;
 use pipeline::record::stable_id;
 use pipeline::{
-    BuildContext, BuiltStage, Entity, Graph, Mention, Payload, Provenance, Record, Relation, Sink,
+    BuildContext, BuiltStage, Entity, Graph, Mention, Payload, Provenance, Record, Relation,
     StageConfig,
 };
 use serde_json::{Map, Value, json};
@@ -246,7 +247,7 @@ fn main() {
         for _ in 0..3 {
             sink_runs.push(with_sink(&url, &graph, &data).await);
         }
-        sink_runs.sort_by(|a, b| a.elapsed.cmp(&b.elapsed));
+        sink_runs.sort_by_key(|a| a.elapsed);
         let sink = sink_runs.swap_remove(1); // the median of three
         let naive = one_row_per_query(&url, &graph, &data, false).await;
         let pipelined = one_row_per_query(&url, &graph, &data, true).await;

@@ -768,7 +768,10 @@ async fn the_graph_reads_back_for_search_and_export() {
 
     // Facts about the CDR, strongest first.
     let cdr = entity_id("Person", "CDR");
-    let facts = index.facts_about(&[cdr.clone()], 3).await.unwrap();
+    let facts = index
+        .facts_about(std::slice::from_ref(&cdr), 3)
+        .await
+        .unwrap();
     assert_eq!(facts.len(), 3);
     assert!(facts.windows(2).all(|w| w[0].weight >= w[1].weight));
     let strongest = relations
