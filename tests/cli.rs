@@ -385,13 +385,20 @@ fn list_stages_and_schema_describe_every_kind() {
         [
             "blackhole",
             "chunk",
+            "contextualize",
+            "embed",
+            "falkordb",
             "files",
             "generate",
             "jsonl",
+            "kg_extract",
             "llm",
+            "local_store",
+            "neo4j",
             "nlp_extract",
             "normalize",
-            "resolve"
+            "qdrant",
+            "resolve",
         ]
     );
     assert_eq!(stage["additionalProperties"], false);

@@ -80,8 +80,9 @@ impl Name {
         Ok(Name(name))
     }
 
-    /// A relationship type: kept when it is an identifier, else its words upper-cased and
-    /// joined with `_` (`works for` → `WORKS_FOR`); anything else is an error.
+    /// A relationship type, upper-cased as Cypher's convention has it (`commands` →
+    /// `COMMANDS`), words joined with `_` (`works for` → `WORKS_FOR`); anything else is an
+    /// error.
     pub fn relationship_type(raw: &str) -> Result<Name, String> {
         normalise(raw, "relation type", |words| {
             words
@@ -90,7 +91,7 @@ impl Name {
                 .collect::<Vec<_>>()
                 .join("_")
         })
-        .map(Name)
+        .map(|name| Name(name.to_ascii_uppercase()))
     }
 
     /// A built-in name (trusted, still validated).
@@ -147,7 +148,7 @@ fn normalise(raw: &str, what: &str, join: impl Fn(&[&str]) -> String) -> Result<
         return Ok(trimmed.to_string());
     }
     let words: Vec<&str> = trimmed
-        .split(|c: char| c.is_whitespace() || matches!(c, '-' | '.' | '/' | '_'))
+        .split(|c: char| matches!(c, ' ' | '-' | '.' | '/' | '_'))
         .filter(|w| !w.is_empty())
         .collect();
     let joined = join(&words);

@@ -394,7 +394,7 @@ mod tests {
         // Case-insensitive: "ODYSSEY" in the text for "Odyssey".
         let odyssey = &graph.entities[1];
         assert!(odyssey.descriptions.is_empty());
-        assert_eq!(odyssey.mentions[0].char_span, Some([1000 + 24, 1000 + 31]));
+        assert_eq!(odyssey.mentions[0].char_span, Some([1000 + 25, 1000 + 32]));
         // Not in the text: document and chunk, no span.
         assert_eq!(graph.entities[2].mentions[0].char_span, None);
         assert_eq!(graph.entities[2].mentions[0].chunk_id, "chunk-1");
@@ -407,7 +407,7 @@ mod tests {
             ),
             ("Jim Lovell", "FLIES", "Odyssey")
         );
-        assert_eq!(r.mentions[0].char_span, Some([1000, 1031]));
+        assert_eq!(r.mentions[0].char_span, Some([1000, 1032]));
         assert_eq!(r.weight, 1.0);
     }
 
