@@ -115,6 +115,7 @@ stages:
       max_tokens_per_chunk: 400
       max_answer_tokens: 800
       max_entities_per_chunk: 5
+      max_relations_per_chunk: 4
       temperature: 0
       schema:
         strict: true
