@@ -148,7 +148,7 @@ fn normalise(raw: &str, what: &str, join: impl Fn(&[&str]) -> String) -> Result<
         return Ok(trimmed.to_string());
     }
     let words: Vec<&str> = trimmed
-        .split(|c: char| matches!(c, ' ' | '-' | '.' | '/' | '_'))
+        .split([' ', '-', '.', '/', '_'])
         .filter(|w| !w.is_empty())
         .collect();
     let joined = join(&words);
