@@ -31,10 +31,14 @@
 //!   cuts: a slower provider (its busy hour) does not hold fewer calls, and servers that batch
 //!   get slower as they fill while their throughput still grows. The model learns from every
 //!   answer, so a lasting rise stops holding growth after a few round trips.
-//! - **A floor**: the limit starts at `initial` (default: the floor) and nothing but overload
-//!   takes it below `min`; below it after an overload, it comes back by slow start. Default 4:
-//!   any hosted API takes that many at once, a default Ollama server runs 4 (and queues the
-//!   rest), and slow start climbs from 4 to 64 in four round trips.
+//! - **A floor and a start**: nothing but overload takes the limit below `min`; below it after
+//!   an overload, it comes back by slow start. Default 4: any hosted API takes that many at
+//!   once, and a default Ollama server runs 4 (and queues the rest). It starts at `initial`,
+//!   default 16: what the usual hand-written client runs (a semaphore of 10–20), which every
+//!   hosted API takes at once; each round trip spent climbing to it is one to three seconds of
+//!   an LLM call, and slow start climbs from 16 to 64 in two. A server that takes fewer refuses
+//!   fast, and the first refusals cut (or, for a local server that queues instead, the calls
+//!   just wait there).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -46,8 +50,10 @@ use tokio::time::Instant;
 #[cfg(test)]
 mod model;
 
-/// Default floor (and starting point) of an adaptive limit.
+/// Default floor of an adaptive limit.
 pub const DEFAULT_MIN_CONCURRENCY: usize = 4;
+/// Default starting point of an adaptive limit (never below its floor).
+pub const DEFAULT_INITIAL_CONCURRENCY: usize = 16;
 
 const DECREASE_RATIO: f64 = 0.9;
 /// Before trying the level last refused again: at least this many calm round trips right below
@@ -93,11 +99,12 @@ pub struct AdaptiveSettings {
 }
 
 impl AdaptiveSettings {
-    /// Defaults below `max`: floor and start at [`DEFAULT_MIN_CONCURRENCY`].
+    /// Defaults below `max`: floor at [`DEFAULT_MIN_CONCURRENCY`], start at
+    /// [`DEFAULT_INITIAL_CONCURRENCY`].
     pub fn up_to(max: usize) -> AdaptiveSettings {
         AdaptiveSettings {
             min: DEFAULT_MIN_CONCURRENCY,
-            initial: DEFAULT_MIN_CONCURRENCY,
+            initial: DEFAULT_INITIAL_CONCURRENCY,
             max,
         }
     }
@@ -172,6 +179,8 @@ struct Controller {
     settings: AdaptiveSettings,
     /// Until the first overload: +1 per answer.
     slow_start: bool,
+    /// When the last slow start ended (with a cut).
+    slow_start_ended: Option<Instant>,
     /// The limit at which overload was last seen.
     ceiling: Option<usize>,
     calm_rounds: u32,
@@ -203,6 +212,18 @@ pub struct Concurrency {
 pub struct Slot<'a> {
     owner: &'a Concurrency,
     permit: Option<OwnedSemaphorePermit>,
+    /// Calls in flight when it was taken, itself included.
+    in_flight_when_taken: usize,
+}
+
+impl Slot<'_> {
+    /// [`Concurrency::record`] for the attempt made in this slot: an overload also says how
+    /// many calls were in flight when it was sent, which bounds the capacity more tightly
+    /// than the limit when fewer were (a burst refused past the capacity at the start).
+    pub fn record(&self, rtt: Duration, signal: Signal) {
+        self.owner
+            .record_with(rtt, signal, Some(self.in_flight_when_taken));
+    }
 }
 
 impl Drop for Slot<'_> {
@@ -288,10 +309,11 @@ impl Concurrency {
         // uncapped call, never a lost one.
         let permit = self.semaphore.clone().acquire_owned().await.ok();
         drop(waiting);
-        self.in_flight.fetch_add(1, Relaxed);
+        let before = self.in_flight.fetch_add(1, Relaxed);
         Slot {
             owner: self,
             permit,
+            in_flight_when_taken: before + 1,
         }
     }
 
@@ -299,6 +321,10 @@ impl Concurrency {
     /// for a fixed cap). Call it before giving the attempt's slot back, so a cut takes that
     /// slot out of circulation at once.
     pub fn record(&self, rtt: Duration, signal: Signal) {
+        self.record_with(rtt, signal, None);
+    }
+
+    fn record_with(&self, rtt: Duration, signal: Signal, in_flight_when_sent: Option<usize>) {
         let Some(controller) = &self.controller else {
             return;
         };
@@ -307,7 +333,7 @@ impl Concurrency {
         let mut c = controller.lock().unwrap_or_else(|p| p.into_inner());
         let old = c.limit;
         match signal {
-            Signal::BackPressure => c.overloaded(now, sent),
+            Signal::BackPressure => c.overloaded(now, sent, in_flight_when_sent),
             Signal::Answered { output_tokens } => {
                 // Growth only while the limit holds calls back (callers wait for a slot, or
                 // every slot is taken, this one included): a limit above the demand proves
@@ -342,12 +368,18 @@ impl Concurrency {
     }
 }
 
+/// The limit after an overload refused at `refused` calls in flight.
+fn cut_level(refused: usize) -> usize {
+    ((refused as f64 * DECREASE_RATIO).floor() as usize).max(1)
+}
+
 impl Controller {
     fn new(settings: AdaptiveSettings) -> Controller {
         Controller {
             limit: settings.initial,
             settings,
             slow_start: true,
+            slow_start_ended: None,
             ceiling: None,
             calm_rounds: 0,
             answers_since_cut: 0,
@@ -364,24 +396,43 @@ impl Controller {
         }
     }
 
-    fn overloaded(&mut self, now: Instant, sent: Instant) {
+    fn overloaded(&mut self, now: Instant, sent: Instant, in_flight_when_sent: Option<usize>) {
         self.round.overloaded = true;
-        // Sent under a limit already cut: nothing new.
-        if self.last_cut.is_some_and(|cut| sent < cut) {
-            return self.finished();
-        }
         // The level refused is the one the call was sent under: in slow start the limit may
         // have grown since (answers keep coming while the refusal is on its way), and cutting
-        // from there would take several more refusals to get back.
-        let refused = self.limit_when(sent);
+        // from there would take several more refusals to get back. Fewer calls in flight than
+        // that when it was sent (a burst, at the start) bound the capacity more tightly.
+        // In slow start the limit runs ahead of what was ever tried (it starts at 16 at once):
+        // fewer calls in flight than the limit when a refused call was sent bound the capacity
+        // more tightly. Not below the floor, which any provider takes: a refusal with fewer in
+        // flight (the first request, sent alone) is the provider's own trouble, not our load;
+        // and out of slow start every refusal gets the plain cut.
+        let sent_in_slow_start =
+            self.slow_start || self.slow_start_ended.is_some_and(|end| sent < end);
+        let bound = in_flight_when_sent.filter(|n| sent_in_slow_start && *n >= self.settings.min);
+        let refused = if self.last_cut.is_some_and(|cut| sent < cut) {
+            // Sent under a limit already cut: nothing new, unless it says the cut was not
+            // enough (refused with fewer in flight than the cut left). Each refusal of a burst
+            // sent past a small capacity says so, where one cut per round trip would cost a
+            // round of refusals per cut.
+            match bound {
+                Some(n) if cut_level(n) < self.limit => n,
+                _ => return self.finished(),
+            }
+        } else {
+            bound.unwrap_or(usize::MAX).min(self.limit_when(sent))
+        };
         self.calm_answers_needed = if self.ceiling == Some(refused) {
             (self.calm_answers_needed * 2).min(MAX_CALM_ANSWERS_AT_CEILING)
         } else {
             CALM_ANSWERS_AT_CEILING
         };
         self.ceiling = Some(refused);
-        self.limit = ((refused as f64 * DECREASE_RATIO).floor() as usize).max(1);
+        self.limit = cut_level(refused);
         self.raises.clear();
+        if self.slow_start {
+            self.slow_start_ended = Some(now);
+        }
         self.slow_start = false;
         self.credit = 0.0;
         self.calm_rounds = 0;
@@ -517,8 +568,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn slow_start_doubles_per_round_trip_then_backs_off_on_overload() {
-        let c = Concurrency::adaptive(AdaptiveSettings::up_to(1000));
-        assert_eq!(c.limit(), DEFAULT_MIN_CONCURRENCY);
+        let c = Concurrency::adaptive(AdaptiveSettings {
+            initial: 4,
+            ..AdaptiveSettings::up_to(1000)
+        });
         let rtt = Duration::from_millis(100);
         for _ in 0..4 {
             full_round(&c, rtt, |_| answered(10)).await;
@@ -562,6 +615,26 @@ mod tests {
         assert_eq!(c.limit(), 1);
     }
 
+    /// The first burst (16 at once) meets a server that takes 8: the refusals say how many
+    /// were in flight when each was sent, and the limit lands at the capacity at once instead
+    /// of one cut per round trip, each costing a round of refusals.
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_refused_past_a_small_capacity_cuts_to_it_at_once() {
+        let c = Concurrency::adaptive(AdaptiveSettings::up_to(256));
+        assert_eq!(c.limit(), DEFAULT_INITIAL_CONCURRENCY);
+        let slots: Vec<_> =
+            futures::future::join_all((0..DEFAULT_INITIAL_CONCURRENCY).map(|_| c.acquire())).await;
+        tokio::time::advance(Duration::from_millis(5)).await;
+        // The 9th to 16th are refused, and come back in any order.
+        for slot in slots[8..].iter().rev() {
+            slot.record(Duration::from_millis(5), Signal::BackPressure);
+        }
+        assert_eq!(c.limit(), 8, "0.9 x 9: the capacity");
+        // The same news again (a retried refusal): nothing new.
+        slots[8].record(Duration::from_millis(5), Signal::BackPressure);
+        assert_eq!(c.limit(), 8);
+    }
+
     /// In slow start the limit keeps growing while a refusal is on its way: the cut starts
     /// from the level the refused call was sent under.
     #[tokio::test(start_paused = true)]
@@ -589,7 +662,7 @@ mod tests {
             c.record(Duration::from_millis(100), answered(50));
             drop(slot);
         }
-        assert_eq!(c.limit(), DEFAULT_MIN_CONCURRENCY);
+        assert_eq!(c.limit(), DEFAULT_INITIAL_CONCURRENCY);
     }
 
     /// Feeds the rest of the controller's round trip: answers of `rtt(i)` seconds and
@@ -763,7 +836,7 @@ mod tests {
 
         let limit = LimitSpec {
             adaptive: Some(true),
-            min_concurrency: Some(1),
+            min_concurrency: Some(4),
             initial_concurrency: Some(10),
             ..Default::default()
         };

@@ -4,7 +4,9 @@
 //! twice as long (up to `max_cooldown`).
 //!
 //! A provider starts *unproven*: its first request goes alone, and the rest wait for its
-//! answer, so a wrong key or URL costs one request, not one per concurrency slot. A run-fatal
+//! answer — or for [`FIRST_ANSWER_GRACE`], since a wrong key, URL or quota is answered within
+//! that and a good answer can take seconds — so a wrong key or URL costs one request, not one
+//! per concurrency slot, and a working provider costs no round trip at the start. A run-fatal
 //! answer (401/403) halts the breaker: calls still waiting fail at once instead of sending.
 //!
 //! A provider whose every attempt has failed for `unreachable_after` (unreachable, timing out,
@@ -16,6 +18,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+/// How long the others wait for an unproven provider's first answer: errors about the account
+/// (401, 403, 404, `insufficient_quota`) and refused connections come back well within it,
+/// while a model's answer takes as long as it generates.
+pub const FIRST_ANSWER_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct BreakerSettings {
@@ -55,6 +62,8 @@ struct Inner {
     times_opened: u64,
     /// No request has been answered yet.
     unproven: bool,
+    /// When an unproven provider's first request went out.
+    first_sent: Option<Instant>,
     /// Set by a run-fatal answer: nothing is sent any more.
     halted: Option<String>,
     /// Since when every attempt has failed (none answered since), and the last error.
@@ -108,6 +117,7 @@ impl Breaker {
                 probe_in_flight: false,
                 times_opened: 0,
                 unproven: true,
+                first_sent: None,
                 halted: None,
                 failing_since: None,
                 last_error: String::new(),
@@ -163,7 +173,23 @@ impl Breaker {
                     }
                     BreakerState::HalfOpen if !s.probe_in_flight => {
                         s.probe_in_flight = true;
+                        if s.unproven && s.times_opened == 0 {
+                            s.first_sent = Some(now);
+                        }
                         return Ok(pass(true));
+                    }
+                    // The first request has not failed fast: the provider takes requests.
+                    BreakerState::HalfOpen
+                        if s.unproven
+                            && s.first_sent.is_some_and(|t| now >= t + FIRST_ANSWER_GRACE) =>
+                    {
+                        s.state = BreakerState::Closed;
+                        drop(s);
+                        self.changed.notify_waiters();
+                        return Ok(pass(false));
+                    }
+                    BreakerState::HalfOpen if s.unproven && s.first_sent.is_some() => {
+                        s.first_sent.map(|t| t + FIRST_ANSWER_GRACE)
                     }
                     BreakerState::Open => Some(match give_up_at {
                         Some(at) => s.open_until.min(at),
@@ -264,6 +290,7 @@ impl Breaker {
             s.state == BreakerState::Closed && s.consecutive_failures >= self.settings.failures
         };
         if trip {
+            s.first_sent = None;
             s.state = BreakerState::Open;
             s.probe_in_flight = false;
             s.open_until = Instant::now() + s.cooldown;
@@ -387,11 +414,38 @@ mod tests {
             let b = b.clone();
             tokio::spawn(async move { b.pass().await.map(|_| ()) })
         };
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(FIRST_ANSWER_GRACE - Duration::from_millis(1)).await;
         assert!(!waiter.is_finished(), "others wait for the first answer");
         b.halt("HTTP 401: bad key");
         b.neutral(first);
         assert_eq!(waiter.await.unwrap(), Err("HTTP 401: bad key".to_string()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_request_that_has_not_failed_fast_lets_the_others_go() {
+        let b = std::sync::Arc::new(unproven());
+        let start = Instant::now();
+        let first = b.pass().await.unwrap();
+        let second = b.pass().await.unwrap();
+        assert_eq!(start.elapsed(), FIRST_ANSWER_GRACE);
+        assert_eq!(b.state(), BreakerState::Closed);
+        b.succeeded(first);
+        b.succeeded(second);
+        // Only the very first request gets the grace: a never-answered provider that opened
+        // probes alone until a probe is answered.
+        let b = unproven();
+        for _ in 0..3 {
+            let p = b.pass().await.unwrap();
+            b.failed(p, "HTTP 503").unwrap();
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        let _probe = b.pass().await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(10), b.pass())
+                .await
+                .is_err(),
+            "the half-open probe goes alone"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,7 +5,9 @@
 //! holding at most `burst_seconds` of refill — the short-window shape providers enforce. A
 //! caller *reserves* what it needs: the level may go below zero, and the caller sleeps until
 //! its share has been refilled. Reservations are therefore served in arrival order with exact
-//! spacing and no thundering herd of waiters re-checking a shared level.
+//! spacing and no thundering herd of waiters re-checking a shared level. Callers take turns
+//! to reserve, and the next one reserves only when the limit is spoken for less than
+//! [`RESERVE_AHEAD`] ahead, so each call is priced with what the limiter knows near its turn.
 //!
 //! Per day, a quota is a calendar-day window (UTC midnight to midnight): a window never admits
 //! more than its quota; what does not fit waits for the next window.
@@ -38,6 +40,13 @@ use tokio::time::Instant;
 /// (the refill rate) is unaffected: only the one-off burst is 10 % smaller.
 const BURST_SHARE: f64 = 0.9;
 
+/// How far ahead of its turn to go a call is reserved (see [`RateLimiter::reserve_in_turn`]):
+/// enough to have the next calls ready when the limit frees up, short enough that their price
+/// is today's.
+pub const RESERVE_AHEAD: Duration = Duration::from_millis(250);
+/// How often the caller whose turn is next looks again whether it has come sooner.
+const RESERVE_RECHECK: Duration = Duration::from_millis(100);
+
 /// How long a caller may have to wait before the limiter mentions it in the log.
 const LONG_WAIT: Duration = Duration::from_secs(60);
 
@@ -48,9 +57,15 @@ const DAY: Duration = Duration::from_secs(86_400);
 /// the limit.
 const LEARNED_MARGIN: f64 = 1.02;
 /// Snapshot pairs needed before a learned ratio replaces the caller's estimate.
-const SAMPLES_TO_TRUST: u32 = 5;
-/// Weight of the newest sample in the learned sums (the rest decays).
-const SAMPLE_WEIGHT: f64 = 0.1;
+const SAMPLES_TO_TRUST: u32 = 10;
+/// Weight of the newest sample in the learned sums (the rest decays). A pair of snapshots
+/// is noisy (calls reach the server in another order than they were sent), but the sums of
+/// consecutive pairs telescope, so a long memory makes the ratio exact; how a server counts
+/// does not change during a run.
+const SAMPLE_WEIGHT: f64 = 0.02;
+/// Server snapshots in a row that must all say it has less left than we think before the
+/// level is lowered (see `sync_bucket`).
+const DEFICIT_CONFIRMATIONS: usize = 3;
 const PAUSES_KEPT: usize = 64;
 const REFUSALS_KEPT: usize = 512;
 
@@ -70,6 +85,9 @@ struct Bucket {
     last: Instant,
     /// Learned from the server's headers rather than configured.
     learned: bool,
+    /// How far below our level the server's last few snapshots put it, newest last (see
+    /// `sync_bucket`).
+    deficits: VecDeque<f64>,
 }
 
 impl Bucket {
@@ -83,6 +101,7 @@ impl Bucket {
             level: capacity,
             last: now,
             learned: false,
+            deficits: VecDeque::new(),
         }
     }
 
@@ -324,6 +343,9 @@ pub struct RateLimiter {
     pub name: String,
     settings: LimitSettings,
     state: Mutex<State>,
+    /// Callers take turns here (first come, first served) to reserve; see
+    /// [`RateLimiter::reserve_in_turn`].
+    turns: tokio::sync::Mutex<()>,
 }
 
 fn until_utc_midnight() -> Duration {
@@ -358,6 +380,7 @@ impl RateLimiter {
             name: name.to_string(),
             settings,
             state: Mutex::new(state),
+            turns: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -481,13 +504,56 @@ impl RateLimiter {
         }
     }
 
+    /// Reserves in turn (first come, first served), but no further ahead than
+    /// [`RESERVE_AHEAD`]: while the calls already reserved keep the limit busy for longer,
+    /// the next caller waits its turn unreserved. A reservation is priced when it is made, so
+    /// one made far ahead would keep the price of then: callers queued behind a long wait
+    /// (hundreds of slots on a tight token limit) would pay the caller's estimate long after
+    /// the limiter learned that the server counts less, or a lower level it reported.
+    pub async fn reserve_in_turn(&self, demand: Demand) -> Ticket<'_> {
+        let _turn = self.turns.lock().await;
+        loop {
+            let now = Instant::now();
+            let busy_until = self.booked_until(now);
+            let Some(wait) = busy_until
+                .checked_duration_since(now)
+                .and_then(|d| d.checked_sub(RESERVE_AHEAD))
+                .filter(|d| !d.is_zero())
+            else {
+                break;
+            };
+            // Tokens given back meanwhile (a refused or cancelled call) shorten the wait:
+            // look again now and then.
+            tokio::time::sleep(wait.min(RESERVE_RECHECK)).await;
+        }
+        self.reserve(demand)
+    }
+
+    /// Until when the per-minute buckets are spoken for (their debt repaid), or a 429 pause
+    /// lasts.
+    fn booked_until(&self, now: Instant) -> Instant {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let mut until = s.paused_until.unwrap_or(now).max(now);
+        for bucket in [&mut s.requests_per_minute, &mut s.tokens_per_minute]
+            .into_iter()
+            .flatten()
+        {
+            bucket.refill(now);
+            until = until.max(now + bucket.debt_wait());
+        }
+        until
+    }
+
     /// Waits until one request costing `tokens` may be sent, and takes it (a reservation
     /// marked as sent at once; for callers that do not reconcile).
     pub async fn acquire(&self, tokens: u64) -> Ticket<'_> {
-        let mut ticket = self.reserve(Demand {
-            prompt: 0,
-            output: tokens,
-        });
+        let mut ticket = self
+            .reserve_in_turn(Demand {
+                prompt: 0,
+                output: tokens,
+            })
+            .await;
         ticket.ready().await;
         ticket
     }
@@ -677,6 +743,19 @@ impl RateLimiter {
         )
     }
 
+    /// Why calls wait, and until when, while a 429 pauses the limiter.
+    pub fn paused_reason(&self) -> Option<(String, Instant)> {
+        self.paused_until().map(|until| {
+            (
+                format!(
+                    "rate limit `{}`: the provider answered 429 (limit reached)",
+                    self.name
+                ),
+                until,
+            )
+        })
+    }
+
     /// Until when the limiter is paused by a 429, if it is.
     pub fn paused_until(&self) -> Option<Instant> {
         self.lock()
@@ -745,7 +824,9 @@ fn learn_from_snapshot(
     if estimate < 1.0 {
         return;
     }
-    let charged = (before - sample.remaining - fixed).max(0.0);
+    // Not clamped at 0: a pair's error (a call counted in the next pair instead) cancels in
+    // the sums only if it is kept whole.
+    let charged = before - sample.remaining - fixed;
     TokenModel::add(
         &mut m.header_charge,
         &mut m.header_estimate,
@@ -766,16 +847,10 @@ impl Ticket<'_> {
     pub fn pause_reason(&self) -> Option<(String, Instant)> {
         let now = Instant::now();
         let limiter = self.limiter;
-        let s = limiter.lock();
-        if let Some(until) = s.paused_until.filter(|u| *u > now) {
-            return Some((
-                format!(
-                    "rate limit `{}`: the provider answered 429 (limit reached)",
-                    limiter.name
-                ),
-                until,
-            ));
+        if let Some(paused) = limiter.paused_reason() {
+            return Some(paused);
         }
+        let s = limiter.lock();
         let day_opens = [
             (&s.requests_per_day, self.request_window, "requests"),
             (&s.tokens_per_day, self.token_window, "tokens"),
@@ -911,12 +986,35 @@ fn sync_bucket(
     // minus what we reserved after this call (which the server had not seen yet).
     b.refill(now);
     let implied = remaining as f64 + since.as_secs_f64() * b.per_second - unseen;
-    // Only ever lower: a higher server figure may just be a wider window than ours.
-    if implied < b.level - 1.0 {
+    // Only ever lower: a higher server figure may just be a wider window than ours. A bucket
+    // just learned from these headers takes the server's word at once; otherwise one snapshot
+    // is not enough: a call that reached the server late (a new connection, a busy machine)
+    // was overtaken by calls sent after it, which the server counted and `unseen` counts
+    // again, so it alone says the server has less than it has. Lowering on it would lose that
+    // throughput for good. Someone else spending the account shows in every snapshot: lower
+    // when the last few all say so, by the least they say.
+    let deficit = b.level - implied;
+    if b.learned && b.deficits.is_empty() && deficit > 1.0 {
         b.level = implied;
+        b.deficits.push_back(0.0);
         return true;
     }
-    false
+    b.deficits.push_back(deficit);
+    if b.deficits.len() > DEFICIT_CONFIRMATIONS {
+        b.deficits.pop_front();
+    }
+    let confirmed =
+        b.deficits.len() == DEFICIT_CONFIRMATIONS && b.deficits.iter().all(|d| *d > 1.0);
+    if !confirmed {
+        return false;
+    }
+    let by = b.deficits.iter().copied().fold(f64::INFINITY, f64::min);
+    tracing::debug!(limit = %name, what, by, "lowered to the server's level");
+    b.level -= by;
+    for d in b.deficits.iter_mut() {
+        *d -= by;
+    }
+    true
 }
 
 #[cfg(test)]

@@ -559,7 +559,13 @@ impl CallPolicy {
             let slot = self.concurrency.acquire().await;
             // The rate is paid now that the request can go: taken earlier, the debit would
             // be spent while the request still waited for a slot.
-            let mut ticket = self.limiter.reserve(demand);
+            let mut ticket = {
+                let _paused = self
+                    .limiter
+                    .paused_reason()
+                    .map(|(reason, until)| s.pauses.enter(reason, Some(until)));
+                self.limiter.reserve_in_turn(demand).await
+            };
             {
                 let _paused = ticket
                     .pause_reason()
@@ -577,8 +583,7 @@ impl CallPolicy {
             let (failed, timed_out) = match outcome {
                 Ok(Ok(answer)) => {
                     let output_tokens = answer.usage.output;
-                    self.concurrency
-                        .record(rtt, Signal::Answered { output_tokens });
+                    slot.record(rtt, Signal::Answered { output_tokens });
                     drop(slot);
                     self.breaker.succeeded(pass);
                     self.limiter.observe(&ticket, &answer.server, true);
@@ -646,7 +651,7 @@ impl CallPolicy {
                 // The provider is fine; this request is not (or its quota is).
                 ErrorClass::Record => {
                     self.breaker.reachable(pass);
-                    self.concurrency.record(rtt, Signal::Neutral);
+                    slot.record(rtt, Signal::Neutral);
                 }
                 ErrorClass::Retryable if rate_limited => {
                     self.breaker.reachable(pass);
@@ -657,7 +662,7 @@ impl CallPolicy {
                     } else {
                         Signal::Neutral
                     };
-                    self.concurrency.record(rtt, signal);
+                    slot.record(rtt, signal);
                 }
                 ErrorClass::Retryable => {
                     unreachable = self.breaker.failed(pass, &failed.error.message).err();
@@ -666,7 +671,7 @@ impl CallPolicy {
                     } else {
                         Signal::Neutral
                     };
-                    self.concurrency.record(rtt, signal);
+                    slot.record(rtt, signal);
                 }
             }
             // Given back only now, after the controller has seen the outcome (see `record`),

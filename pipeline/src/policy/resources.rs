@@ -2,7 +2,9 @@
 //! objects built from them once per run (one limiter per limit, one breaker per provider, one
 //! response cache, one budget), handed to stages through their `BuildContext`.
 
-use super::adaptive::{AdaptiveSettings, Concurrency, DEFAULT_MIN_CONCURRENCY};
+use super::adaptive::{
+    AdaptiveSettings, Concurrency, DEFAULT_INITIAL_CONCURRENCY, DEFAULT_MIN_CONCURRENCY,
+};
 use super::breaker::{Breaker, BreakerSettings};
 use super::budget::{Budget, BudgetSpec};
 use super::cache::ResponseCache;
@@ -56,7 +58,7 @@ pub struct LimitSpec {
     pub adaptive: Option<bool>,
     /// Adaptive only: the floor, never undercut without an overload signal (default 4).
     pub min_concurrency: Option<usize>,
-    /// Adaptive only: where the limit starts (default: `min_concurrency`).
+    /// Adaptive only: where the limit starts (default 16, or `min_concurrency` if higher).
     pub initial_concurrency: Option<usize>,
     /// Seconds of the per-minute limit that may be spent back to back (default 1: providers
     /// enforce limits over short windows, not per whole minute).
@@ -256,7 +258,9 @@ fn concurrency_for(spec: &LimitSpec) -> Concurrency {
             let min = spec.min_concurrency.unwrap_or(DEFAULT_MIN_CONCURRENCY);
             Concurrency::adaptive(AdaptiveSettings {
                 min,
-                initial: spec.initial_concurrency.unwrap_or(min),
+                initial: spec
+                    .initial_concurrency
+                    .unwrap_or(DEFAULT_INITIAL_CONCURRENCY.max(min)),
                 max: max.unwrap_or(DEFAULT_ADAPTIVE_MAX),
             })
         }

@@ -152,7 +152,7 @@ async fn caller(c: Arc<Concurrency>, p: Arc<Provider>, max_tokens: u64, stop: In
         let rtt = started.elapsed();
         match reply {
             Some(tokens) => {
-                c.record(
+                slot.record(
                     rtt,
                     Signal::Answered {
                         output_tokens: tokens,
@@ -162,7 +162,7 @@ async fn caller(c: Arc<Concurrency>, p: Arc<Provider>, max_tokens: u64, stop: In
                 refusals = 0;
             }
             None => {
-                c.record(rtt, Signal::BackPressure);
+                slot.record(rtt, Signal::BackPressure);
                 drop(slot);
                 refusals += 1;
                 // As `RetrySettings::delay` with the defaults (0.5 s base, 30 s cap).

@@ -212,16 +212,19 @@ async fn a_snapshot_and_a_reconciliation_never_count_a_request_twice() {
     let mut second = l.reserve(demand(100, 100));
     second.ready().await;
     // Our level: 900 - 400 = 500. The server, answering the second request, has 200 left:
-    // it counted more (another process on the account). The level follows it.
-    l.observe(
-        &second,
-        &ServerLimits {
-            limit_tokens: Some(60_000),
-            remaining_tokens: Some(200),
-            ..Default::default()
-        },
-        true,
-    );
+    // it counted more (another process on the account). Said often enough, the level
+    // follows it.
+    for _ in 0..DEFICIT_CONFIRMATIONS {
+        l.observe(
+            &second,
+            &ServerLimits {
+                limit_tokens: Some(60_000),
+                remaining_tokens: Some(200),
+                ..Default::default()
+            },
+            true,
+        );
+    }
     assert!((l.levels().1.unwrap() - 200.0).abs() < 1e-6);
     // The first request then turns out refused: the server's 200 already did not count it,
     // so giving its 200 tokens back now would count it a second time.
@@ -407,15 +410,104 @@ async fn a_snapshot_does_not_forget_later_reservations() {
     }
     // Our bucket (9) has 4 left. The server saw only the first call and has 6 left; our 4
     // later calls still count against that: 2 left, not 6.
-    l.observe(
-        &first,
-        &ServerLimits {
-            limit_requests: Some(600),
-            remaining_requests: Some(6),
-            ..Default::default()
-        },
-        true,
-    );
+    for _ in 0..DEFICIT_CONFIRMATIONS {
+        l.observe(
+            &first,
+            &ServerLimits {
+                limit_requests: Some(600),
+                remaining_requests: Some(6),
+                ..Default::default()
+            },
+            true,
+        );
+    }
     let level = l.levels().0.unwrap();
     assert!((level - 2.0).abs() < 1e-6, "{level}");
+}
+
+/// A call that reached the server late was overtaken by calls sent after it: its snapshot
+/// counts them, and so does what we reserved since. Alone, it must not lower the level (that
+/// throughput would be lost for good); a deficit in every snapshot (someone else spending the
+/// account) does, by the least the snapshots say.
+#[tokio::test(start_paused = true)]
+async fn one_late_snapshot_does_not_lower_the_level_a_lasting_deficit_does() {
+    let l = limiter(Some(600), None);
+    let headers = |remaining| ServerLimits {
+        limit_requests: Some(600),
+        remaining_requests: Some(remaining),
+        ..Default::default()
+    };
+    let late = l.acquire(0).await;
+    let mut overtakers = Vec::new();
+    for _ in 0..3 {
+        overtakers.push(l.acquire(0).await);
+    }
+    // Our bucket (9) has 5 left, and so has the server once all four arrived. The three sent
+    // after the late call arrived first (8, 7, 6 left); the late call's snapshot (5 left)
+    // counts them, and so do the three reserved after it: it says 2.
+    for (t, remaining) in overtakers.iter().zip([8, 7, 6]) {
+        l.observe(t, &headers(remaining), true);
+    }
+    l.observe(&late, &headers(5), true);
+    let level = l.levels().0.unwrap();
+    assert!((level - 5.0).abs() < 1e-6, "{level}");
+
+    // Another process spends 2, and every later snapshot says so: lowered by 2, once they
+    // all agree.
+    let calls = [l.acquire(0).await, l.acquire(0).await, l.acquire(0).await];
+    // We think 5 - 3 = 2 left; the server had 5 - 2 = 3 before our three.
+    l.observe(&calls[0], &headers(2), true);
+    assert!(
+        (l.levels().0.unwrap() - 2.0).abs() < 1e-6,
+        "one snapshot is not enough"
+    );
+    l.observe(&calls[1], &headers(1), true);
+    l.observe(&calls[2], &headers(0), true);
+    let level = l.levels().0.unwrap();
+    assert!(
+        level.abs() < 1e-6,
+        "lowered to what the server says: {level}"
+    );
+}
+
+/// Callers queued behind a long wait hold no reservation until their turn is near, so they
+/// pay the price in force then: here the bill of the first call shows the server counts
+/// twice the estimate, and everyone not yet near their turn is charged that.
+#[tokio::test(start_paused = true)]
+async fn calls_queued_behind_a_long_wait_are_priced_when_their_turn_comes() {
+    let l = std::sync::Arc::new(limiter(None, Some(60_000)));
+    let mut first = l.reserve(demand(400, 100));
+    first.ready().await;
+    let callers: Vec<_> = (0..10)
+        .map(|_| {
+            let l = l.clone();
+            tokio::spawn(async move {
+                let mut ticket = l.reserve_in_turn(demand(400, 100)).await;
+                let (tokens, reserved_ahead) = (ticket.tokens, ticket.release() - Instant::now());
+                ticket.ready().await;
+                (tokens, reserved_ahead)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    l.settle(
+        &first,
+        Outcome::Answered {
+            input: 800,
+            output: 50,
+        },
+    );
+    let mut charged = Vec::new();
+    for caller in callers {
+        let (tokens, ahead) = caller.await.unwrap();
+        // 1000 tokens/s: at most RESERVE_AHEAD plus its own cost ahead.
+        assert!(
+            ahead <= RESERVE_AHEAD + Duration::from_millis(tokens),
+            "{ahead:?}"
+        );
+        charged.push(tokens);
+    }
+    // Two were within RESERVE_AHEAD of their turn when the bill came (900 - 500 - 500 = 0.1 s
+    // of debt after them); the rest pay what the server counts.
+    assert_eq!(charged, [500, 500, 900, 900, 900, 900, 900, 900, 900, 900]);
 }
