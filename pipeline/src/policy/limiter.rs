@@ -708,6 +708,8 @@ impl RateLimiter {
             bucket.refill(now);
             // Empty now, and the pause's worth in debt: new reservations queue after it.
             bucket.level = bucket.level.min(0.0) - bucket.per_second * extra.as_secs_f64();
+            // Deficits measured against the level before the pause say nothing any more.
+            bucket.deficits.clear();
         }
         // The server's view (empty) is now our level: older reservations are reflected.
         s.synced_through = s.seq;

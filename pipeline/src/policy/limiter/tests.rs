@@ -511,3 +511,37 @@ async fn calls_queued_behind_a_long_wait_are_priced_when_their_turn_comes() {
     // of debt after them); the rest pay what the server counts.
     assert_eq!(charged, [500, 500, 900, 900, 900, 900, 900, 900, 900, 900]);
 }
+
+/// A 429 pause resets the level, so deficits seen before it no longer count towards the ones
+/// that must agree before the level is lowered.
+#[tokio::test(start_paused = true)]
+async fn a_pause_forgets_the_deficits_seen_before_it() {
+    let l = limiter(Some(600), None);
+    let headers = |remaining| ServerLimits {
+        limit_requests: Some(600),
+        remaining_requests: Some(remaining),
+        ..Default::default()
+    };
+    let calls = [
+        l.acquire(0).await,
+        l.acquire(0).await,
+        l.acquire(0).await,
+        l.acquire(0).await,
+    ];
+    // Our bucket (9) has 5 left; two snapshots say the server had none: not yet enough.
+    l.observe(&calls[0], &headers(0), true);
+    l.observe(&calls[1], &headers(0), true);
+    assert!((l.levels().0.unwrap() - 5.0).abs() < 1e-6);
+    l.pause(Duration::from_millis(100), Some(Dimension::Requests));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = l.acquire(0).await;
+    let level = l.levels().0.unwrap();
+    // One snapshot after the pause says less again; with the two from before it would be
+    // three in a row.
+    l.observe(&after, &headers(0), true);
+    assert!(
+        (l.levels().0.unwrap() - level).abs() < 1e-6,
+        "{level} -> {:?}",
+        l.levels().0
+    );
+}
