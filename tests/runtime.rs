@@ -218,6 +218,38 @@ stages:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_with_more_outputs_than_a_buffer_holds_is_sent_a_batch_at_a_time() {
+    // 500 outputs per record into consumers whose channels hold 4 records: the outputs are
+    // sent in batches that fit, in order, to both consumers (a send asking for more room than
+    // the channel has would wait forever).
+    let run = run_yaml(
+        r#"
+stages:
+  - { id: src, kind: numbers, config: { count: 20, probe: ex-src } }
+  - { id: explode, kind: probe, inputs: [src], concurrency: 3, ordered: true, config: { behaviour: explode, n: 500, probe: ex-p } }
+  - { id: a, kind: collect, inputs: [explode], buffer: 8, config: { probe: ex-a } }
+  - { id: b, kind: collect, inputs: [explode], buffer: 3, config: { probe: ex-b, batch: 7 } }
+"#,
+    );
+    let (report, _state) = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("the run finished");
+    assert_eq!(report.status, RunStatus::Completed);
+    let expected: Vec<String> = (0..20)
+        .flat_map(|i| (0..500).map(move |k| format!("{i}.{k}")))
+        .collect();
+    assert_eq!(ids("ex-a"), expected, "every output, in order");
+    let mut got_b = ids("ex-b");
+    got_b.sort();
+    let mut sorted = expected.clone();
+    sorted.sort();
+    assert_eq!(got_b, sorted);
+    assert_eq!(stage(&report, "explode").out, 10_000);
+    assert_eq!(stage(&report, "a").received, 10_000);
+    assert_eq!(stage(&report, "b").received, 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_sink_bounds_the_records_alive() {
     // 1,000,000 records from a tight-loop source into a sink doing busy work per record.
     // Alive = created by the source - finished by the sink. The bound: every buffer full, every

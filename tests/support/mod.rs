@@ -116,6 +116,8 @@ pub enum Behaviour {
     PanicAt,
     /// Sleeps `n` ms (an I/O-bound call).
     Sleep,
+    /// `n` outputs per record (ids `<id>.<k>`), as a chunker gives many chunks per document.
+    Explode,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -182,6 +184,13 @@ impl Processor for ProbeProcessor {
                 tokio::time::sleep(Duration::from_millis(self.n)).await;
                 Ok(vec![record.clone()])
             }
+            Behaviour::Explode => Ok((0..self.n)
+                .map(|k| {
+                    let mut out = record.clone();
+                    out.id = format!("{}.{k}", record.id);
+                    out
+                })
+                .collect()),
             _ => Ok(vec![record.clone()]),
         };
         self.probe.in_flight.fetch_sub(1, SeqCst);

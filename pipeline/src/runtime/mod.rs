@@ -38,7 +38,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, TryAcquireError, mpsc};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -103,9 +103,10 @@ struct Control {
     sources_cut: AtomicBool,
     budget: Arc<crate::policy::Budget>,
     abort: CancellationToken,
-    /// Cancelled with the first run-fatal error: calls not yet answered are dropped (a call
-    /// waiting for a slot would otherwise still be sent to a provider that refuses them all).
-    failed: CancellationToken,
+    /// Cancelled by a second signal (it is a child of `abort`) or with the first run-fatal
+    /// error: calls not yet answered are dropped (a call waiting for a slot would otherwise
+    /// still be sent to a provider that refuses them all). One token, so a call watches one.
+    calls_stopped: CancellationToken,
 }
 
 impl Control {
@@ -132,7 +133,19 @@ impl Control {
         self.aborted.store(true, Relaxed);
         self.stopping.store(true, Relaxed);
         self.stop.cancel();
-        self.failed.cancel();
+        self.calls_stopped.cancel();
+    }
+
+    /// Why a call was dropped once `calls_stopped` is cancelled.
+    fn call_stopped_error(&self) -> StageError {
+        if self.abort.is_cancelled() {
+            StageError::record(ABORTED)
+        } else {
+            StageError::record(format!(
+                "not finished: the run was stopped ({})",
+                self.fatal().unwrap_or_default()
+            ))
+        }
     }
 
     fn fatal(&self) -> Option<String> {
@@ -209,78 +222,142 @@ struct Outputs {
 }
 
 impl Outputs {
-    /// Stages one record for every consumer (a clone for all but the last); sends a batch when
-    /// it is full, waiting while the consumer's channel is full: this wait is the backpressure.
-    async fn push(&mut self, record: Record, ctx: &StageCtx) {
+    /// Stages one record for every consumer (a clone for all but the last). Returns true when
+    /// a batch is full: the caller must then [`send_full`](Self::send_full) before staging
+    /// more. Synchronous on purpose: a record that only joins a batch builds no future.
+    fn stage(&mut self, record: Record, ctx: &StageCtx) -> bool {
         let Some((last, rest)) = self.edges.split_last_mut() else {
             // Validation refuses unconsumed outputs; should one slip through, it is still not
             // dropped silently.
             let error = StageError::record("stage has no consumers for its output");
             ctx.dead_letter_record(&error, &record);
-            return;
+            return false;
         };
+        let mut full = false;
         for edge in rest {
             edge.staged.push(record.clone());
-            if edge.staged.len() >= edge.batch {
-                edge.send(ctx).await;
-            }
+            full |= edge.staged.len() >= edge.batch;
         }
         last.staged.push(record);
         self.unpublished += 1;
-        if last.staged.len() >= last.batch {
-            ctx.stats
-                .emitted
-                .fetch_add(std::mem::take(&mut self.unpublished), Relaxed);
-            last.send(ctx).await;
+        full | (last.staged.len() >= last.batch)
+    }
+
+    /// Sends every full batch, waiting while a consumer's channel is full: this wait is the
+    /// backpressure. Returns at once when every consumer has room.
+    async fn send_full(&mut self, ctx: &StageCtx) {
+        self.publish(ctx);
+        for edge in &mut self.edges {
+            while edge.staged.len() >= edge.batch {
+                if !edge.try_send(ctx) {
+                    edge.send(ctx).await;
+                }
+            }
+        }
+    }
+
+    /// Stages one record and sends what is full.
+    async fn push(&mut self, record: Record, ctx: &StageCtx) {
+        if self.stage(record, ctx) {
+            self.send_full(ctx).await;
         }
     }
 
     /// Sends whatever is staged. Called whenever the stage is about to wait for work, so a
     /// staged record never waits for a batch to fill.
     async fn flush(&mut self, ctx: &StageCtx) {
+        self.publish(ctx);
+        for edge in &mut self.edges {
+            while !edge.staged.is_empty() {
+                if !edge.try_send(ctx) {
+                    edge.send(ctx).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes the count of records pushed (once per batch, not per record).
+    fn publish(&mut self, ctx: &StageCtx) {
         ctx.stats
             .emitted
             .fetch_add(std::mem::take(&mut self.unpublished), Relaxed);
-        for edge in &mut self.edges {
-            if !edge.staged.is_empty() {
-                edge.send(ctx).await;
-            }
-        }
     }
 }
 
 impl Edge {
+    /// Takes the next batch from the front of what is staged (a record with many outputs can
+    /// stage more than one batch; a send never asks for more permits than a batch).
+    fn take_batch(&mut self) -> Vec<Record> {
+        if self.staged.len() <= self.batch {
+            std::mem::replace(&mut self.staged, Vec::with_capacity(self.batch))
+        } else {
+            let rest = self.staged.split_off(self.batch);
+            std::mem::replace(&mut self.staged, rest)
+        }
+    }
+
+    fn next_batch_len(&self) -> u32 {
+        self.staged.len().min(self.batch) as u32
+    }
+
+    /// Sends the next batch if the consumer has room now (the common case, with no future
+    /// built); false if the caller must wait in [`send`](Self::send).
+    fn try_send(&mut self, ctx: &StageCtx) -> bool {
+        let acquired = self
+            .permits
+            .try_acquire_many(self.next_batch_len())
+            .map(|permit| permit.forget());
+        match acquired {
+            Ok(()) => {
+                let batch = self.take_batch();
+                self.enqueue(batch, ctx);
+                true
+            }
+            Err(TryAcquireError::Closed) => {
+                let batch = self.take_batch();
+                self.consumer_gone(batch, ctx);
+                true
+            }
+            Err(TryAcquireError::NoPermits) => false,
+        }
+    }
+
+    /// Sends the next batch, waiting for room: this wait is the backpressure. The consumer
+    /// returns the permits when it takes a batch; it closes the semaphore if it goes away, so
+    /// this never hangs.
     async fn send(&mut self, ctx: &StageCtx) {
-        let batch = std::mem::replace(&mut self.staged, Vec::with_capacity(self.batch));
+        let acquired =
+            (self.permits.acquire_many(self.next_batch_len()).await).map(|permit| permit.forget());
+        let batch = self.take_batch();
+        match acquired {
+            Ok(()) => self.enqueue(batch, ctx),
+            Err(_) => self.consumer_gone(batch, ctx),
+        }
+    }
+
+    /// Puts a batch whose permits are taken on the channel.
+    fn enqueue(&mut self, batch: Vec<Record>, ctx: &StageCtx) {
         let n = batch.len() as u64;
-        // Waiting here for room is the backpressure. The consumer returns the permits when it
-        // takes the batch; it closes the semaphore if it goes away, so this never hangs.
-        let delivered = match self.permits.acquire_many(n as u32).await {
-            Ok(permit) => {
-                permit.forget();
-                let enqueued = self.to.enqueued.fetch_add(n, Relaxed) + n;
-                match self.tx.send(batch) {
-                    Ok(()) => {
-                        let depth = enqueued.saturating_sub(self.to.received.load(Relaxed));
-                        self.to.max_queue_depth.fetch_max(depth, Relaxed);
-                        None
-                    }
-                    Err(mpsc::error::SendError(batch)) => {
-                        self.to.enqueued.fetch_sub(n, Relaxed);
-                        Some(batch)
-                    }
-                }
+        let enqueued = self.to.enqueued.fetch_add(n, Relaxed) + n;
+        match self.tx.send(batch) {
+            Ok(()) => {
+                let depth = enqueued.saturating_sub(self.to.received.load(Relaxed));
+                self.to.max_queue_depth.fetch_max(depth, Relaxed);
             }
-            Err(_) => Some(batch),
-        };
-        if let Some(batch) = delivered {
-            let error = StageError::record(format!(
-                "downstream stage `{}` is no longer running",
-                self.to.id
-            ));
-            for record in &batch {
-                ctx.dead_letter_record(&error, record);
+            Err(mpsc::error::SendError(batch)) => {
+                self.to.enqueued.fetch_sub(n, Relaxed);
+                self.consumer_gone(batch, ctx);
             }
+        }
+    }
+
+    fn consumer_gone(&self, batch: Vec<Record>, ctx: &StageCtx) {
+        let error = StageError::record(format!(
+            "downstream stage `{}` is no longer running",
+            self.to.id
+        ));
+        for record in &batch {
+            ctx.dead_letter_record(&error, record);
         }
     }
 }
@@ -299,23 +376,70 @@ impl Drop for Inbox {
 }
 
 /// A stage's input: batches from its channel, taken apart into records (counted per batch).
-fn input_records(
+/// Its own type rather than a stream chain, so taking a ready record is a plain call.
+struct Input {
     inbox: Inbox,
+    current: std::vec::IntoIter<Record>,
     stats: Arc<StageStats>,
-) -> impl futures::Stream<Item = Record> + Send {
-    let mut inbox = inbox;
-    futures::stream::poll_fn(move |cx| {
-        let polled = inbox.rx.poll_recv(cx);
-        if let std::task::Poll::Ready(Some(batch)) = &polled {
-            inbox.permits.add_permits(batch.len());
+}
+
+impl Input {
+    fn new(inbox: Inbox, stats: Arc<StageStats>) -> Self {
+        Input {
+            inbox,
+            current: Vec::new().into_iter(),
+            stats,
         }
-        polled
-    })
-    .map(move |batch| {
-        stats.received.fetch_add(batch.len() as u64, Relaxed);
-        futures::stream::iter(batch)
-    })
-    .flatten()
+    }
+
+    /// Starts on a batch taken from the channel: its room goes back to the producers.
+    fn take_apart(&mut self, batch: Vec<Record>) {
+        self.inbox.permits.add_permits(batch.len());
+        self.stats.received.fetch_add(batch.len() as u64, Relaxed);
+        self.current = batch.into_iter();
+    }
+
+    /// The next record if one is ready now: `None` if not yet, `Some(None)` at the end.
+    fn ready(&mut self) -> Option<Option<Record>> {
+        loop {
+            if let Some(record) = self.current.next() {
+                return Some(Some(record));
+            }
+            match self.inbox.rx.try_recv() {
+                Ok(batch) => self.take_apart(batch),
+                Err(mpsc::error::TryRecvError::Empty) => return None,
+                Err(mpsc::error::TryRecvError::Disconnected) => return Some(None),
+            }
+        }
+    }
+
+    /// The next record, waiting for one; `None` at the end.
+    async fn next(&mut self) -> Option<Record> {
+        std::future::poll_fn(|cx| self.poll_record(cx)).await
+    }
+
+    fn poll_record(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Record>> {
+        loop {
+            if let Some(record) = self.current.next() {
+                return std::task::Poll::Ready(Some(record));
+            }
+            match std::task::ready!(self.inbox.rx.poll_recv(cx)) {
+                Some(batch) => self.take_apart(batch),
+                None => return std::task::Poll::Ready(None),
+            }
+        }
+    }
+}
+
+impl futures::Stream for Input {
+    type Item = Record;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Record>> {
+        self.get_mut().poll_record(cx)
+    }
 }
 
 struct BuiltNode {
@@ -380,7 +504,7 @@ pub async fn prepare(plan: Plan, options: RunOptions) -> Result<PreparedRun, Run
         sources_cut: AtomicBool::new(false),
         budget: resources.budget().clone(),
         abort: options.abort.clone(),
-        failed: CancellationToken::new(),
+        calls_stopped: options.abort.child_token(),
     });
     let started = Instant::now();
     for skipped in &plan.skipped {
@@ -687,7 +811,9 @@ async fn run_source(
         ctx.stats.received.fetch_add(1, Relaxed);
         match item {
             Ok(record) => {
-                outputs.push(record, &ctx).await;
+                if outputs.stage(record, &ctx) {
+                    outputs.send_full(&ctx).await;
+                }
                 emitted += 1;
             }
             Err(Rejected { subject, error }) => {
@@ -873,23 +999,28 @@ enum Event<T> {
     Timer,
 }
 
-/// Passes on the outputs of one record, or dead-letters it.
-async fn deliver<F: std::future::Future>(
+/// Passes on the outputs of one record, or dead-letters it; true when a batch is full and the
+/// stage must `send_full` (driving its calls in flight meanwhile) before staging more. Every
+/// output is staged even past a full batch (they are in memory already); the sends that
+/// follow take them a batch at a time. Synchronous, so a record costs no future here.
+fn stage_outputs(
     record: Record,
     result: Result<Vec<Record>, StageError>,
     outputs: &mut Outputs,
     ctx: &StageCtx,
-    in_flight: &mut InFlight<F>,
-) {
+) -> bool {
     match result {
         Ok(out) => {
+            let mut full = false;
             for r in out {
-                in_flight.drive_while(outputs.push(r, ctx)).await;
+                full |= outputs.stage(r, ctx);
             }
+            full
         }
         Err(error) => {
             ctx.failed(&error);
             ctx.dead_letter_record(&error, &record);
+            false
         }
     }
 }
@@ -903,11 +1034,12 @@ async fn abortable<T>(
     tokio::select! {
         biased;
         result = work => result,
-        _ = control.abort.cancelled() => Err(StageError::record(
-            "aborted by a second signal before this record was finished (re-run to process it)",
-        )),
+        _ = control.abort.cancelled() => Err(StageError::record(ABORTED)),
     }
 }
+
+const ABORTED: &str =
+    "aborted by a second signal before this record was finished (re-run to process it)";
 
 /// A processor's work on one record, dropped when the run is aborted or has failed (whatever
 /// it held is released; nothing more is sent); its record(s) get the reason instead.
@@ -917,11 +1049,8 @@ async fn unless_stopped<T>(
 ) -> Result<T, StageError> {
     tokio::select! {
         biased;
-        result = abortable(control, work) => result,
-        _ = control.failed.cancelled() => Err(StageError::record(format!(
-            "not finished: the run was stopped ({})",
-            control.fatal().unwrap_or_default()
-        ))),
+        result = work => result,
+        _ = control.calls_stopped.cancelled() => Err(control.call_stopped_error()),
     }
 }
 
@@ -961,18 +1090,20 @@ async fn run_processor(
             (record, result)
         })
     };
-    let mut input = input_records(rx, ctx.stats.clone()).boxed();
+    let mut input = Input::new(rx, ctx.stats.clone());
     let mut input_done = false;
     let mut in_flight = InFlight::new(ordered);
     loop {
         // What finished while this stage waited downstream goes first (in order).
         if let Some((record, result)) = in_flight.parked.pop_front() {
-            deliver(record, result, &mut outputs, &ctx, &mut in_flight).await;
+            if stage_outputs(record, result, &mut outputs, &ctx) {
+                in_flight.drive_while(outputs.send_full(&ctx)).await;
+            }
             continue;
         }
         // Start calls while there is room and input is ready right now.
         while !input_done && in_flight.len() < concurrency {
-            match input.next().now_or_never() {
+            match input.ready() {
                 None => break,
                 Some(None) => input_done = true,
                 Some(Some(record)) => {
@@ -980,7 +1111,9 @@ async fn run_processor(
                     if in_flight.may_complete_inline()
                         && let Some((record, result)) = future.as_mut().now_or_never()
                     {
-                        deliver(record, result, &mut outputs, &ctx, &mut in_flight).await;
+                        if stage_outputs(record, result, &mut outputs, &ctx) {
+                            in_flight.drive_while(outputs.send_full(&ctx)).await;
+                        }
                         continue;
                     }
                     in_flight.pending.push(future);
@@ -992,7 +1125,9 @@ async fn run_processor(
         }
         if in_flight.pending.len() > 0 {
             if let Some(Some((record, result))) = in_flight.pending.next().now_or_never() {
-                deliver(record, result, &mut outputs, &ctx, &mut in_flight).await;
+                if stage_outputs(record, result, &mut outputs, &ctx) {
+                    in_flight.drive_while(outputs.send_full(&ctx)).await;
+                }
                 continue;
             }
         } else if input_done {
@@ -1013,7 +1148,9 @@ async fn run_processor(
         };
         match event {
             Event::Done(Some((record, result))) => {
-                deliver(record, result, &mut outputs, &ctx, &mut in_flight).await
+                if stage_outputs(record, result, &mut outputs, &ctx) {
+                    in_flight.drive_while(outputs.send_full(&ctx)).await;
+                }
             }
             Event::Done(None) | Event::Timer => {}
             Event::Input(None) => input_done = true,
@@ -1130,20 +1267,22 @@ async fn run_batch(
             batch.into_iter().zip(results).collect::<Outcomes>()
         })
     };
-    let mut input = input_records(rx, ctx.stats.clone()).boxed();
+    let mut input = Input::new(rx, ctx.stats.clone());
     let mut input_done = false;
     let mut filling = Filling::new();
     let mut in_flight = InFlight::new(ordered);
     loop {
         if let Some(outcomes) = in_flight.parked.pop_front() {
             for (record, result) in outcomes {
-                deliver(record, result, &mut outputs, &ctx, &mut in_flight).await;
+                if stage_outputs(record, result, &mut outputs, &ctx) {
+                    in_flight.drive_while(outputs.send_full(&ctx)).await;
+                }
             }
             continue;
         }
         // Fill the batch from what is ready now.
         while !input_done && !filling.is_full(&batching) {
-            match input.next().now_or_never() {
+            match input.ready() {
                 None => break,
                 Some(None) => input_done = true,
                 Some(Some(record)) => {
@@ -1211,7 +1350,7 @@ async fn run_aggregate(
     mut outputs: Outputs,
     ctx: StageCtx,
 ) {
-    let mut input = input_records(rx, ctx.stats.clone()).boxed();
+    let mut input = Input::new(rx, ctx.stats.clone());
     let mut held: i64 = 0;
     while let Some(record) = input.next().await {
         let added = AssertUnwindSafe(aggregator.add(&record))
@@ -1268,7 +1407,7 @@ async fn run_sink(
     let batch_size = sink.batch_size().max(1);
     let retry = sink.retry();
     let (sink, ctx_ref, pool, retry) = (&sink, &ctx, &pool, &retry);
-    let writes = input_records(rx, ctx.stats.clone())
+    let writes = Input::new(rx, ctx.stats.clone())
         .ready_chunks(batch_size)
         .map(move |batch| {
             let ctx = ctx_ref;
