@@ -3,47 +3,14 @@
 //! one oversized input dead-lettered alone, sizes checked before anything is sent), and the
 //! local model (when it is on this machine; SKIPPED otherwise).
 
+mod sim_support;
+
 use pipe_simulator::SimConfig;
 use serde_json::Value;
+use sim_support::{PIPE, Sim, dead_letters, last_report, lines, stage, stderr};
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-
-const PIPE: &str = env!("CARGO_BIN_EXE_pipe");
-
-struct Sim {
-    addr: SocketAddr,
-    _task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Sim {
-    async fn start(config: SimConfig) -> Sim {
-        let (addr, task) = pipe_simulator::spawn(config).await;
-        Sim { addr, _task: task }
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}/v1", self.addr)
-    }
-
-    async fn stats(&self) -> Value {
-        reqwest::get(format!("http://{}/_sim/stats", self.addr))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn reset(&self) {
-        reqwest::Client::new()
-            .post(format!("http://{}/_sim/reset", self.addr))
-            .send()
-            .await
-            .unwrap();
-    }
-}
 
 fn requests(stats: &Value) -> u64 {
     stats["total_requests"].as_u64().unwrap()
@@ -123,44 +90,6 @@ async fn run(dir: &Path) -> Output {
         .expect("run pipe")
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn last_report(dir: &Path) -> Value {
-    let mut runs: Vec<PathBuf> = std::fs::read_dir(dir.join(".pipe/runs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    runs.sort();
-    let last = runs.pop().expect("a run");
-    serde_json::from_str(&std::fs::read_to_string(last.join("report.json")).unwrap()).unwrap()
-}
-
-fn stage<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .unwrap()
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn dead_letters(report: &Value) -> Vec<Value> {
-    report["dead_letters"]["path"]
-        .as_str()
-        .map(|p| lines(Path::new(p)))
-        .unwrap_or_default()
-}
-
 fn ids(records: &[Value]) -> BTreeSet<String> {
     records
         .iter()
@@ -194,7 +123,7 @@ async fn batches_of_n_inputs_and_of_t_tokens_keep_the_chunk_ids() {
     );
     let out = run(dir.path()).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let report = last_report(dir.path());
+    let report = last_report(&dir.path().join(".pipe"));
     let embed = stage(&report, "embed");
     assert_eq!(embed["out"], 10, "{embed}");
     assert_eq!(embed["calls"]["calls"], 3, "4 + 4 + 2: {embed}");
@@ -236,7 +165,7 @@ async fn batches_of_n_inputs_and_of_t_tokens_keep_the_chunk_ids() {
     );
     let out = run(dir.path()).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let embed = stage(&last_report(dir.path()), "embed").clone();
+    let embed = stage(&last_report(&dir.path().join(".pipe")), "embed").clone();
     assert_eq!(embed["out"], 10);
     assert_eq!(embed["calls"]["calls"], 5, "{embed}");
     assert_eq!(requests(&sim.stats().await), 5);
@@ -261,7 +190,7 @@ async fn a_rerun_sends_nothing_and_new_texts_send_only_themselves() {
     let out = run(dir.path()).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(requests(&sim.stats().await), 0);
-    let calls = stage(&last_report(dir.path()), "embed")["calls"].clone();
+    let calls = stage(&last_report(&dir.path().join(".pipe")), "embed")["calls"].clone();
     assert_eq!(calls["cache_hits"], 6, "{calls}");
     assert_eq!(
         calls["calls"], 1,
@@ -289,7 +218,7 @@ async fn a_rerun_sends_nothing_and_new_texts_send_only_themselves() {
         .sum();
     assert!(new_tokens > 0);
     assert_eq!(billed_prompt_tokens(&stats), new_tokens);
-    let calls = stage(&last_report(dir.path()), "embed")["calls"].clone();
+    let calls = stage(&last_report(&dir.path().join(".pipe")), "embed")["calls"].clone();
     assert_eq!(
         (calls["cache_hits"].as_u64(), calls["cache_misses"].as_u64()),
         (Some(6), Some(2))
@@ -319,7 +248,7 @@ async fn server_errors_and_429s_are_retried_by_the_policy_and_every_text_lands()
     );
     let out = run(dir.path()).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let report = last_report(dir.path());
+    let report = last_report(&dir.path().join(".pipe"));
     let embed = stage(&report, "embed");
     assert_eq!(embed["out"], 24, "{embed}");
     assert_eq!(embed["dead_lettered"], 0);
@@ -353,7 +282,7 @@ async fn an_oversized_input_is_dead_lettered_alone_and_never_sent() {
     );
     let out = run(dir.path()).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let report = last_report(dir.path());
+    let report = last_report(&dir.path().join(".pipe"));
     let embed = stage(&report, "embed");
     assert_eq!(
         (embed["out"].as_u64(), embed["dead_lettered"].as_u64()),
@@ -456,7 +385,7 @@ async fn the_local_model_runs_in_the_pipeline_or_the_test_says_skipped() {
         .await
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let report = last_report(dir.path());
+    let report = last_report(&dir.path().join(".pipe"));
     let embed = stage(&report, "embed");
     assert_eq!(embed["out"], 3);
     let notes = embed["notes"].to_string();

@@ -4,49 +4,13 @@
 //! is dead-lettered; cut-off answers are split, not repaired; a document's chunks read it
 //! from the provider's prompt cache.
 
-use pipe_simulator::SimConfig;
+mod sim_support;
+
 use serde_json::{Value, json};
+use sim_support::{PIPE, Sim, dead_letters, last_report, lines, stage, stderr};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-
-const PIPE: &str = env!("CARGO_BIN_EXE_pipe");
-
-struct Sim {
-    addr: SocketAddr,
-    _task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Sim {
-    /// Starts the simulator with `config` (JSON, so every field of `SimConfig` can be given).
-    async fn start(config: Value) -> Sim {
-        let config: SimConfig = serde_json::from_value(config).expect("a SimConfig");
-        let (addr, task) = pipe_simulator::spawn(config).await;
-        Sim { addr, _task: task }
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}/v1", self.addr)
-    }
-
-    async fn stats(&self) -> Value {
-        reqwest::get(format!("http://{}/_sim/stats", self.addr))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn reset(&self) {
-        reqwest::Client::new()
-            .post(format!("http://{}/_sim/reset", self.addr))
-            .send()
-            .await
-            .unwrap();
-    }
-}
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/apollo13/transcripts")
@@ -62,46 +26,8 @@ async fn run(dir: &Path, file: &str, state: &str) -> Output {
         .expect("run pipe")
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn last_report(state: &Path) -> Value {
-    let mut runs: Vec<PathBuf> = std::fs::read_dir(state.join("runs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    runs.sort();
-    let path = runs.pop().expect("a run").join("report.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn stage<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .unwrap_or_else(|| panic!("no stage {id} in {report}"))
-}
-
 fn count(report: &Value, id: &str, name: &str) -> u64 {
     stage(report, id)["counts"][name].as_u64().unwrap_or(0)
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn dead_letters(report: &Value) -> Vec<Value> {
-    report["dead_letters"]["path"]
-        .as_str()
-        .map(|p| lines(Path::new(p)))
-        .unwrap_or_default()
 }
 
 fn chat_requests(stats: &Value) -> u64 {
@@ -258,7 +184,7 @@ fn assert_provenance(records: &[Value]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_chunks_per_call_give_the_same_entities_per_chunk_with_5x_fewer_calls() {
-    let sim = Sim::start(json!({ "seed": 7 })).await;
+    let sim = Sim::start_json(json!({ "seed": 7 })).await;
     let mut runs = Vec::new();
     for batch in [1, 10] {
         sim.reset().await;
@@ -324,14 +250,14 @@ const BATCHED: &str = "      batch_size: 5\n      max_tokens_per_chunk: 3000";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_fifth_of_the_answers_wrong_every_chunk_lands_or_is_dead_lettered() {
     // The same run without faults: what each chunk should give.
-    let sim = Sim::start(json!({ "seed": 11 })).await;
+    let sim = Sim::start_json(json!({ "seed": 11 })).await;
     let clean_dir = tempfile::tempdir().unwrap();
     extract_pipeline(clean_dir.path(), &sim, "day0[12].txt", 300, BATCHED);
     let out = run(clean_dir.path(), "pipeline.yaml", ".pipe").await;
     assert!(out.status.success(), "{}", stderr(&out));
     let clean = facts(&lines(&clean_dir.path().join("out.jsonl")));
 
-    let sim = Sim::start(json!({
+    let sim = Sim::start_json(json!({
         "seed": 11,
         "fault_wrong_json": 0.15,
         "fault_malformed": 0.05,
@@ -396,7 +322,7 @@ async fn with_a_fifth_of_the_answers_wrong_every_chunk_lands_or_is_dead_lettered
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_cut_off_at_max_tokens_are_split_and_raised_never_repaired() {
-    let sim = Sim::start(json!({ "seed": 5 })).await;
+    let sim = Sim::start_json(json!({ "seed": 5 })).await;
     // Ample room: the reference.
     let reference_dir = tempfile::tempdir().unwrap();
     extract_pipeline(
@@ -437,7 +363,7 @@ async fn answers_cut_off_at_max_tokens_are_split_and_raised_never_repaired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_counts_one_call_per_batch_and_sends_nothing() {
-    let sim = Sim::start(json!({ "seed": 1 })).await;
+    let sim = Sim::start_json(json!({ "seed": 1 })).await;
     let dir = tempfile::tempdir().unwrap();
     extract_pipeline(dir.path(), &sim, "day01.txt", 300, "      batch_size: 10");
     let out = tokio::process::Command::new(PIPE)
@@ -549,7 +475,7 @@ async fn contextualize_run(provider: &str) -> (Value, Vec<Value>, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contextualize_reads_each_document_from_the_openai_prompt_cache() {
-    let sim = Sim::start(json!({ "seed": 3, "latency_ms_median": 5.0 })).await;
+    let sim = Sim::start_json(json!({ "seed": 3, "latency_ms_median": 5.0 })).await;
     let provider = format!(
         r#"{{ kind: openai, model: gpt-4o-mini, base_url: "{}", api_key: sk-test }}"#,
         sim.base()
@@ -571,7 +497,7 @@ async fn contextualize_reads_each_document_from_the_openai_prompt_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contextualize_marks_the_document_for_the_anthropic_cache() {
-    let sim = Sim::start(json!({ "seed": 3, "latency_ms_median": 5.0 })).await;
+    let sim = Sim::start_json(json!({ "seed": 3, "latency_ms_median": 5.0 })).await;
     let provider = format!(
         r#"{{ kind: anthropic, model: claude-haiku-4-5, base_url: "{}", api_key: sk-ant-test }}"#,
         sim.base()

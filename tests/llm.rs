@@ -2,46 +2,13 @@
 //! simulator (a real HTTP server) — faults, 401, re-runs from the cache, a limit shared by two
 //! stages, the budget, `pipe plan`, metrics, and the Anthropic wire format.
 
+mod sim_support;
+
 use pipe_simulator::SimConfig;
 use serde_json::Value;
-use std::net::SocketAddr;
+use sim_support::{PIPE, Sim, dead_letters, last_report, lines, pipe, stage, stderr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
-
-const PIPE: &str = env!("CARGO_BIN_EXE_pipe");
-
-struct Sim {
-    addr: SocketAddr,
-    _task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Sim {
-    async fn start(config: SimConfig) -> Sim {
-        let (addr, task) = pipe_simulator::spawn(config).await;
-        Sim { addr, _task: task }
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}/v1", self.addr)
-    }
-
-    async fn stats(&self) -> Value {
-        reqwest::get(format!("http://{}/_sim/stats", self.addr))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn reset(&self) {
-        reqwest::Client::new()
-            .post(format!("http://{}/_sim/reset", self.addr))
-            .send()
-            .await
-            .unwrap();
-    }
-}
 
 fn status_count(stats: &Value, status: &str) -> u64 {
     stats["by_status"][status].as_u64().unwrap_or(0)
@@ -106,67 +73,12 @@ fn openai(sim: &Sim, key: &str, more: &str) -> String {
     )
 }
 
-async fn pipe(dir: &Path, args: &[&str]) -> Output {
-    tokio::process::Command::new(PIPE)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .await
-        .expect("run pipe")
-}
-
 async fn run(dir: &Path, state: &str) -> Output {
     pipe(
         dir,
         &["run", "pipeline.yaml", "--state-dir", state, "--quiet"],
     )
     .await
-}
-
-fn reports(state: &Path) -> Vec<Value> {
-    let mut runs: Vec<PathBuf> = std::fs::read_dir(state.join("runs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    runs.sort();
-    runs.iter()
-        .map(|r| {
-            serde_json::from_str(&std::fs::read_to_string(r.join("report.json")).unwrap()).unwrap()
-        })
-        .collect()
-}
-
-fn last_report(state: &Path) -> Value {
-    reports(state).pop().expect("a report")
-}
-
-fn stage<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .unwrap()
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn dead_letters(report: &Value) -> Vec<Value> {
-    report["dead_letters"]["path"]
-        .as_str()
-        .map(|p| lines(Path::new(p)))
-        .unwrap_or_default()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

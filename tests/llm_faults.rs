@@ -9,49 +9,12 @@
 //! /work/notes/SIM_CONTRACT.md; configs are built from JSON so that this file compiles against
 //! any simulator and a simulator without them fails loudly here.
 
-use pipe_simulator::SimConfig;
+mod sim_support;
+
 use serde_json::{Value, json};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use sim_support::{PIPE, Sim, dead_letters, last_report, lines, stderr};
+use std::path::Path;
 use std::process::Output;
-
-const PIPE: &str = env!("CARGO_BIN_EXE_pipe");
-
-struct Sim {
-    addr: SocketAddr,
-    _task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Sim {
-    async fn start(config: Value) -> Sim {
-        let config: SimConfig = serde_json::from_value(config.clone()).unwrap_or_else(|e| {
-            panic!("pipe-sim does not know this config (the SIM_CONTRACT fields): {e}\n{config}")
-        });
-        let (addr, task) = pipe_simulator::spawn(config).await;
-        Sim { addr, _task: task }
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}/v1", self.addr)
-    }
-
-    async fn stats(&self) -> Value {
-        reqwest::get(format!("http://{}/_sim/stats", self.addr))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn reset(&self) {
-        reqwest::Client::new()
-            .post(format!("http://{}/_sim/reset", self.addr))
-            .send()
-            .await
-            .unwrap();
-    }
-}
 
 /// `count` prompts in `dir/prompts.jsonl`: a speaker and an acronym each, so the simulator's
 /// JSON mode has entities to find; `distinct` different texts, repeated in turn.
@@ -117,16 +80,6 @@ async fn run(dir: &Path) -> Output {
         .expect("run pipe")
 }
 
-fn last_report(dir: &Path) -> Value {
-    let mut runs: Vec<PathBuf> = std::fs::read_dir(dir.join(".pipe/runs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    runs.sort();
-    let last = runs.pop().expect("a run");
-    serde_json::from_str(&std::fs::read_to_string(last.join("report.json")).unwrap()).unwrap()
-}
-
 fn ask(report: &Value) -> &Value {
     report["stages"]
         .as_array()
@@ -136,29 +89,10 @@ fn ask(report: &Value) -> &Value {
         .unwrap()
 }
 
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn dead_letters(report: &Value) -> Vec<Value> {
-    report["dead_letters"]["path"]
-        .as_str()
-        .map(|p| lines(Path::new(p)))
-        .unwrap_or_default()
-}
-
 fn errors(dead: &[Value]) -> Vec<String> {
     dead.iter()
         .map(|d| d["error"].as_str().unwrap_or_default().to_string())
         .collect()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn n(v: &Value) -> u64 {
@@ -215,14 +149,14 @@ fn assert_tokens_match_the_bill(report: &Value, stats: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_dead_lettered_with_their_text_and_paid_for() {
-    let sim = Sim::start(json!({ "fault_refusal": 0.3, "seed": 21 })).await;
+    let sim = Sim::start_json(json!({ "fault_refusal": 0.3, "seed": 21 })).await;
     let dir = tempfile::tempdir().unwrap();
     let total = 100;
     prompts(dir.path(), total, total);
     pipeline(dir.path(), &sim, "{ rpm: 60000 }", "", "");
     let out = run(dir.path()).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let report = last_report(dir.path());
+    let report = last_report(&dir.path().join(".pipe"));
     let (_, dead) = assert_nothing_lost(dir.path(), &report, total);
     assert!(
         dead.len() >= 10,
@@ -249,14 +183,14 @@ async fn wrong_json_is_repaired_and_a_rerun_asks_nothing() {
     // The mistake is drawn per body, so a repair turn can go wrong too (as a real model's can):
     // most records are repaired, the rest are dead-lettered with the reason.
     let sim =
-        Sim::start(json!({ "fault_wrong_json": 0.3, "repeat_mistake": 0.0, "seed": 3 })).await;
+        Sim::start_json(json!({ "fault_wrong_json": 0.3, "repeat_mistake": 0.0, "seed": 3 })).await;
     let dir = tempfile::tempdir().unwrap();
     let total = 80;
     prompts(dir.path(), total, total);
     pipeline(dir.path(), &sim, "{ rpm: 60000 }", "", "");
     let out = run(dir.path()).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let report = last_report(dir.path());
+    let report = last_report(&dir.path().join(".pipe"));
     let (written, dead) = assert_nothing_lost(dir.path(), &report, total);
     assert!(
         written.len() >= total * 3 / 4,
@@ -280,7 +214,7 @@ async fn wrong_json_is_repaired_and_a_rerun_asks_nothing() {
     sim.reset().await;
     let again = run(dir.path()).await;
     assert!(again.status.success(), "{}", stderr(&again));
-    let report = last_report(dir.path());
+    let report = last_report(&dir.path().join(".pipe"));
     let calls = &ask(&report)["calls"];
     assert_eq!(n(&calls["cache_hits"]), written.len() as u64, "{calls:#}");
     let first_turns = n(&sim.stats().await["total_requests"]);
@@ -299,7 +233,7 @@ async fn the_same_mistake_after_a_repair_dead_letters_the_record_with_both_error
         ),
         (json!(["prose"]), "answer is not valid JSON"),
     ] {
-        let sim = Sim::start(json!({
+        let sim = Sim::start_json(json!({
             "fault_wrong_json": 0.4,
             "wrong_json_kinds": kinds,
             "repeat_mistake": 1.0,
@@ -312,7 +246,7 @@ async fn the_same_mistake_after_a_repair_dead_letters_the_record_with_both_error
         pipeline(dir.path(), &sim, "{ rpm: 60000 }", "", "");
         let out = run(dir.path()).await;
         assert!(out.status.success(), "{}", stderr(&out));
-        let report = last_report(dir.path());
+        let report = last_report(&dir.path().join(".pipe"));
         let (written, dead) = assert_nothing_lost(dir.path(), &report, total);
         assert!(!dead.is_empty() && !written.is_empty(), "{kinds}");
         for e in errors(&dead) {
@@ -336,7 +270,7 @@ async fn the_same_mistake_after_a_repair_dead_letters_the_record_with_both_error
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exhausted_quota_stops_the_run() {
-    let sim = Sim::start(json!({ "quota_tokens": 3000, "latency_ms_median": 20.0 })).await;
+    let sim = Sim::start_json(json!({ "quota_tokens": 3000, "latency_ms_median": 20.0 })).await;
     let dir = tempfile::tempdir().unwrap();
     let total = 100;
     prompts(dir.path(), total, total);
@@ -354,7 +288,7 @@ async fn an_exhausted_quota_stops_the_run() {
         err.contains("insufficient_quota") && err.contains("exceeded your current quota"),
         "{err}"
     );
-    let report = last_report(dir.path());
+    let report = last_report(&dir.path().join(".pipe"));
     assert_eq!(report["status"], "failed");
     assert_nothing_lost(dir.path(), &report, total);
     let stats = sim.stats().await;
@@ -368,7 +302,7 @@ async fn an_exhausted_quota_stops_the_run() {
 async fn a_request_larger_than_the_whole_limit_is_dead_lettered_without_retries() {
     // 100k tokens per minute, a window as long as the minute (as OpenAI's): a prompt of
     // ~110k tokens (within gpt-4o-mini's 128k context) can never be admitted; the small ones can.
-    let sim = Sim::start(json!({ "tpm": 100000, "burst_seconds": 60.0 })).await;
+    let sim = Sim::start_json(json!({ "tpm": 100000, "burst_seconds": 60.0 })).await;
     let dir = tempfile::tempdir().unwrap();
     let huge = "GO for TLI, the S-IVB is nominal. ".repeat(9_000);
     let mut lines_out = vec![json!({ "text": format!("CDR: {huge}") }).to_string(); 3];
@@ -386,7 +320,7 @@ async fn a_request_larger_than_the_whole_limit_is_dead_lettered_without_retries(
     pipeline(dir.path(), &sim, "{ }", "", "");
     let out = run(dir.path()).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let report = last_report(dir.path());
+    let report = last_report(&dir.path().join(".pipe"));
     let (written, dead) = assert_nothing_lost(dir.path(), &report, 13);
     assert_eq!((written.len(), dead.len()), (10, 3));
     for e in errors(&dead) {
@@ -405,7 +339,7 @@ async fn a_request_larger_than_the_whole_limit_is_dead_lettered_without_retries(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_run_costs_exactly_what_the_provider_billed() {
-    let sim = Sim::start(json!({
+    let sim = Sim::start_json(json!({
         "fault_refusal": 0.1,
         "fault_wrong_json": 0.2,
         "repeat_mistake": 0.5,
@@ -426,7 +360,7 @@ async fn a_budget_run_costs_exactly_what_the_provider_billed() {
     );
     let out = run(dir.path()).await;
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    let report = last_report(dir.path());
+    let report = last_report(&dir.path().join(".pipe"));
     assert_eq!(report["status"], "budget_reached");
     assert_nothing_lost(dir.path(), &report, total);
     let stats = sim.stats().await;
@@ -445,7 +379,7 @@ async fn a_budget_run_costs_exactly_what_the_provider_billed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_after_sending_are_counted_at_their_worst_case_and_said_to_be_estimates() {
-    let sim = Sim::start(json!({ "fault_hang": 0.1, "hang_seconds": 3, "seed": 4 })).await;
+    let sim = Sim::start_json(json!({ "fault_hang": 0.1, "hang_seconds": 3, "seed": 4 })).await;
     let dir = tempfile::tempdir().unwrap();
     let total = 60;
     prompts(dir.path(), total, total);
@@ -458,7 +392,7 @@ async fn timeouts_after_sending_are_counted_at_their_worst_case_and_said_to_be_e
     );
     let out = run(dir.path()).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let report = last_report(dir.path());
+    let report = last_report(&dir.path().join(".pipe"));
     assert_nothing_lost(dir.path(), &report, total);
     let calls = &ask(&report)["calls"];
     let estimated = &calls["estimated"];
@@ -481,14 +415,14 @@ async fn timeouts_after_sending_are_counted_at_their_worst_case_and_said_to_be_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_prompts_in_flight_are_paid_once() {
-    let sim = Sim::start(json!({ "latency_ms_median": 300.0, "latency_sigma": 0.0 })).await;
+    let sim = Sim::start_json(json!({ "latency_ms_median": 300.0, "latency_sigma": 0.0 })).await;
     let dir = tempfile::tempdir().unwrap();
     // 60 records, 6 distinct prompts, all in flight together.
     prompts(dir.path(), 60, 6);
     pipeline(dir.path(), &sim, "{ rpm: 60000 }", "", "");
     let out = run(dir.path()).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let report = last_report(dir.path());
+    let report = last_report(&dir.path().join(".pipe"));
     let (written, _) = assert_nothing_lost(dir.path(), &report, 60);
     assert_eq!(written.len(), 60);
     let stats = sim.stats().await;
@@ -503,7 +437,7 @@ async fn identical_prompts_in_flight_are_paid_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_cache_file_is_set_aside_and_the_run_goes_on() {
-    let sim = Sim::start(json!({})).await;
+    let sim = Sim::start_json(json!({})).await;
     let dir = tempfile::tempdir().unwrap();
     prompts(dir.path(), 10, 10);
     pipeline(dir.path(), &sim, "{ rpm: 60000 }", "", "");
@@ -543,7 +477,7 @@ async fn a_damaged_cache_file_is_set_aside_and_the_run_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpm_bound_under_the_servers_own_token_count_meets_few_429s() {
     // The server counts max_tokens + characters / 4 (OpenAI's limiter), not tiktoken.
-    let sim = Sim::start(json!({
+    let sim = Sim::start_json(json!({
         "tpm": 600000,
         "token_counting": "openai_estimate",
         "latency_ms_median": 50.0,
@@ -556,7 +490,7 @@ async fn tpm_bound_under_the_servers_own_token_count_meets_few_429s() {
     pipeline(dir.path(), &sim, "{ tpm: 600000 }", "", "");
     let out = run(dir.path()).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let report = last_report(dir.path());
+    let report = last_report(&dir.path().join(".pipe"));
     let (written, _) = assert_nothing_lost(dir.path(), &report, total);
     assert_eq!(written.len(), total);
     let stats = sim.stats().await;
