@@ -226,6 +226,9 @@ fn the_llm_stage_gets_schema_shaped_json_from_a_real_model() {
         .map(|t| serde_json::json!({ "text": t }).to_string())
         .collect();
     std::fs::write(dir.path().join("prompts.jsonl"), jsonl.join("\n") + "\n").unwrap();
+    // Every string in the schema is bounded (the server's grammar enforces it): otherwise the
+    // tiny model can run one string on until max_tokens, on the repair too (seen in CI). One
+    // call at a time: batched with another prompt, a temperature-0 answer can change.
     let yaml = format!(
         r#"
 resources:
@@ -238,7 +241,7 @@ stages:
   - id: ask
     kind: llm
     inputs: [read]
-    concurrency: 2
+    concurrency: 1
     config:
       provider: gemma
       system: "You read one line of a spacecraft radio transcript and answer in JSON."
@@ -251,8 +254,8 @@ stages:
         additionalProperties: false
         required: [speaker, systems]
         properties:
-          speaker: {{ type: string }}
-          systems: {{ type: array, maxItems: 4, items: {{ type: string }} }}
+          speaker: {{ type: string, maxLength: 40 }}
+          systems: {{ type: array, maxItems: 4, items: {{ type: string, maxLength: 40 }} }}
   - id: out
     kind: jsonl
     inputs: [ask]
