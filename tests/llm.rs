@@ -159,7 +159,7 @@ async fn under_faults_every_record_lands_or_is_dead_lettered_and_the_counts_reco
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_key_stops_the_run_after_one_request() {
+async fn a_wrong_key_stops_the_run_after_a_few_requests() {
     let sim = Sim::start(SimConfig {
         api_keys: vec!["sk-right".into()],
         ..Default::default()
@@ -167,7 +167,8 @@ async fn a_wrong_key_stops_the_run_after_one_request() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     prompts(dir.path(), 200);
-    // A known limit: without the first-request rule, a whole burst would go out.
+    // A known limit of 1,000 requests a second: without the scouts rule, a whole burst (900)
+    // would go out before the first 401 came back.
     pipeline(
         dir.path(),
         "{ rpm: 60000 }",
@@ -182,7 +183,11 @@ async fn a_wrong_key_stops_the_run_after_one_request() {
         !err.contains("sk-wrong-key-123"),
         "the key is never shown: {err}"
     );
-    assert_eq!(sim.stats().await["total_requests"], 1);
+    let sent = sim.stats().await["total_requests"].as_u64().unwrap();
+    assert!(
+        (1..=u64::from(pipeline::policy::breaker::FIRST_SCOUTS)).contains(&sent),
+        "{sent} requests with a wrong key"
+    );
     let report = last_report(&dir.path().join(".pipe"));
     assert_eq!(report["status"], "failed");
     // Nothing lost: what was not processed is in the dead letters.

@@ -63,6 +63,14 @@ impl Encoding {
     }
 }
 
+/// Loads both encodings. A real provider has its tokenizer loaded before it takes requests;
+/// loaded by the first request instead, it would hold the first requests back a few hundred
+/// milliseconds and admit them together, a burst the client never sent.
+pub fn load_encodings() {
+    cl100k_base_singleton();
+    o200k_base_singleton();
+}
+
 /// Number of cl100k_base tokens in `text` (special tokens treated as text).
 pub fn count_tokens(text: &str) -> u64 {
     Encoding::Cl100kBase.count(text)

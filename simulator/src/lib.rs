@@ -28,6 +28,10 @@ pub async fn serve(listener: tokio::net::TcpListener, config: SimConfig) -> std:
     config
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // Before the first request is accepted (a no-op when already loaded).
+    tokio::task::spawn_blocking(content::load_encodings)
+        .await
+        .map_err(std::io::Error::other)?;
     let state = state::AppState::new(config);
     state.spawn_sampler();
     axum::serve(listener, server::router(state)).await

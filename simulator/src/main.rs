@@ -38,6 +38,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.seed = args.seed;
     }
     config.validate()?;
+    // Ready means ready: the tokenizers are loaded before the port is announced.
+    pipe_simulator::content::load_encodings();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
     let addr = listener.local_addr()?;
     println!("listening on {addr}");

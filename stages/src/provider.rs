@@ -96,12 +96,14 @@ impl Chat {
             _ => AnthropicClient::new(&base_url, key).map(Client::Anthropic),
         }
         .map_err(|f| StageError::run(f.message))?;
-        Ok(Chat {
+        let chat = Chat {
             client,
             kind: spec.kind.clone(),
             base_url,
             model: spec.model.clone(),
-        })
+        };
+        chat.tokenizer().0.warm_in_background();
+        Ok(chat)
     }
 
     /// The price to charge: the YAML's, else the list price of the model.

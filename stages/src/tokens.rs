@@ -104,6 +104,19 @@ impl Tokenizer {
         }
     }
 
+    /// Loads the dictionary on a thread of its own, so that the first count waits less for it
+    /// (or not at all): stages are built before the run starts, while the rest of the pipeline
+    /// is set up. A count meanwhile waits for this load; it never loads twice.
+    pub fn warm_in_background(self) {
+        let spawned = std::thread::Builder::new()
+            .name(format!("load {}", self.name()))
+            .spawn(move || {
+                self.encoding();
+            });
+        // Without a thread, the first count loads it.
+        drop(spawned);
+    }
+
     /// tiktoken's name for the encoding.
     pub fn name(&self) -> &'static str {
         match self {

@@ -405,8 +405,8 @@ impl Controller {
         // In slow start the limit runs ahead of what was ever tried (it starts at 16 at once):
         // fewer calls in flight than the limit when a refused call was sent bound the capacity
         // more tightly. Not below the floor, which any provider takes: a refusal with fewer in
-        // flight (the first request, sent alone) is the provider's own trouble, not our load;
-        // and out of slow start every refusal gets the plain cut.
+        // flight (the first requests, at the start) is the provider's own trouble, not our
+        // load; and out of slow start every refusal gets the plain cut.
         let sent_in_slow_start =
             self.slow_start || self.slow_start_ended.is_some_and(|end| sent < end);
         let bound = in_flight_when_sent.filter(|n| sent_in_slow_start && *n >= self.settings.min);

@@ -3,11 +3,13 @@
 //! through (half-open). A probe that succeeds closes it; one that fails opens it again, for
 //! twice as long (up to `max_cooldown`).
 //!
-//! A provider starts *unproven*: its first request goes alone, and the rest wait for its
-//! answer — or for [`FIRST_ANSWER_GRACE`], since a wrong key, URL or quota is answered within
-//! that and a good answer can take seconds — so a wrong key or URL costs one request, not one
-//! per concurrency slot, and a working provider costs no round trip at the start. A run-fatal
-//! answer (401/403) halts the breaker: calls still waiting fail at once instead of sending.
+//! A provider starts *unproven*: its first [`FIRST_SCOUTS`] requests go as scouts, and the
+//! rest wait for an answer — or for [`FIRST_ANSWER_GRACE`], since a wrong key, URL or quota is
+//! answered within that and a good answer can take seconds — so a wrong key or URL costs a few
+//! requests, not one per concurrency slot, and a working provider costs no round trip at the
+//! start. (With a known rate limit the limiter sends them at its steady rate, not as a burst.)
+//! A run-fatal answer (401/403) halts the breaker: calls still waiting fail at once instead of
+//! sending.
 //!
 //! A provider whose every attempt has failed for `unreachable_after` (unreachable, timing out,
 //! overloaded) halts it too: the run ends with that error instead of probing forever.
@@ -23,6 +25,11 @@ use tokio::time::Instant;
 /// (401, 403, 404, `insufficient_quota`) and refused connections come back well within it,
 /// while a model's answer takes as long as it generates.
 pub const FIRST_ANSWER_GRACE: Duration = Duration::from_millis(500);
+
+/// Requests an unproven provider may have out before its first answer. One would make every
+/// run wait a round trip before its second request; a few cost little more when the key is
+/// wrong (each is answered 401, unbilled), and the run's start loses almost nothing.
+pub const FIRST_SCOUTS: u32 = 8;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct BreakerSettings {
@@ -58,7 +65,8 @@ struct Inner {
     consecutive_failures: u32,
     open_until: Instant,
     cooldown: Duration,
-    probe_in_flight: bool,
+    /// Probes out: the half-open probe, or an unproven provider's scouts.
+    probes_in_flight: u32,
     times_opened: u64,
     /// No request has been answered yet.
     unproven: bool,
@@ -69,6 +77,17 @@ struct Inner {
     /// Since when every attempt has failed (none answered since), and the last error.
     failing_since: Option<Instant>,
     last_error: String,
+}
+
+impl Inner {
+    /// Probes that may be out at once: an unproven provider's scouts, else the one probe.
+    fn probes_allowed(&self) -> u32 {
+        if self.unproven && self.times_opened == 0 {
+            FIRST_SCOUTS
+        } else {
+            1
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -114,7 +133,7 @@ impl Breaker {
                 consecutive_failures: 0,
                 open_until: Instant::now(),
                 cooldown,
-                probe_in_flight: false,
+                probes_in_flight: 0,
                 times_opened: 0,
                 unproven: true,
                 first_sent: None,
@@ -167,14 +186,14 @@ impl Breaker {
                     BreakerState::Closed => return Ok(pass(false)),
                     BreakerState::Open if now >= s.open_until => {
                         s.state = BreakerState::HalfOpen;
-                        s.probe_in_flight = true;
+                        s.probes_in_flight = 1;
                         tracing::info!("provider `{}`: half-open, sending a probe", self.name);
                         return Ok(pass(true));
                     }
-                    BreakerState::HalfOpen if !s.probe_in_flight => {
-                        s.probe_in_flight = true;
+                    BreakerState::HalfOpen if s.probes_in_flight < s.probes_allowed() => {
+                        s.probes_in_flight += 1;
                         if s.unproven && s.times_opened == 0 {
-                            s.first_sent = Some(now);
+                            s.first_sent.get_or_insert(now);
                         }
                         return Ok(pass(true));
                     }
@@ -236,7 +255,7 @@ impl Breaker {
 
     fn release_probe(&self) {
         let mut s = self.lock();
-        s.probe_in_flight = false;
+        s.probes_in_flight = s.probes_in_flight.saturating_sub(1);
         drop(s);
         self.changed.notify_waiters();
     }
@@ -253,7 +272,7 @@ impl Breaker {
                 tracing::info!("provider `{}`: closed again, calls resume", self.name);
             }
             s.state = BreakerState::Closed;
-            s.probe_in_flight = false;
+            s.probes_in_flight = 0;
             s.cooldown = self.settings.cooldown;
             drop(s);
             self.changed.notify_waiters();
@@ -281,18 +300,19 @@ impl Breaker {
         }
         let trip = if probe && s.unproven {
             // No answer yet at all: let the next caller probe, open only on the usual count.
-            s.probe_in_flight = false;
+            s.probes_in_flight = s.probes_in_flight.saturating_sub(1);
             s.consecutive_failures >= self.settings.failures
-        } else if probe {
+        } else if probe && s.state == BreakerState::HalfOpen {
             s.cooldown = (s.cooldown * 2).min(self.settings.max_cooldown);
             true
         } else {
+            // A scout answered after another one proved the provider: an ordinary failure.
             s.state == BreakerState::Closed && s.consecutive_failures >= self.settings.failures
         };
         if trip {
             s.first_sent = None;
             s.state = BreakerState::Open;
-            s.probe_in_flight = false;
+            s.probes_in_flight = 0;
             s.open_until = Instant::now() + s.cooldown;
             s.times_opened += 1;
             tracing::warn!(
@@ -333,7 +353,7 @@ impl Breaker {
         if s.unproven && probe {
             s.unproven = false;
             s.state = BreakerState::Closed;
-            s.probe_in_flight = false;
+            s.probes_in_flight = 0;
             drop(s);
             self.changed.notify_waiters();
         } else if probe {
@@ -407,9 +427,14 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_first_request_goes_alone_and_a_halt_stops_the_waiters() {
+    async fn the_first_scouts_go_and_a_halt_stops_the_waiters() {
         let b = std::sync::Arc::new(unproven());
-        let first = b.pass().await.unwrap();
+        let start = Instant::now();
+        let mut scouts = Vec::new();
+        for _ in 0..FIRST_SCOUTS {
+            scouts.push(b.pass().await.unwrap());
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO, "the scouts go at once");
         let waiter = {
             let b = b.clone();
             tokio::spawn(async move { b.pass().await.map(|_| ()) })
@@ -417,7 +442,9 @@ mod tests {
         tokio::time::sleep(FIRST_ANSWER_GRACE - Duration::from_millis(1)).await;
         assert!(!waiter.is_finished(), "others wait for the first answer");
         b.halt("HTTP 401: bad key");
-        b.neutral(first);
+        for scout in scouts {
+            b.neutral(scout);
+        }
         assert_eq!(waiter.await.unwrap(), Err("HTTP 401: bad key".to_string()));
     }
 
@@ -425,15 +452,17 @@ mod tests {
     async fn a_first_request_that_has_not_failed_fast_lets_the_others_go() {
         let b = std::sync::Arc::new(unproven());
         let start = Instant::now();
-        let first = b.pass().await.unwrap();
-        let second = tokio::time::timeout(Duration::from_secs(10), b.pass())
+        let scouts: Vec<_> = futures::future::join_all((0..FIRST_SCOUTS).map(|_| b.pass())).await;
+        let next = tokio::time::timeout(Duration::from_secs(10), b.pass())
             .await
             .expect("the others go after the grace, without the first answer")
             .unwrap();
         assert_eq!(start.elapsed(), FIRST_ANSWER_GRACE);
         assert_eq!(b.state(), BreakerState::Closed);
-        b.succeeded(first);
-        b.succeeded(second);
+        for scout in scouts {
+            b.succeeded(scout.unwrap());
+        }
+        b.succeeded(next);
         // Only the very first request gets the grace: a never-answered provider that opened
         // probes alone until a probe is answered.
         let b = unproven();
@@ -454,14 +483,33 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_first_failure_does_not_open_it() {
         let b = unproven();
-        let first = b.pass().await.unwrap();
-        b.failed(first, "HTTP 503").unwrap();
-        // The next caller probes at once, no cooldown.
+        let mut scouts = Vec::new();
+        for _ in 0..FIRST_SCOUTS {
+            scouts.push(b.pass().await.unwrap());
+        }
+        b.failed(scouts.pop().unwrap(), "HTTP 503").unwrap();
+        // The next caller takes the failed scout's place at once, no cooldown.
         let start = Instant::now();
-        let second = b.pass().await.unwrap();
+        let next = b.pass().await.unwrap();
         assert_eq!(start.elapsed(), Duration::ZERO);
-        b.succeeded(second);
+        b.succeeded(next);
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scout_failing_after_another_proved_the_provider_is_an_ordinary_failure() {
+        let b = unproven();
+        let first = b.pass().await.unwrap();
+        let late = b.pass().await.unwrap();
+        b.succeeded(first);
+        assert_eq!(b.state(), BreakerState::Closed);
+        b.failed(late, "HTTP 503").unwrap();
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed,
+            "one failure does not open it"
+        );
+        assert_eq!(b.times_opened(), 0);
     }
 
     #[tokio::test(start_paused = true)]

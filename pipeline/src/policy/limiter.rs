@@ -88,6 +88,9 @@ struct Bucket {
     /// How far below our level the server's last few snapshots put it, newest last (see
     /// `sync_bucket`).
     deficits: VecDeque<f64>,
+    /// Until the server first answers, calls are spaced at the refill rate (the burst is kept
+    /// whole): when the last of them goes.
+    paced_until: Instant,
 }
 
 impl Bucket {
@@ -102,7 +105,16 @@ impl Bucket {
             last: now,
             learned: false,
             deficits: VecDeque::new(),
+            paced_until: now,
         }
+    }
+
+    /// When a call costing `amount` may go, sent at the refill rate behind the others paced
+    /// so (the first at once).
+    fn pace(&mut self, amount: f64, now: Instant) -> Instant {
+        let at = self.paced_until.max(now);
+        self.paced_until = at + Duration::from_secs_f64(amount / self.per_second);
+        at
     }
 
     fn refill(&mut self, now: Instant) {
@@ -310,6 +322,9 @@ struct State {
     /// reconciling it (or anything older) again would count it twice.
     synced_through: u64,
     model: TokenModel,
+    /// The server has answered (or refused) a request: until then calls go at the refill
+    /// rate only, and the burst waits for the first bill to correct our price.
+    answered: bool,
     /// Largest requested wait so far that was logged (to log long waits once per pause).
     logged_wait_until: Option<Instant>,
 }
@@ -374,6 +389,7 @@ impl RateLimiter {
             fixed_total: 0.0,
             synced_through: 0,
             model: TokenModel::default(),
+            answered: false,
             logged_wait_until: None,
         };
         RateLimiter {
@@ -382,6 +398,13 @@ impl RateLimiter {
             state: Mutex::new(state),
             turns: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// As if the server had answered already (tests of the steady state).
+    #[cfg(test)]
+    fn answered(self) -> RateLimiter {
+        self.lock().answered = true;
+        self
     }
 
     /// No request or token numbers are known: only adaptive concurrency can pace calls.
@@ -442,11 +465,17 @@ impl RateLimiter {
         let ratio = s.model.ratio(self.settings.reserve_max_tokens);
         let tokens = (demand.prompt as f64 * ratio).ceil() + demand.output as f64;
         let mut release = now;
-        for bucket in s.requests_per_minute.iter_mut() {
-            release = release.max(now + bucket.reserve(1.0, now));
-        }
-        for bucket in s.tokens_per_minute.iter_mut() {
-            release = release.max(now + bucket.reserve(tokens, now));
+        let answered = s.answered;
+        for (bucket, amount) in [
+            (&mut s.requests_per_minute, 1.0),
+            (&mut s.tokens_per_minute, tokens),
+        ] {
+            if let Some(bucket) = bucket {
+                release = release.max(now + bucket.reserve(amount, now));
+                if !answered {
+                    release = release.max(bucket.pace(amount, now));
+                }
+            }
         }
         let mut request_window = None;
         if let Some(day) = s.requests_per_day.as_mut() {
@@ -529,8 +558,8 @@ impl RateLimiter {
         self.reserve(demand)
     }
 
-    /// Until when the per-minute buckets are spoken for (their debt repaid), or a 429 pause
-    /// lasts.
+    /// Until when the per-minute buckets are spoken for (their debt repaid, or the calls
+    /// paced before the first answer gone), or a 429 pause lasts.
     fn booked_until(&self, now: Instant) -> Instant {
         let mut guard = self.lock();
         let s = &mut *guard;
@@ -541,6 +570,9 @@ impl RateLimiter {
         {
             bucket.refill(now);
             until = until.max(now + bucket.debt_wait());
+            if !s.answered {
+                until = until.max(bucket.paced_until);
+            }
         }
         until
     }
@@ -567,6 +599,10 @@ impl RateLimiter {
         let mut guard = self.lock();
         let s = &mut *guard;
         let charged = ticket.tokens as f64;
+        if !s.answered && matches!(outcome, Outcome::Refused | Outcome::Answered { .. }) {
+            s.answered = true;
+            tracing::debug!(limit = %self.name, "rate limit `{}`: first answer, the burst is free", self.name);
+        }
         let counted = match outcome {
             Outcome::Refused => {
                 s.model

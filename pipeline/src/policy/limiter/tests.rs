@@ -1,6 +1,11 @@
 use super::*;
 
+/// A limiter whose server has answered already: the steady state.
 fn limiter(rpm: Option<u64>, tpm: Option<u64>) -> RateLimiter {
+    fresh_limiter(rpm, tpm).answered()
+}
+
+fn fresh_limiter(rpm: Option<u64>, tpm: Option<u64>) -> RateLimiter {
     RateLimiter::new(
         "test",
         LimitSettings {
@@ -35,6 +40,49 @@ async fn requests_are_spaced_at_the_rate_after_the_burst() {
             "{got:?}"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn before_the_first_answer_calls_go_at_the_steady_rate_and_the_burst_waits_for_it() {
+    // 600 rpm = 10/s: one at once, then one every 100 ms, however many are waiting.
+    let l = fresh_limiter(Some(600), None);
+    let start = Instant::now();
+    let mut first = l.reserve_in_turn(demand(0, 0)).await;
+    first.ready().await;
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    for i in 1..=4u64 {
+        l.acquire(0).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(100 * i));
+    }
+    // The bucket was not spent meanwhile: the answer lets the burst (9) go at once.
+    l.settle(
+        &first,
+        Outcome::Answered {
+            input: 10,
+            output: 5,
+        },
+    );
+    let answered_at = Instant::now();
+    for _ in 0..8 {
+        l.acquire(0).await;
+    }
+    assert_eq!(answered_at.elapsed(), Duration::ZERO);
+    // Then the steady rate again.
+    l.acquire(0).await;
+    l.acquire(0).await;
+    assert!(answered_at.elapsed() >= Duration::from_millis(100));
+
+    // Tokens are paced the same way, by each call's size, and a 429 proves the account too.
+    let l = fresh_limiter(None, Some(60_000));
+    let start = Instant::now();
+    let mut first = l.reserve_in_turn(demand(0, 200)).await;
+    first.ready().await;
+    l.acquire(300).await;
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+    l.settle(&first, Outcome::Refused);
+    let refused_at = Instant::now();
+    l.acquire(300).await;
+    assert_eq!(refused_at.elapsed(), Duration::ZERO);
 }
 
 #[tokio::test(start_paused = true)]
