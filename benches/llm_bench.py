@@ -7,6 +7,8 @@ model-like latency and schedules), one after the other, and we compare how well 
 the limit it is bound by, what it costs the provider in refused requests, and how long it takes:
 
 * ``pipe``: a `files -> llm [-> llm] -> jsonl` pipeline;
+* ``pipe_told`` (capacity scenarios): the same, told what the careful client is told: the hidden
+  capacity, as its adaptive limit's ``initial_concurrency`` (it still adapts to what follows);
 * ``python_naive``: today's usual client, `AsyncOpenAI` + `asyncio.Semaphore(20)` + tenacity
   (``benches/llm_python_client.py --style naive``);
 * ``python_careful``: what a careful user writes: the same limits through `aiolimiter` (RPM and a
@@ -16,9 +18,9 @@ the limit it is bound by, what it costs the provider in refused requests, and ho
 Scenarios (see ``SCENARIOS``): ``rpm``, ``tpm`` and ``tpm_server_counting`` are bound by a rate
 limit that both pipe and the careful client are told; ``adaptive``, ``output_length``,
 ``slowdown``, ``capacity_drop_429``, ``capacity_drop_503`` and ``two_stages`` are bound by a
-hidden concurrency cap that nobody is told (pipe's provider has no ``limit``, so it gets an
-adaptive one; the careful client's semaphore is sized to the hidden capacity, the best a Python
-user could do by hand). Each scenario runs ``--runs`` times (default 3) from a committed tree;
+hidden concurrency cap (pipe's provider has no ``limit``, so it gets an adaptive one; the
+careful client's semaphore is sized to the hidden capacity, the best a Python user could do by
+hand, and ``pipe_told`` starts its adaptive limit there). Each scenario runs ``--runs`` times (default 3) from a committed tree;
 every number is reported as the median and the spread (min-max) over the runs.
 
 Measured per tool and run: successes and refusals (429 / 503) from the simulator's
@@ -63,6 +65,13 @@ API_KEY = "sk-bench"
 # chosen in characters; the measured mean prompt tokens are reported next to the results.
 CHARS_PER_TOKEN = 3.0
 TOOLS = ("pipe", "python_naive", "python_careful")
+# In the capacity scenarios pipe also runs told what the careful client is told: the capacity, as
+# its adaptive limit's `initial_concurrency` (it still adapts). Plain `pipe` is told nothing.
+CAPACITY_TOOLS = ("pipe", "pipe_told", "python_naive", "python_careful")
+
+
+def tools_of(sc):
+    return CAPACITY_TOOLS if sc["kind"] == "capacity" else TOOLS
 PY_PACKAGES = ("openai", "tenacity", "aiolimiter", "tiktoken")
 # Seconds a tool may run before it is killed (and the run reported as timed out).
 TOOL_TIMEOUT_S = 1200
@@ -369,7 +378,7 @@ stages:
 """
 
 
-def pipeline_yaml(sc, workdir, base_url):
+def pipeline_yaml(sc, workdir, base_url, told_capacity=None):
     stages, prev = "", "read"
     for st in sc["stages"]:
         cfg = {"provider": "llm", "prompt": st["prompt"], "max_tokens": st["max_tokens"],
@@ -377,8 +386,9 @@ def pipeline_yaml(sc, workdir, base_url):
         stages += (f"  - id: {st['id']}\n    kind: llm\n    inputs: [{prev}]\n    concurrency: 256\n"
                    f"    config: {flow(cfg)}\n")
         prev = st["id"]
-    limits = f"  limits:\n    sim: {flow(sc['limit'])}\n" if sc["limit"] else ""
-    return PIPELINE.format(limits=limits, limit_ref=", limit: sim" if sc["limit"] else "", model=MODEL,
+    limit = {"initial_concurrency": told_capacity} if told_capacity else sc["limit"]
+    limits = f"  limits:\n    sim: {flow(limit)}\n" if limit else ""
+    return PIPELINE.format(limits=limits, limit_ref=", limit: sim" if limit else "", model=MODEL,
                            base_url=base_url + "/v1", api_key=API_KEY, dir=workdir, llm_stages=stages,
                            last=prev)
 
@@ -392,17 +402,18 @@ def free_port():
 IN_FLIGHT = re.compile(r'^pipe_limit_in_flight\{limit="[^"]*"\} (\d+)$', re.M)
 
 
-def run_pipe(pipe, workdir, logdir, n, zero, timeout):
-    """Runs pipe and samples its limits' requests in flight from `--metrics-addr` every 0.25 s
-    as (seconds since `zero`, in flight)."""
-    state = workdir / "pipe-state"
+def run_pipe(pipe, tool, workdir, logdir, n, zero, timeout):
+    """Runs pipe (`workdir/<tool>.yaml`) and samples its limits' requests in flight from
+    `--metrics-addr` every 0.25 s as (seconds since `zero`, in flight)."""
+    state = workdir / f"{tool}-state"
     shutil.rmtree(state, ignore_errors=True)
     out = workdir / "out.jsonl"
+    out.unlink(missing_ok=True)
     metrics = f"127.0.0.1:{free_port()}"
-    cmd = [str(pipe), "run", str(workdir / "pipeline.yaml"), "--state-dir", str(state), "--quiet",
+    cmd = [str(pipe), "run", str(workdir / f"{tool}.yaml"), "--state-dir", str(state), "--quiet",
            "--metrics-addr", metrics]
     log("  " + shlex.join(cmd))
-    stderr = open(logdir / "pipe.stderr", "w")
+    stderr = open(logdir / f"{tool}.stderr", "w")
     start = time.time()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
@@ -427,11 +438,11 @@ def run_pipe(pipe, workdir, logdir, n, zero, timeout):
            "process_wall_s": round(end - start, 3), "start_s": round(start - zero, 3),
            "end_s": round(end - zero, 3), "in_flight_samples": samples}
     if proc.returncode != 0:
-        log(f"`pipe run` exited with {proc.returncode}; see {logdir / 'pipe.stderr'}")
+        log(f"`pipe run` ({tool}) exited with {proc.returncode}; see {logdir / f'{tool}.stderr'}")
     reports = sorted(state.glob("runs/*/report.json"))
     report = json.loads(reports[-1].read_text()) if reports else None
     if report:
-        shutil.copyfile(reports[-1], logdir / "pipe.report.json")
+        shutil.copyfile(reports[-1], logdir / f"{tool}.report.json")
     written = sum(1 for _ in out.open()) if out.exists() else 0
     dead = report["dead_letters"]["count"] if report else 0
     res.update(
@@ -569,15 +580,19 @@ def run_scenario(name, sc, n, phase_s, seed, run_no, lines, bins, tmp, logdir):
     expected_debit = sum(sc["stages"][0]["max_tokens"] + math.ceil(len(t) / 4) for t in prompts)
     sim = Sim(bins["sim"], workdir / "sim.json", logdir / "sim.log")
     try:
-        (workdir / "pipeline.yaml").write_text(pipeline_yaml(sc, workdir, sim.base))
-        shutil.copyfile(workdir / "pipeline.yaml", logdir / "pipeline.yaml")
+        (workdir / "pipe.yaml").write_text(pipeline_yaml(sc, workdir, sim.base))
+        shutil.copyfile(workdir / "pipe.yaml", logdir / "pipe.yaml")
+        if sc["kind"] == "capacity":
+            told = pipeline_yaml(sc, workdir, sim.base, told_capacity=cfg["hidden_concurrency"])
+            (workdir / "pipe_told.yaml").write_text(told)
+            shutil.copyfile(workdir / "pipe_told.yaml", logdir / "pipe_told.yaml")
         log(f"{name} run {run_no}: {n} records, sim {sim.base} {json.dumps(cfg)}")
         result = {"records": n, "sim_config": cfg, "sim_command": shlex.join(sim.cmd), "tools": {}}
-        for tool in TOOLS:
+        for tool in tools_of(sc):
             load_before = os.getloadavg()[0]
             zero = sim.reset()
-            if tool == "pipe":
-                res = run_pipe(bins["pipe"], workdir, logdir, n, zero, TOOL_TIMEOUT_S)
+            if tool.startswith("pipe"):
+                res = run_pipe(bins["pipe"], tool, workdir, logdir, n, zero, TOOL_TIMEOUT_S)
             else:
                 res = run_python(bins["python"], bins["python_env"], tool.removeprefix("python_"), sc,
                                  workdir, logdir, sim.base, n, zero, TOOL_TIMEOUT_S)
@@ -649,11 +664,21 @@ def goals(name, sc, runs):
                         [p["held_fraction"] for p in ph],
                         [p["held_fraction"] is not None and p["held_fraction"] >= 0.9 for p in ph], fmt_pct))
     out.append(("nothing lost", [t["lost"] for t in pipe], [t["lost"] == 0 for t in pipe], str))
-    for py in TOOLS[1:]:
-        ratio = [(r["tools"]["pipe"]["elapsed_s"] / r["tools"][py]["elapsed_s"])
-                 if r["tools"]["pipe"]["elapsed_s"] and r["tools"][py]["elapsed_s"] else None for r in runs]
-        out.append((f"not slower than {py} (elapsed pipe / {py})", ratio,
+    compared = [("pipe", py) for py in TOOLS[1:]]
+    if sc["kind"] == "capacity":
+        # The careful client is told the capacity; so is pipe_told.
+        compared.append(("pipe_told", "python_careful"))
+    for ours, py in compared:
+        ratio = [(r["tools"][ours]["elapsed_s"] / r["tools"][py]["elapsed_s"])
+                 if r["tools"][ours]["elapsed_s"] and r["tools"][py]["elapsed_s"] else None for r in runs]
+        out.append((f"not slower than {py} (elapsed {ours} / {py})", ratio,
                     [x is not None and x <= 1.0 for x in ratio], lambda v: f"{v:.2f}"))
+    if sc["kind"] == "capacity":
+        told = [r["tools"]["pipe_told"] for r in runs]
+        out.append(("pipe_told: ≤ 3% of requests refused, nothing lost",
+                    [t["sim"]["refused_rate"] for t in told],
+                    [t["sim"]["refused_rate"] is not None and t["sim"]["refused_rate"] <= 0.03
+                     and t["lost"] == 0 for t in told], fmt_pct))
     return out
 
 
@@ -678,7 +703,7 @@ def main_table(results):
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, runs in results.items():
-        for tool in TOOLS:
+        for tool in tools_of(SCENARIOS[name]):
             ts = [r["tools"][tool] for r in runs]
             s = [t["sim"] for t in ts]
             intf = lambda v: f"{v:.0f}"
@@ -698,7 +723,7 @@ def phase_table(results):
     for name, runs in results.items():
         if SCENARIOS[name]["kind"] != "capacity":
             continue
-        for tool in TOOLS:
+        for tool in tools_of(SCENARIOS[name]):
             ts = [r["tools"][tool] for r in runs]
             for i, p in enumerate(ts[0]["phases"]):
                 ph = [t["phases"][i] if i < len(t["phases"]) else {} for t in ts]
@@ -724,7 +749,7 @@ def details(results):
                     same = "=" if s["debited"] == s["debited_expected"] else "≠"
                     note += f" ({same} expected {s['debited_expected']})"
                 note += f"; peak at the sim {s['max_concurrency']}; duplicate bodies {s['duplicate_bodies']}"
-                if tool == "pipe" and t.get("report"):
+                if tool.startswith("pipe") and t.get("report"):
                     calls = [st["calls"] for st in t["report"]["stages"] if st.get("calls")]
                     if calls:
                         note += "; pipe: " + ", ".join(
@@ -764,7 +789,7 @@ Run with:
 
 Scenarios (a fresh simulator per scenario and run, seeded 7, 8, 9 for runs 1, 2, 3;
 `POST /_sim/reset` before each tool, which also restarts the schedule's clock; the tools run
-one after the other: pipe, python_naive, python_careful):
+one after the other: pipe, pipe_told (capacity scenarios), python_naive, python_careful):
 
 {sims}
 
@@ -802,6 +827,9 @@ one after the other: pipe, python_naive, python_careful):
   / the capacity.
 - **failed**: pipe = dead-lettered records; Python = records whose call raised after all
   retries. **lost** = records − written − failed.
+- `pipe_told` (capacity scenarios) = the same pipeline with `limits: {{ sim: {{ initial_concurrency: <the
+  hidden capacity> }} }}`: told what the careful client is told, and still adaptive; plain `pipe`
+  is told nothing. The adaptive goals above are plain `pipe`'s.
 - `python_naive` = `benches/llm_python_client.py --style naive`: `AsyncOpenAI` (defaults kept,
   including the SDK's `max_retries=2`, which honours `retry-after-ms`), `asyncio.Semaphore(20)`
   held across tenacity's `wait_random_exponential(min=1, max=60)`, `stop_after_attempt(10)`.

@@ -6,20 +6,26 @@
 //! where the provider says when it is full and latency mostly says how long the answer was:
 //!
 //! - **Overload is the strong signal**: a 429 that carries no account rate-limit state, a
-//!   503/529, a timeout. It cuts the limit to 90 % (the AIMD backoff ratio of Vector's ARC and
-//!   Netflix's `AIMDLimit`) of the level the refused call was sent under, at once, but only when
-//!   that call was sent after the last cut: a refusal of a call sent before it says nothing the
-//!   cut has not already acted on (TCP's "one cut per window", made exact because refusals come
-//!   back fast). So a capacity that drops is followed within a few refusals, and one overshoot
-//!   costs one cut.
+//!   503/529, a timeout. What it says depends on the level the refused call was sent under,
+//!   and it acts at once, but only when that call was sent after the last change it caused: a
+//!   refusal of a call sent before says nothing that change has not acted on (TCP's "one cut
+//!   per window", made exact because refusals come back fast).
+//!   - Below the level last refused: the capacity dropped. Cut to 90 % (the AIMD backoff
+//!     ratio of Vector's ARC and Netflix's `AIMDLimit`), so a capacity that drops is followed
+//!     within a few refusals.
+//!   - At the level last refused, tried again after calm right below it: the capacity has not
+//!     risen. Back to the level below, which held for rounds, with no cut (as BIC/CUBIC
+//!     plateau at their last maximum instead of backing off from it again): a capacity that
+//!     stays put costs one refused call per try and no throughput.
+//!   - In slow start: the count in flight when the refused call was sent is exact (the
+//!     provider had just taken one fewer), so the limit lands there, one below.
 //! - **Growth is clocked by answers** (as TCP's window is clocked by ACKs) and happens only
 //!   while the limit is the bottleneck (callers wait for a slot). Slow start: +1 per answer,
 //!   i.e. doubling per round trip, until the first overload; then +1 per round trip. Right
-//!   below the level of the last cut it waits for calm (two round trips, and 100 answers or
-//!   10 s) before trying that level again (more answers each time the same level is refused,
-//!   so a capacity that stays put costs well under 1 % refused calls, as BIC/CUBIC linger near
-//!   their last maximum); a whole round trip at that level without a refusal means the
-//!   capacity rose, and slow start finds the new one.
+//!   below the level last refused it waits for calm (two round trips, and 100 answers or
+//!   5 s) before trying that level again (more answers each time the same level is refused,
+//!   so a capacity that stays put costs under 1 % refused calls); a whole round trip at that
+//!   level without a refusal means the capacity rose, and slow start finds the new one.
 //!   Refusals come back fast and growth is one slot per answer, so an overshoot costs about one
 //!   refused call.
 //! - **Latency is a weak signal, normalised**: an LLM call's latency is mostly its output length
@@ -59,11 +65,12 @@ const DECREASE_RATIO: f64 = 0.9;
 /// Before trying the level last refused again: at least this many calm round trips right below
 /// it, and either this many answers since the cut (each try costs about one refused call, so
 /// this bounds their share; doubled each time the same level is refused again, up to the max)
-/// or this long (which bounds how long a capacity that rose goes unnoticed).
+/// or this long (which bounds how long a capacity that rose goes unnoticed; a try that fails
+/// costs one refused call and no throughput, so it can come often).
 const CALM_ROUNDS_AT_CEILING: u32 = 2;
 const CALM_ANSWERS_AT_CEILING: u64 = 100;
 const MAX_CALM_ANSWERS_AT_CEILING: u64 = 400;
-const MAX_CALM_TIME_AT_CEILING: Duration = Duration::from_secs(10);
+const MAX_CALM_TIME_AT_CEILING: Duration = Duration::from_secs(5);
 /// A round trip whose answers took this many times what the latency model expects holds growth.
 const SLOW_ROUND_RATIO: f64 = 1.5;
 /// Fewer latency samples in a round trip than this say nothing.
@@ -400,35 +407,45 @@ impl Controller {
         self.round.overloaded = true;
         // The level refused is the one the call was sent under: in slow start the limit may
         // have grown since (answers keep coming while the refusal is on its way), and cutting
-        // from there would take several more refusals to get back. Fewer calls in flight than
-        // that when it was sent (a burst, at the start) bound the capacity more tightly.
-        // In slow start the limit runs ahead of what was ever tried (it starts at 16 at once):
-        // fewer calls in flight than the limit when a refused call was sent bound the capacity
-        // more tightly. Not below the floor, which any provider takes: a refusal with fewer in
-        // flight (the first requests, at the start) is the provider's own trouble, not our
-        // load; and out of slow start every refusal gets the plain cut.
+        // from there would take several more refusals to get back.
+        // In slow start the limit runs ahead of what was ever tried (it starts at 16 at once),
+        // and the count in flight when the refused call was sent is exact: the provider had
+        // just taken one fewer. Not below the floor, which any provider takes: a refusal with
+        // fewer in flight (the first requests, at the start) is the provider's own trouble,
+        // not our load; and out of slow start every refusal is judged by the level alone.
         let sent_in_slow_start =
             self.slow_start || self.slow_start_ended.is_some_and(|end| sent < end);
         let bound = in_flight_when_sent.filter(|n| sent_in_slow_start && *n >= self.settings.min);
         let refused = if self.last_cut.is_some_and(|cut| sent < cut) {
             // Sent under a limit already cut: nothing new, unless it says the cut was not
-            // enough (refused with fewer in flight than the cut left). Each refusal of a burst
-            // sent past a small capacity says so, where one cut per round trip would cost a
-            // round of refusals per cut.
+            // enough (refused with as many in flight as the cut left, or fewer). Each refusal
+            // of a burst sent past a small capacity says so, where one cut per round trip
+            // would cost a round of refusals per cut.
             match bound {
-                Some(n) if cut_level(n) < self.limit => n,
+                Some(n) if n <= self.limit => n,
                 _ => return self.finished(),
             }
         } else {
             bound.unwrap_or(usize::MAX).min(self.limit_when(sent))
         };
+        let probe_refused = !sent_in_slow_start && self.ceiling.is_some_and(|c| refused >= c);
         self.calm_answers_needed = if self.ceiling == Some(refused) {
             (self.calm_answers_needed * 2).min(MAX_CALM_ANSWERS_AT_CEILING)
         } else {
             CALM_ANSWERS_AT_CEILING
         };
         self.ceiling = Some(refused);
-        self.limit = cut_level(refused);
+        self.limit = if bound.is_some() || probe_refused {
+            // Slow start overshot: one fewer was taken a moment ago. Or a try of the level
+            // last refused, refused again: the capacity has not risen, and the level below,
+            // calm for rounds before the try, still holds. Back to it, no cut (as BIC/CUBIC
+            // plateau at their last maximum): a capacity that stays put costs one refused call
+            // per try and no throughput.
+            (refused - 1).max(1)
+        } else {
+            // Refused below the level last refused: the capacity dropped.
+            cut_level(refused)
+        };
         self.raises.clear();
         if self.slow_start {
             self.slow_start_ended = Some(now);
@@ -629,10 +646,28 @@ mod tests {
         for slot in slots[8..].iter().rev() {
             slot.record(Duration::from_millis(5), Signal::BackPressure);
         }
-        assert_eq!(c.limit(), 8, "0.9 x 9: the capacity");
+        assert_eq!(c.limit(), 8, "one fewer than the 9 in flight: the capacity");
         // The same news again (a retried refusal): nothing new.
         slots[8].record(Duration::from_millis(5), Signal::BackPressure);
         assert_eq!(c.limit(), 8);
+    }
+
+    /// Slow start passes the capacity by one: the refused call was sent with 41 in flight,
+    /// so 40 were taken a moment ago, and the limit lands there, not at 90 % of it.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_start_overshoot_lands_one_below_the_count_refused() {
+        let c = Concurrency::adaptive(AdaptiveSettings {
+            initial: 41,
+            ..AdaptiveSettings::up_to(256)
+        });
+        let slots: Vec<_> = futures::future::join_all((0..41).map(|_| c.acquire())).await;
+        tokio::time::advance(Duration::from_millis(5)).await;
+        slots[40].record(Duration::from_millis(5), Signal::BackPressure);
+        assert_eq!(c.limit(), 40);
+        // Out of slow start, the next refusal below the level refused is a drop: a cut.
+        tokio::time::advance(Duration::from_millis(5)).await;
+        slots[39].record(Duration::from_millis(1), Signal::BackPressure);
+        assert_eq!(c.limit(), 36);
     }
 
     /// In slow start the limit keeps growing while a refusal is on its way: the cut starts
@@ -773,9 +808,10 @@ mod tests {
         // 100 answers since the cut: 9 at 9, then 10 per round trip.
         assert_eq!(rounds_at_10().await, 10);
         assert_eq!(c.limit(), 11);
-        // Refused at 11 again: twice as many answers before the next try.
+        // Refused at 11 again: the capacity has not moved, so back to 10 (no cut), and twice
+        // as many answers before the next try.
         refuse().await;
-        full_round(&c, rtt, |_| answered(10)).await;
+        assert_eq!(c.limit(), 10);
         assert_eq!(rounds_at_10().await, 20);
         // 11 passes a whole round trip this time: the capacity rose; slow start again
         // (doubling per round trip) instead of +1 per round trip.
@@ -798,7 +834,7 @@ mod tests {
         assert_eq!(c.limit(), cut + 1);
     }
 
-    /// The level last refused is tried again after ~10 s even when answers are few (so a
+    /// The level last refused is tried again after 5 s even when answers are few (so a
     /// capacity that rose is found).
     #[tokio::test(start_paused = true)]
     async fn slow_answers_try_the_refused_level_again_within_seconds() {
@@ -809,16 +845,16 @@ mod tests {
         });
         tokio::time::advance(Duration::from_millis(100)).await;
         c.record(Duration::from_millis(5), Signal::BackPressure);
-        // 4 s calls: 10 answers per round trip, far from 100 answers in 10 s.
-        let rtt = Duration::from_secs(4);
+        // 1 s calls: about 10 answers per round trip, far from 100 answers in 5 s.
+        let rtt = Duration::from_secs(1);
         let mut waited = Duration::ZERO;
         while c.limit() < 11 {
             full_round(&c, rtt, |_| answered(10)).await;
             waited += rtt;
         }
-        // One round trip to climb to 10, two calm ones there, and 10 s since the cut passed
-        // during the third (instead of 100 answers: 40 s).
-        assert_eq!(waited, Duration::from_secs(16));
+        // One round trip to climb to 10, two calm ones there, and the 5 s since the cut passed
+        // in the fifth (instead of 100 answers: 10 s).
+        assert_eq!(waited, Duration::from_secs(5));
     }
 
     /// How `CallPolicy` reads a provider's refusals: a 429 that carries the account's
