@@ -20,8 +20,9 @@ limit that both pipe and the careful client are told; ``adaptive``, ``output_len
 ``slowdown``, ``capacity_drop_429``, ``capacity_drop_503`` and ``two_stages`` are bound by a
 hidden concurrency cap (pipe's provider has no ``limit``, so it gets an adaptive one; the
 careful client's semaphore is sized to the hidden capacity, the best a Python user could do by
-hand, and ``pipe_told`` starts its adaptive limit there). Each scenario runs ``--runs`` times (default 3) from a committed tree;
-every number is reported as the median and the spread (min-max) over the runs.
+hand, and ``pipe_told`` starts its adaptive limit there). Each scenario runs ``--runs`` times
+(default 3) from a committed tree; every number is reported as the median and the spread
+(min-max) over the runs.
 
 Measured per tool and run: successes and refusals (429 / 503) from the simulator's
 ``/_sim/stats``; elapsed (pipe: ``report.json`` ``duration_s``, start-up included; Python: the
@@ -68,13 +69,14 @@ TOOLS = ("pipe", "python_naive", "python_careful")
 # In the capacity scenarios pipe also runs told what the careful client is told: the capacity, as
 # its adaptive limit's `initial_concurrency` (it still adapts). Plain `pipe` is told nothing.
 CAPACITY_TOOLS = ("pipe", "pipe_told", "python_naive", "python_careful")
-
-
-def tools_of(sc):
-    return CAPACITY_TOOLS if sc["kind"] == "capacity" else TOOLS
 PY_PACKAGES = ("openai", "tenacity", "aiolimiter", "tiktoken")
 # Seconds a tool may run before it is killed (and the run reported as timed out).
 TOOL_TIMEOUT_S = 1200
+
+
+def tools_of(sc):
+    """The tools a scenario runs, in order."""
+    return CAPACITY_TOOLS if sc["kind"] == "capacity" else TOOLS
 
 # Every simulator counts OpenAI tokens in the model's own encoding (o200k_base for
 # gpt-4o-mini), as OpenAI does.
