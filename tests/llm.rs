@@ -9,6 +9,7 @@ use serde_json::Value;
 use sim_support::{PIPE, Sim, dead_letters, last_report, lines, pipe, stage, stderr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 fn status_count(stats: &Value, status: &str) -> u64 {
     stats["by_status"][status].as_u64().unwrap_or(0)
@@ -156,6 +157,49 @@ async fn under_faults_every_record_lands_or_is_dead_lettered_and_the_counts_reco
     assert!(written.len() > total * 9 / 10, "{} landed", written.len());
     // Malformed answers were repaired (a second call) rather than stored.
     assert!(calls["calls"].as_u64().unwrap() > total as u64, "{calls}");
+}
+
+/// Requests the simulator has received so far.
+async fn received(sim: &Sim) -> u64 {
+    sim.stats().await["total_requests"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_told_starting_concurrency_is_sent_at_once_not_eight_scouts() {
+    // Answers take ~2 s, so none is back before the first-answer grace (0.5 s) ends.
+    let sim = Sim::start(SimConfig {
+        latency_ms_median: 2000.0,
+        latency_sigma: 0.01,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    prompts(dir.path(), 60);
+    pipeline(
+        dir.path(),
+        "{ initial_concurrency: 24 }",
+        &openai(&sim, "sk-any", ""),
+        "",
+    );
+    let running = tokio::spawn({
+        let dir = dir.path().to_path_buf();
+        async move { run(&dir, ".pipe").await }
+    });
+    let start = Instant::now();
+    while received(&sim).await == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "no request came");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Well inside the grace, where an untold provider has only its 8 scouts out.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        received(&sim).await,
+        24,
+        "the told 24 go at once; more would overshoot the limit"
+    );
+    let out = running.await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(lines(&dir.path().join("out.jsonl")).len(), 60);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

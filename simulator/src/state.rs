@@ -59,6 +59,11 @@ pub struct Stats {
     pub max_concurrency: u64,
     pub duplicate_bodies: u64,
     pub per_key: BTreeMap<String, u64>,
+    /// Seconds since start or reset when the first request came, and when the last one
+    /// finished: the span a client kept the provider busy, on the provider's clock (the same
+    /// for every client, whatever its own start-up costs).
+    pub first_request_s: Option<f64>,
+    pub last_finished_s: Option<f64>,
 }
 
 /// Fault chosen for one request.
@@ -217,7 +222,9 @@ pub struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let before = self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.state.lock().note_in_flight(before);
+        let mut g = self.state.lock();
+        g.note_in_flight(before);
+        g.stats.last_finished_s = Some(g.elapsed_s());
     }
 }
 
@@ -232,7 +239,9 @@ impl Inner {
     ) -> (Arc<SimConfig>, u64, u64) {
         self.seq += 1;
         self.note_in_flight(concurrency);
+        let now_s = self.elapsed_s();
         let s = &mut self.stats;
+        s.first_request_s.get_or_insert(now_s);
         s.total_requests += 1;
         s.max_concurrency = s.max_concurrency.max(concurrency);
         *s.by_endpoint.entry(endpoint).or_default() += 1;
@@ -436,6 +445,9 @@ impl Inner {
             "max_concurrency": s.max_concurrency,
             "duplicate_bodies": s.duplicate_bodies,
             "per_key": s.per_key,
+            "first_request_s": s.first_request_s,
+            "last_finished_s": s.last_finished_s,
+            "busy_span_s": s.first_request_s.zip(s.last_finished_s).map(|(a, b)| b - a),
         })
     }
 }

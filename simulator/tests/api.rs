@@ -468,6 +468,42 @@ async fn hidden_concurrency_rejects_without_advertising() {
     assert_eq!(stats["rate_limited"], 0);
 }
 
+#[tokio::test]
+async fn stats_give_the_span_a_client_kept_the_provider_busy() {
+    let sim = start(SimConfig {
+        latency_ms_median: 300.0,
+        latency_sigma: 0.01,
+        seed: Some(3),
+        ..SimConfig::default()
+    })
+    .await;
+    let stats = sim.stats().await;
+    assert!(stats["busy_span_s"].is_null(), "{stats}");
+    sim.reset().await;
+    // The client's start-up: the provider's clock runs, its span has not begun.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    for i in 0..2 {
+        assert_eq!(
+            sim.chat("k", &simple_chat(&format!("span {i}")))
+                .await
+                .status(),
+            200
+        );
+    }
+    let stats = sim.stats().await;
+    let first = stats["first_request_s"].as_f64().unwrap();
+    let last = stats["last_finished_s"].as_f64().unwrap();
+    let span = stats["busy_span_s"].as_f64().unwrap();
+    assert!(first >= 0.4, "{stats}");
+    assert!((last - first - span).abs() < 1e-9, "{stats}");
+    assert!(
+        (0.55..1.5).contains(&span),
+        "two 300-ms calls in turn: {stats}"
+    );
+    sim.reset().await;
+    assert!(sim.stats().await["first_request_s"].is_null());
+}
+
 // 7. Fault injection.
 #[tokio::test]
 async fn faults_500_malformed_hang() {

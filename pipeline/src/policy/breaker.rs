@@ -8,6 +8,9 @@
 //! answered within that and a good answer can take seconds — so a wrong key or URL costs a few
 //! requests, not one per concurrency slot, and a working provider costs no round trip at the
 //! start. (With a known rate limit the limiter sends them at its steady rate, not as a burst.)
+//! A provider whose limit is told where to start (`initial_concurrency`) sends that many
+//! scouts: the user said it takes them, and holding a known capacity to 8 for the first half
+//! second costs every run more than the extra 401s (unbilled) cost a run with a wrong key.
 //! A run-fatal answer (401/403) halts the breaker: calls still waiting fail at once instead of
 //! sending.
 //!
@@ -38,6 +41,8 @@ pub struct BreakerSettings {
     pub max_cooldown: Duration,
     /// Every attempt failing for this long halts the breaker (the run ends).
     pub unreachable_after: Duration,
+    /// Requests an unproven provider may have out before its first answer.
+    pub scouts: u32,
 }
 
 impl Default for BreakerSettings {
@@ -47,6 +52,7 @@ impl Default for BreakerSettings {
             cooldown: Duration::from_secs(5),
             max_cooldown: Duration::from_secs(120),
             unreachable_after: Duration::from_secs(300),
+            scouts: FIRST_SCOUTS,
         }
     }
 }
@@ -81,9 +87,9 @@ struct Inner {
 
 impl Inner {
     /// Probes that may be out at once: an unproven provider's scouts, else the one probe.
-    fn probes_allowed(&self) -> u32 {
+    fn probes_allowed(&self, scouts: u32) -> u32 {
         if self.unproven && self.times_opened == 0 {
-            FIRST_SCOUTS
+            scouts.max(1)
         } else {
             1
         }
@@ -190,7 +196,9 @@ impl Breaker {
                         tracing::info!("provider `{}`: half-open, sending a probe", self.name);
                         return Ok(pass(true));
                     }
-                    BreakerState::HalfOpen if s.probes_in_flight < s.probes_allowed() => {
+                    BreakerState::HalfOpen
+                        if s.probes_in_flight < s.probes_allowed(self.settings.scouts) =>
+                    {
                         s.probes_in_flight += 1;
                         if s.unproven && s.times_opened == 0 {
                             s.first_sent.get_or_insert(now);
@@ -376,6 +384,10 @@ mod tests {
     }
 
     fn unproven() -> Breaker {
+        with_scouts(FIRST_SCOUTS)
+    }
+
+    fn with_scouts(scouts: u32) -> Breaker {
         Breaker::new(
             "p",
             BreakerSettings {
@@ -383,6 +395,7 @@ mod tests {
                 cooldown: Duration::from_secs(1),
                 max_cooldown: Duration::from_secs(4),
                 unreachable_after: Duration::from_secs(60),
+                scouts,
             },
         )
     }
@@ -446,6 +459,23 @@ mod tests {
             b.neutral(scout);
         }
         assert_eq!(waiter.await.unwrap(), Err("HTTP 401: bad key".to_string()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn as_many_scouts_as_told_go_at_once_and_no_more() {
+        let b = std::sync::Arc::new(with_scouts(40));
+        let start = Instant::now();
+        let scouts: Vec<_> = futures::future::join_all((0..40).map(|_| b.pass())).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "all 40 scouts go at once");
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move { b.pass().await.map(|p| p.finish()) })
+        };
+        tokio::time::sleep(FIRST_ANSWER_GRACE - Duration::from_millis(1)).await;
+        assert!(!waiter.is_finished(), "the 41st waits for the first answer");
+        b.succeeded(scouts.into_iter().next().unwrap().unwrap());
+        assert_eq!(waiter.await.unwrap(), Ok(false), "an answer lets it go");
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[tokio::test(start_paused = true)]

@@ -269,6 +269,15 @@ fn concurrency_for(spec: &LimitSpec) -> Concurrency {
     }
 }
 
+/// Scouts an unproven provider on this limit sends: as many as an adaptive limit is told to
+/// start with, when that is more than the default (see `breaker`).
+fn scouts_for(spec: &LimitSpec, default: u32) -> u32 {
+    match spec.initial_concurrency {
+        Some(told) if spec.is_adaptive() => default.max(u32::try_from(told).unwrap_or(u32::MAX)),
+        _ => default,
+    }
+}
+
 impl Resources {
     /// Builds the shared objects. Names are assumed checked by the config loader.
     pub fn new(
@@ -324,6 +333,9 @@ impl Resources {
                     .unwrap_or(defaults.cooldown),
                 max_cooldown: defaults.max_cooldown,
                 unreachable_after: spec.unreachable_after(),
+                scouts: limits
+                    .get(&limit)
+                    .map_or(defaults.scouts, |l| scouts_for(l, defaults.scouts)),
             };
             provider_runtimes.insert(
                 name.clone(),
