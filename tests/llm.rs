@@ -559,7 +559,9 @@ async fn with_no_limits_known_the_concurrency_the_server_sustains_is_found() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let total = 600;
+    // Long enough (~8 s) that the share refused measures the run, not the first burst alone:
+    // starting at 16 against 8 costs 10-30 refused calls whatever the run's length.
+    let total = 1500;
     prompts(dir.path(), total);
     let provider = format!(
         r#"{{ kind: openai, model: local, base_url: "{}", api_key: none }}"#,

@@ -64,6 +64,9 @@ pub struct Stats {
     /// for every client, whatever its own start-up costs).
     pub first_request_s: Option<f64>,
     pub last_finished_s: Option<f64>,
+    /// Seconds each request was held, summed: over the busy span, the mean count in flight
+    /// (how fully a client used a capacity, between its calls as well as at its peaks).
+    pub in_flight_seconds: f64,
 }
 
 /// Fault chosen for one request.
@@ -182,6 +185,7 @@ impl AppState {
         InFlight {
             state: Arc::clone(self),
             level,
+            entered: Instant::now(),
         }
     }
 
@@ -217,6 +221,7 @@ impl AppState {
 pub struct InFlight {
     state: Arc<AppState>,
     pub level: u64,
+    entered: Instant,
 }
 
 impl Drop for InFlight {
@@ -225,6 +230,9 @@ impl Drop for InFlight {
         let mut g = self.state.lock();
         g.note_in_flight(before);
         g.stats.last_finished_s = Some(g.elapsed_s());
+        // (A request that came before a reset counts from the reset.)
+        let held = self.entered.max(g.started).elapsed().as_secs_f64();
+        g.stats.in_flight_seconds += held;
     }
 }
 
@@ -411,6 +419,7 @@ impl Inner {
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
         let b = &s.billed_all;
+        let busy_span = s.first_request_s.zip(s.last_finished_s).map(|(a, b)| b - a);
         let timeline: Vec<Value> = s
             .in_flight_timeline
             .iter()
@@ -447,7 +456,9 @@ impl Inner {
             "per_key": s.per_key,
             "first_request_s": s.first_request_s,
             "last_finished_s": s.last_finished_s,
-            "busy_span_s": s.first_request_s.zip(s.last_finished_s).map(|(a, b)| b - a),
+            "busy_span_s": busy_span,
+            "in_flight_seconds": s.in_flight_seconds,
+            "mean_in_flight": busy_span.filter(|span| *span > 0.0).map(|span| s.in_flight_seconds / span),
         })
     }
 }

@@ -500,8 +500,22 @@ async fn stats_give_the_span_a_client_kept_the_provider_busy() {
         (0.55..1.5).contains(&span),
         "two 300-ms calls in turn: {stats}"
     );
+    // One in flight at a time, but for the client's gap between the two calls.
+    let mean = stats["mean_in_flight"].as_f64().unwrap();
+    assert!((0.5..=1.0 + 1e-9).contains(&mean), "{stats}");
     sim.reset().await;
     assert!(sim.stats().await["first_request_s"].is_null());
+    // Four at once: four in flight for the whole span.
+    let bodies: Vec<_> = (0..4)
+        .map(|i| simple_chat(&format!("together {i}")))
+        .collect();
+    let calls: Vec<_> = bodies.iter().map(|b| owned_chat(&sim, b)).collect();
+    for resp in futures_join_all(calls).await {
+        assert_eq!(resp.status(), 200);
+    }
+    let stats = sim.stats().await;
+    let mean = stats["mean_in_flight"].as_f64().unwrap();
+    assert!((3.0..=4.0 + 1e-9).contains(&mean), "{stats}");
 }
 
 // 7. Fault injection.

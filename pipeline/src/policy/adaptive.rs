@@ -17,8 +17,14 @@
 //!     risen. Back to the level below, which held for rounds, with no cut (as BIC/CUBIC
 //!     plateau at their last maximum instead of backing off from it again): a capacity that
 //!     stays put costs one refused call per try and no throughput.
-//!   - In slow start: the count in flight when the refused call was sent is exact (the
-//!     provider had just taken one fewer), so the limit lands there, one below.
+//!   - In slow start: the count in flight when the refused call was sent says where the
+//!     capacity is (the provider had just taken one fewer), so the limit lands there, one
+//!     below. When the call took its slot below the limit it went under, others were
+//!     taking slots at the same moment (an answer frees its slot and slow start adds one),
+//!     and they reach the provider over different connections, in either order: the count
+//!     may be a slot or two low. Then the climb back to the level refused does not wait for
+//!     calm (one round trip, not seconds, a slot below the capacity), and a round trip held
+//!     there makes the next level the one to wait below.
 //! - **Growth is clocked by answers** (as TCP's window is clocked by ACKs) and happens only
 //!   while the limit is the bottleneck (callers wait for a slot). Slow start: +1 per answer,
 //!   i.e. doubling per round trip, until the first overload; then +1 per round trip. Right
@@ -190,6 +196,9 @@ struct Controller {
     slow_start_ended: Option<Instant>,
     /// The limit at which overload was last seen.
     ceiling: Option<usize>,
+    /// The ceiling was counted in slow start by a call that took its slot while others did: it
+    /// may be a slot or two low, so the climb to it does not wait for calm.
+    ceiling_rough: bool,
     calm_rounds: u32,
     answers_since_cut: u64,
     calm_answers_needed: u64,
@@ -388,6 +397,7 @@ impl Controller {
             slow_start: true,
             slow_start_ended: None,
             ceiling: None,
+            ceiling_rough: false,
             calm_rounds: 0,
             answers_since_cut: 0,
             calm_answers_needed: CALM_ANSWERS_AT_CEILING,
@@ -409,14 +419,23 @@ impl Controller {
         // have grown since (answers keep coming while the refusal is on its way), and cutting
         // from there would take several more refusals to get back.
         // In slow start the limit runs ahead of what was ever tried (it starts at 16 at once),
-        // and the count in flight when the refused call was sent is exact: the provider had
-        // just taken one fewer. Not below the floor, which any provider takes: a refusal with
-        // fewer in flight (the first requests, at the start) is the provider's own trouble,
-        // not our load; and out of slow start every refusal is judged by the level alone.
+        // and the count in flight when the refused call was sent says where the capacity is:
+        // the provider had just taken one fewer. Not below the floor, which any provider
+        // takes: a refusal with fewer in flight (the first requests, at the start) is the
+        // provider's own trouble, not our load; and out of slow start every refusal is judged
+        // by the level alone.
         let sent_in_slow_start =
             self.slow_start || self.slow_start_ended.is_some_and(|end| sent < end);
         let bound = in_flight_when_sent.filter(|n| sent_in_slow_start && *n >= self.settings.min);
-        let refused = if self.last_cut.is_some_and(|cut| sent < cut) {
+        let sent_before_cut = self.last_cut.is_some_and(|cut| sent < cut);
+        // As slow start grows, that count is exact only when the call took the last slot of
+        // the limit it went under. Below it, others were taking slots at the same moment (an
+        // answer frees its slot and slow start adds one), and those calls reach the provider
+        // over different connections, in either order: the count may be a slot or two low.
+        // (A burst's refusals, sent before the cut, each lower the limit to their own count,
+        // so the lowest counts; that lands where it lands, as before.)
+        let rough = bound.is_some_and(|n| !sent_before_cut && n < self.limit_when(sent));
+        let refused = if sent_before_cut {
             // Sent under a limit already cut: nothing new, unless it says the cut was not
             // enough (refused with as many in flight as the cut left, or fewer). Each refusal
             // of a burst sent past a small capacity says so, where one cut per round trip
@@ -435,6 +454,7 @@ impl Controller {
             CALM_ANSWERS_AT_CEILING
         };
         self.ceiling = Some(refused);
+        self.ceiling_rough = rough;
         self.limit = if bound.is_some() || probe_refused {
             // Slow start overshot: one fewer was taken a moment ago. Or a try of the level
             // last refused, refused again: the capacity has not risen, and the level below,
@@ -507,9 +527,11 @@ impl Controller {
         while self.credit >= 1.0 - 1e-9 && self.limit < max {
             if let Some(ceiling) = self.ceiling
                 && self.limit + 1 >= ceiling
+                && !(self.ceiling_rough && self.limit + 1 == ceiling)
                 && !self.calm_at_ceiling(now)
             {
-                // Right below the level last refused: wait for calm first.
+                // Right below the level last refused: wait for calm first (unless slow start
+                // counted that level, and this raise only reaches it).
                 self.credit = 0.0;
                 return;
             }
@@ -548,6 +570,13 @@ impl Controller {
             // A whole round trip at the last refused level without a refusal: the capacity
             // rose. Find the new one as at the start (refusals come back fast, and growth is
             // one slot per answer, so an overshoot is seen at its first call).
+            // Unless slow start counted that level roughly: then it was a slot low, and the
+            // level to wait below before trying is the next one (no new slow start, whose
+            // count could be as rough again).
+            Some(ceiling) if round.size >= ceiling && self.ceiling_rough => {
+                self.ceiling = Some(ceiling + 1);
+                self.ceiling_rough = false;
+            }
             Some(ceiling) if round.size >= ceiling => {
                 self.ceiling = None;
                 self.slow_start = true;
@@ -668,6 +697,63 @@ mod tests {
         tokio::time::advance(Duration::from_millis(5)).await;
         slots[39].record(Duration::from_millis(1), Signal::BackPressure);
         assert_eq!(c.limit(), 36);
+    }
+
+    /// Slow start at the capacity (40): an answer frees its slot and adds one, and the two
+    /// calls that take them reach the provider in the other order, so the one refused counted
+    /// 40 in flight under a limit of 41. The limit lands at 39; the climb back to 40 takes one
+    /// round trip, not the calm wait (seconds) of an exact count, and 40 holding a round trip
+    /// makes 41 the level to wait below (not a new slow start, which could race again).
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_start_count_a_slot_low_costs_one_round_trip() {
+        let c = Concurrency::adaptive(AdaptiveSettings {
+            initial: 40,
+            ..AdaptiveSettings::up_to(256)
+        });
+        let rtt = Duration::from_millis(100);
+        let mut slots: Vec<_> = futures::future::join_all((0..40).map(|_| c.acquire())).await;
+        tokio::time::advance(rtt).await;
+        c.waiting.fetch_add(1, Relaxed);
+        let answered_slot = slots.pop().unwrap();
+        answered_slot.record(rtt, answered(10));
+        assert_eq!(c.limit(), 41);
+        drop(answered_slot);
+        let refused = c.acquire().await;
+        let accepted = c.acquire().await;
+        c.waiting.fetch_sub(1, Relaxed);
+        tokio::time::advance(Duration::from_millis(5)).await;
+        refused.record(Duration::from_millis(5), Signal::BackPressure);
+        assert_eq!(c.limit(), 39, "one below the 40 it counted");
+        drop((refused, accepted, slots));
+        full_round(&c, rtt, |_| answered(10)).await;
+        assert_eq!(c.limit(), 40, "back at the capacity after one round trip");
+        // 40 holds: 41 is tried after the calm wait (100 answers since the cut), alone.
+        let mut rounds = 0;
+        while c.limit() == 40 {
+            full_round(&c, rtt, |_| answered(10)).await;
+            rounds += 1;
+            assert!(rounds < 100);
+        }
+        assert_eq!(c.limit(), 41);
+        assert!(rounds >= 2, "{rounds}");
+    }
+
+    /// The refused call took the last slot of the limit it went under: that count is exact,
+    /// and the level refused is tried again only after calm.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_start_count_at_the_limit_waits_for_calm_before_trying_again() {
+        let c = Concurrency::adaptive(AdaptiveSettings {
+            initial: 41,
+            ..AdaptiveSettings::up_to(256)
+        });
+        let rtt = Duration::from_millis(100);
+        let slots: Vec<_> = futures::future::join_all((0..41).map(|_| c.acquire())).await;
+        tokio::time::advance(Duration::from_millis(5)).await;
+        slots[40].record(Duration::from_millis(5), Signal::BackPressure);
+        assert_eq!(c.limit(), 40);
+        drop(slots);
+        full_round(&c, rtt, |_| answered(10)).await;
+        assert_eq!(c.limit(), 40, "41 is tried again only after calm");
     }
 
     /// In slow start the limit keeps growing while a refusal is on its way: the cut starts
