@@ -531,7 +531,7 @@ impl Controller {
                 && !self.calm_at_ceiling(now)
             {
                 // Right below the level last refused: wait for calm first (unless slow start
-                // counted that level, and this raise only reaches it).
+                // counted that level roughly, and this raise only reaches it).
                 self.credit = 0.0;
                 return;
             }
