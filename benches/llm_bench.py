@@ -684,8 +684,15 @@ def goals(name, sc, runs):
         if sc["kind"] == "capacity" and py == "python_careful":
             told = ("; told the same: the capacity" if ours == "pipe_told"
                     else "; pipe told less: nothing, the careful client the capacity")
-        out.append((f"not slower than {py} (busy span per record written, {ours} / {py}{told})", ratio,
-                    [x is not None and x <= 1.0 for x in ratio], lambda v: f"{v:.2f}"))
+        # Per record written is not enough when a client gives up on many records: those it
+        # wrote may all come from the easy part of the run (before a capacity drop). A run in
+        # which it did not deliver every record and pipe did is not one where it was faster.
+        gave_up = [not delivered_all(r["tools"][py]) and delivered_all(r["tools"][ours]) for r in runs]
+        note = (f"; {sum(gave_up)} run(s) where {py} failed records and {ours} did not count as met"
+                if any(gave_up) else "")
+        out.append((f"not slower than {py} (busy span per record written, {ours} / {py}{told}{note})", ratio,
+                    [g or (x is not None and x <= 1.0) for x, g in zip(ratio, gave_up)],
+                    lambda v: f"{v:.2f}"))
     if sc["kind"] == "capacity":
         told = [r["tools"]["pipe_told"] for r in runs]
         out.append(("pipe_told: ≤ 3% of requests refused, nothing lost",
@@ -697,6 +704,11 @@ def goals(name, sc, runs):
 
 def completed(t):
     return t["status"] == "completed"
+
+
+def delivered_all(t):
+    """Completed with every record written: none failed, none lost."""
+    return completed(t) and t["failed"] == 0 and t["lost"] == 0
 
 
 # How long a tool took: on the provider's clock per record written (the goal's: a client that
@@ -917,6 +929,17 @@ every run are in `llm_bench_runs/<scenario>/run<k>/`, the raw numbers in `llm_be
 {cmds}"""
 
 
+def summarise(results_dir):
+    """Writes llm_bench.md again from the raw results of an earlier run."""
+    raw = json.loads((results_dir / "llm_bench.json").read_text())
+    global SETTLE_S
+    SETTLE_S = raw["meta"]["settle_s"]
+    md = markdown(raw["scenarios"], raw["meta"])
+    (results_dir / "llm_bench.md").write_text(md)
+    print(md)
+    log(f"{results_dir / 'llm_bench.md'} written from {results_dir / 'llm_bench.json'}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -940,7 +963,12 @@ def main():
     p.add_argument("--corpus", type=Path, default=Path("/work/shared/corpus/apollo13/transcripts"))
     p.add_argument("--venv", type=Path, default=Path("/tmp/pipe-bench-venv"))
     p.add_argument("--results", type=Path, help="default benches/results (quick: /tmp/pipe-llm-bench-quick)")
+    p.add_argument("--summarise", type=Path, metavar="RESULTS_DIR",
+                   help="run nothing: write RESULTS_DIR/llm_bench.md again from its llm_bench.json "
+                        "(after a change to how the results are judged or shown)")
     args = p.parse_args()
+    if args.summarise:
+        return summarise(args.summarise)
     runs = args.runs or (1 if args.quick else 3)
     default_phase = PHASE_S[1 if args.quick else 0]
     phase_s = args.phase_s or default_phase
