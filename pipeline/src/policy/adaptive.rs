@@ -30,8 +30,11 @@
 //!   i.e. doubling per round trip, until the first overload; then +1 per round trip. Right
 //!   below the level last refused it waits for calm (two round trips, and 100 answers or
 //!   5 s) before trying that level again (more answers each time the same level is refused,
-//!   so a capacity that stays put costs under 1 % refused calls); a whole round trip at that
-//!   level without a refusal means the capacity rose, and slow start finds the new one.
+//!   so a capacity that stays put costs under 1 % refused calls). A try is over long before a
+//!   round trip: a refusal comes back as fast as the one that set the level, so a few calls
+//!   sent at that level and not refused within a few times that long mean the capacity rose
+//!   (a whole round trip at that level says the same, when refusals are slow: timeouts), and
+//!   slow start finds the new one.
 //!   Refusals come back fast and growth is one slot per answer, so an overshoot costs about one
 //!   refused call.
 //! - **Latency is a weak signal, normalised**: an LLM call's latency is mostly its output length
@@ -77,6 +80,15 @@ const CALM_ROUNDS_AT_CEILING: u32 = 2;
 const CALM_ANSWERS_AT_CEILING: u64 = 100;
 const MAX_CALM_ANSWERS_AT_CEILING: u64 = 400;
 const MAX_CALM_TIME_AT_CEILING: Duration = Duration::from_secs(5);
+/// A try of the level last refused passes once this many calls have gone out at that level
+/// and the last of them was not refused within `PROBE_REFUSAL_WAIT_FACTOR` times the time the
+/// refusal that set the level took to come back (at least `PROBE_MIN_REFUSAL_WAIT`). More than
+/// one call, because one may have reached the provider while an answer of another was on its
+/// way back (so the provider held one fewer than counted here); a refusal's time varies, hence
+/// the factor.
+const PROBE_SENDS: u32 = 4;
+const PROBE_REFUSAL_WAIT_FACTOR: u32 = 4;
+const PROBE_MIN_REFUSAL_WAIT: Duration = Duration::from_millis(100);
 /// A round trip whose answers took this many times what the latency model expects holds growth.
 const SLOW_ROUND_RATIO: f64 = 1.5;
 /// Fewer latency samples in a round trip than this say nothing.
@@ -186,6 +198,14 @@ struct Round {
     latency_samples: u32,
 }
 
+/// The level last refused, being tried again: calls sent at it so far, and when the
+/// `PROBE_SENDS`th went out.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    sent: u32,
+    enough_sent_at: Option<Instant>,
+}
+
 #[derive(Debug)]
 struct Controller {
     limit: usize,
@@ -199,6 +219,10 @@ struct Controller {
     /// The ceiling was counted in slow start by a call that took its slot while others did: it
     /// may be a slot or two low, so the climb to it does not wait for calm.
     ceiling_rough: bool,
+    /// How long the refusal that set the ceiling took to come back.
+    ceiling_refused_after: Duration,
+    /// The ceiling being tried (the limit raised to it).
+    probe: Option<Probe>,
     calm_rounds: u32,
     answers_since_cut: u64,
     calm_answers_needed: u64,
@@ -348,16 +372,21 @@ impl Concurrency {
         let sent = now.checked_sub(rtt).unwrap_or(now);
         let mut c = controller.lock().unwrap_or_else(|p| p.into_inner());
         let old = c.limit;
+        // The limit holds calls back (callers wait for a slot, or every slot is taken, this
+        // one included): the slot this attempt gives back goes out again at once. Growth only
+        // then: a limit above the demand proves nothing, and raising it would only overshoot
+        // once the demand comes.
+        let bottleneck = self.waiting.load(Relaxed) > 0 || self.in_flight() >= c.limit;
         match signal {
             Signal::BackPressure => c.overloaded(now, sent, in_flight_when_sent),
             Signal::Answered { output_tokens } => {
-                // Growth only while the limit holds calls back (callers wait for a slot, or
-                // every slot is taken, this one included): a limit above the demand proves
-                // nothing, and raising it would only overshoot once the demand comes.
-                let bottleneck = self.waiting.load(Relaxed) > 0 || self.in_flight() >= c.limit;
+                c.probe_sent_again(now, bottleneck);
                 c.answered(now, rtt.as_secs_f64(), output_tokens as f64, bottleneck);
             }
-            Signal::Neutral => c.finished(),
+            Signal::Neutral => {
+                c.probe_sent_again(now, bottleneck);
+                c.finished();
+            }
         }
         let new = c.limit;
         drop(c);
@@ -398,6 +427,8 @@ impl Controller {
             slow_start_ended: None,
             ceiling: None,
             ceiling_rough: false,
+            ceiling_refused_after: Duration::ZERO,
+            probe: None,
             calm_rounds: 0,
             answers_since_cut: 0,
             calm_answers_needed: CALM_ANSWERS_AT_CEILING,
@@ -455,6 +486,8 @@ impl Controller {
         };
         self.ceiling = Some(refused);
         self.ceiling_rough = rough;
+        self.ceiling_refused_after = now.saturating_duration_since(sent);
+        self.probe = None;
         self.limit = if bound.is_some() || probe_refused {
             // Slow start overshot: one fewer was taken a moment ago. Or a try of the level
             // last refused, refused again: the capacity has not risen, and the level below,
@@ -546,6 +579,50 @@ impl Controller {
         }
         self.raises.push_back((now, self.limit));
         self.limit += 1;
+        if !self.slow_start && !self.ceiling_rough && self.ceiling == Some(self.limit) {
+            // Raised to the level last refused: a caller waiting for a slot takes this one.
+            self.probe = Some(Probe {
+                sent: 0,
+                enough_sent_at: None,
+            });
+            self.probe_sent_again(now, true);
+        }
+    }
+
+    /// A call went out at the level being tried (`sent`: a slot was given back while callers
+    /// wait, so it is taken again at once). Once enough went out and the last was not refused
+    /// in the time a refusal takes, the capacity rose: slow start finds the new one.
+    fn probe_sent_again(&mut self, now: Instant, sent: bool) {
+        let Some(probe) = &mut self.probe else {
+            return;
+        };
+        if let Some(at) = probe.enough_sent_at {
+            let refusal_wait = (self.ceiling_refused_after * PROBE_REFUSAL_WAIT_FACTOR)
+                .max(PROBE_MIN_REFUSAL_WAIT);
+            if now.saturating_duration_since(at) >= refusal_wait {
+                self.capacity_rose();
+            }
+            return;
+        }
+        if sent {
+            probe.sent += 1;
+            if probe.sent >= PROBE_SENDS {
+                probe.enough_sent_at = Some(now);
+            }
+        }
+    }
+
+    /// The level last refused holds: no ceiling any more; slow start finds the new one
+    /// (refusals come back fast, and growth is one slot per answer, so an overshoot is seen at
+    /// its first call).
+    fn capacity_rose(&mut self) {
+        tracing::debug!(
+            level = self.limit,
+            "adaptive concurrency: the level last refused holds, looking for the new capacity"
+        );
+        self.ceiling = None;
+        self.probe = None;
+        self.slow_start = true;
     }
 
     /// Counts a finished attempt into the round trip; closes it once `limit` have finished.
@@ -568,8 +645,7 @@ impl Controller {
         }
         match self.ceiling {
             // A whole round trip at the last refused level without a refusal: the capacity
-            // rose. Find the new one as at the start (refusals come back fast, and growth is
-            // one slot per answer, so an overshoot is seen at its first call).
+            // rose (when the try did not show it sooner: slow refusals).
             // Unless slow start counted that level roughly: then it was a slot low, and the
             // level to wait below before trying is the next one (no new slow start, whose
             // count could be as rough again).
@@ -577,10 +653,7 @@ impl Controller {
                 self.ceiling = Some(ceiling + 1);
                 self.ceiling_rough = false;
             }
-            Some(ceiling) if round.size >= ceiling => {
-                self.ceiling = None;
-                self.slow_start = true;
-            }
+            Some(ceiling) if round.size >= ceiling => self.capacity_rose(),
             Some(ceiling) if round.size + 1 >= ceiling => self.calm_rounds += 1,
             _ => {}
         }
@@ -809,6 +882,105 @@ mod tests {
         c.slow_start = false;
         c.ceiling = Some(1000);
         c
+    }
+
+    /// Calm right below the level last refused (`ceiling`), which was refused `refused_after`
+    /// after it was sent.
+    fn calm_below(ceiling: usize, refused_after: Duration, at: Instant) -> Controller {
+        let mut c = avoiding(ceiling - 1);
+        c.ceiling = Some(ceiling);
+        c.ceiling_refused_after = refused_after;
+        c.last_cut = Some(at - Duration::from_secs(10));
+        c.calm_rounds = CALM_ROUNDS_AT_CEILING;
+        c.answers_since_cut = MAX_CALM_ANSWERS_AT_CEILING;
+        c
+    }
+
+    /// As `Concurrency::record_with` feeds an answer while callers wait for a slot: the slot
+    /// goes out again at once.
+    fn answer_while_callers_wait(c: &mut Controller, at: Instant) {
+        c.probe_sent_again(at, true);
+        c.answered(at, 1.0, 50.0, true);
+    }
+
+    /// Answers every 90 ms (11 in flight, 1 s calls) until the limit reaches the level last
+    /// refused; the time of the answer that raised it.
+    fn answer_until_the_try(c: &mut Controller, t: &mut Instant) -> Instant {
+        let ceiling = c.ceiling.unwrap();
+        for _ in 0..1000 {
+            *t += Duration::from_millis(90);
+            answer_while_callers_wait(c, *t);
+            if c.limit == ceiling {
+                return *t;
+            }
+        }
+        panic!("never tried {ceiling}");
+    }
+
+    /// Refused in 5 ms, the level is tried again: the fourth call out at it, not refused
+    /// within 100 ms (4 x 5 ms, at least 100 ms), says the capacity rose, half a round trip
+    /// after the try began instead of a whole one (11 answers), and slow start resumes.
+    #[test]
+    fn a_try_not_refused_as_fast_as_a_refusal_comes_finds_the_capacity_rose() {
+        let mut t = Instant::now();
+        let mut c = calm_below(11, Duration::from_millis(5), t);
+        answer_until_the_try(&mut c, &mut t);
+        let mut answers = 0;
+        while c.ceiling.is_some() {
+            t += Duration::from_millis(90);
+            answer_while_callers_wait(&mut c, t);
+            answers += 1;
+            assert!(answers < 11, "a whole round trip");
+        }
+        // Out at 11: the raise's call, then one per answer; the fourth at the third answer,
+        // and the fifth answer comes 180 ms after it.
+        assert_eq!(answers, 5);
+        assert!(c.slow_start);
+        assert_eq!(c.limit, 12, "slow start counted this answer");
+        t += Duration::from_millis(90);
+        answer_while_callers_wait(&mut c, t);
+        assert_eq!(c.limit, 13);
+    }
+
+    /// Refused within the wait: the try is over, back right below, and answers after it
+    /// restart nothing.
+    #[test]
+    fn a_try_refused_in_time_is_over() {
+        let mut t = Instant::now();
+        let mut c = calm_below(11, Duration::from_millis(5), t);
+        let tried_at = answer_until_the_try(&mut c, &mut t);
+        for _ in 0..3 {
+            t += Duration::from_millis(30);
+            answer_while_callers_wait(&mut c, t);
+        }
+        t += Duration::from_millis(5);
+        c.overloaded(t, tried_at + Duration::from_millis(60), None);
+        assert_eq!(c.limit, 10);
+        assert!(c.probe.is_none());
+        for _ in 0..30 {
+            t += Duration::from_millis(90);
+            answer_while_callers_wait(&mut c, t);
+            assert!(!c.slow_start);
+            assert!(c.limit <= 10, "{}", c.limit);
+        }
+    }
+
+    /// Refusals that take long (a timeout counts as overload): a try cannot be judged before
+    /// a refusal would have come, and a whole round trip at the level says the capacity rose.
+    #[test]
+    fn slow_refusals_leave_the_try_to_a_whole_round_trip() {
+        let mut t = Instant::now();
+        let mut c = calm_below(11, Duration::from_secs(30), t);
+        answer_until_the_try(&mut c, &mut t);
+        let mut answers = 0;
+        while c.ceiling.is_some() {
+            t += Duration::from_millis(90);
+            answer_while_callers_wait(&mut c, t);
+            answers += 1;
+            assert!(answers <= 22, "never");
+        }
+        assert!(answers >= 11, "after {answers} answers");
+        assert!(c.slow_start);
     }
 
     #[test]

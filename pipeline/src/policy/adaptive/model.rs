@@ -411,6 +411,13 @@ async fn capacity_drops_and_rises_again_with_429() {
     })
     .await;
     assert_goals(&r, DEFAULT_MIN_CONCURRENCY);
+    // The level last refused is tried within 5 s of calm, and a try that is not refused as
+    // fast as refusals come passes in a fraction of a round trip (a whole one took 6 s here).
+    assert!(
+        r.phases[2].to_90_percent_s <= Some(5.0),
+        "{:?}",
+        r.phases[2]
+    );
 }
 
 /// With 503 (no retry-after: exponential backoff) and two stages, so that who retries when
