@@ -412,7 +412,8 @@ async fn capacity_drops_and_rises_again_with_429() {
     .await;
     assert_goals(&r, DEFAULT_MIN_CONCURRENCY);
     // The level last refused is tried within 5 s of calm, and a try that is not refused as
-    // fast as refusals come passes in a fraction of a round trip (a whole one took 6 s here).
+    // fast as refusals come passes in a fraction of a round trip (when a try needed a whole
+    // round trip at that level to pass, 90 % came back after 6 s here).
     assert!(
         r.phases[2].to_90_percent_s <= Some(5.0),
         "{:?}",
