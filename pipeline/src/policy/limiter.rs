@@ -53,8 +53,9 @@ const LONG_WAIT: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// Margin on a ratio learned from the server's headers: the learned figure is an average, and
-/// reserving 2 % above it keeps the noisy half of the requests from meeting a 429, at 2 % of
-/// the limit.
+/// reserving 2 % above it keeps the noisy half of the requests from meeting a 429. It costs
+/// no throughput for long: the surplus it leaves on the server is taken back from the
+/// server's snapshots (`raise_to_server`).
 const LEARNED_MARGIN: f64 = 1.02;
 /// Snapshot pairs needed before a learned ratio replaces the caller's estimate.
 const SAMPLES_TO_TRUST: u32 = 10;
@@ -66,6 +67,10 @@ const SAMPLE_WEIGHT: f64 = 0.02;
 /// Server snapshots in a row that must all say it has less left than we think before the
 /// level is lowered (see `sync_bucket`).
 const DEFICIT_CONFIRMATIONS: usize = 3;
+/// Share of the refill the server's surplus may give back (see `raise_to_server`). The
+/// surplus our margin leaves grows at most at the margin's share of the rate; a larger one is
+/// a snapshot taken before calls sent ahead of it arrived (a burst over several connections).
+const RAISE_SHARE: f64 = 0.05;
 const PAUSES_KEPT: usize = 64;
 const REFUSALS_KEPT: usize = 512;
 
@@ -88,6 +93,13 @@ struct Bucket {
     /// How far below our level the server's last few snapshots put it, newest last (see
     /// `sync_bucket`).
     deficits: VecDeque<f64>,
+    /// How far above our level plus the share of its burst we hold back the server's last few
+    /// snapshots put it, newest last (see `raise_to_server`).
+    surpluses: VecDeque<f64>,
+    /// When the server's surplus was last looked at (see `raise_to_server`).
+    surplus_seen_at: Instant,
+    /// What `raise_to_server` has added and not taken back yet.
+    raised: f64,
     /// Until the server first answers, calls are spaced at the refill rate (the burst is kept
     /// whole): when the last of them goes.
     paced_until: Instant,
@@ -105,6 +117,9 @@ impl Bucket {
             last: now,
             learned: false,
             deficits: VecDeque::new(),
+            surpluses: VecDeque::new(),
+            surplus_seen_at: now,
+            raised: 0.0,
             paced_until: now,
         }
     }
@@ -350,6 +365,9 @@ pub struct Ticket<'a> {
     token_window: Option<u64>,
     /// Set when it was sent; `None` = still waiting (a drop gives it back).
     sent_at: Option<Instant>,
+    /// It waited for its turn at the rate (or for a pause) after the first answer, rather
+    /// than go at once or be paced before it (see `learn_from_snapshot`).
+    in_turn: bool,
 }
 
 /// A named limiter. Cloning its `Arc` shares it; it is never copied.
@@ -530,6 +548,7 @@ impl RateLimiter {
             request_window,
             token_window,
             sent_at: None,
+            in_turn: answered && release > now,
         }
     }
 
@@ -655,7 +674,8 @@ impl RateLimiter {
     /// Brings the limiter in line with what the server reported in a response's headers:
     /// learns limits it was not told, adopts lower ones, lowers its levels when the server
     /// has less left than we think (another process on the same account, a lower real
-    /// limit), and learns how the server counts tokens. `counted` = the server counted this
+    /// limit), raises them when it keeps having more (our price above its count), and learns
+    /// how the server counts tokens. `counted` = the server counted this
     /// request (false for a refusal).
     pub fn observe(&self, ticket: &Ticket<'_>, server: &ServerLimits, counted: bool) {
         if server.is_empty() {
@@ -687,7 +707,7 @@ impl RateLimiter {
         let unseen_tokens = s.reserved_tokens_total - ticket.tokens_total_at;
         let since = now.saturating_duration_since(sent_at);
         let name = self.name.clone();
-        let lowered_requests = sync_bucket(
+        let synced_requests = sync_bucket(
             &name,
             Dimension::Requests,
             &mut s.requests_per_minute,
@@ -696,9 +716,14 @@ impl RateLimiter {
             unseen_requests,
             since,
             burst,
+            // A request is one request: our price for it is never above the server's.
+            false,
             now,
         );
-        let lowered_tokens = sync_bucket(
+        // Only tokens are priced above the server's count (the learned margin), and only a
+        // server that counts `max_tokens` on arrival has counted every call it answered: one
+        // that counts the output as generated has a surplus promised to calls in flight.
+        let synced_tokens = sync_bucket(
             &name,
             Dimension::Tokens,
             &mut s.tokens_per_minute,
@@ -707,9 +732,10 @@ impl RateLimiter {
             unseen_tokens,
             since,
             burst,
+            self.settings.reserve_max_tokens,
             now,
         );
-        if lowered_tokens || lowered_requests {
+        if synced_tokens || synced_requests {
             s.synced_through = s.synced_through.max(ticket.seq);
         }
     }
@@ -746,6 +772,7 @@ impl RateLimiter {
             bucket.level = bucket.level.min(0.0) - bucket.per_second * extra.as_secs_f64();
             // Deficits measured against the level before the pause say nothing any more.
             bucket.deficits.clear();
+            bucket.surpluses.clear();
         }
         // The server's view (empty) is now our level: older reservations are reflected.
         s.synced_through = s.seq;
@@ -819,6 +846,13 @@ fn learn_from_snapshot(
     if let Some(reset) = reset {
         let full = remaining + reset.as_secs_f64() * per_second;
         m.capacity = Some(m.capacity.map_or(full, |c| c.max(full)));
+    }
+    // Only a call that waited its turn at the rate reached the server in the order of the
+    // reservations, so that its snapshot marks where our count stands. One that went at once
+    // (room in the bucket: the burst) may have overtaken calls reserved before it, and so may
+    // the burst released at the first answer have overtaken the calls paced before it.
+    if !ticket.in_turn {
+        return;
     }
     let sample = Snapshot {
         seq: ticket.seq,
@@ -974,7 +1008,7 @@ impl Drop for Ticket<'_> {
     }
 }
 
-/// Returns whether the level was lowered to the server's view.
+/// Returns whether the level was moved to the server's view.
 #[allow(clippy::too_many_arguments)]
 fn sync_bucket(
     name: &str,
@@ -985,6 +1019,7 @@ fn sync_bucket(
     unseen: f64,
     since: Duration,
     burst: Duration,
+    may_raise: bool,
     now: Instant,
 ) -> bool {
     let what = match dimension {
@@ -1023,8 +1058,10 @@ fn sync_bucket(
     // What the server had left when it answered, carried forward to now: refilled since, and
     // minus what we reserved after this call (which the server had not seen yet).
     b.refill(now);
-    let implied = remaining as f64 + since.as_secs_f64() * b.per_second - unseen;
-    // Only ever lower: a higher server figure may just be a wider window than ours. A bucket
+    let implied_before_unseen = remaining as f64 + since.as_secs_f64() * b.per_second;
+    let implied = implied_before_unseen - unseen;
+    // Lower at once, raise only past a cushion (`raise_to_server`): a higher server figure
+    // may be a wider window than ours, or a snapshot that missed calls on their way. A bucket
     // just learned from these headers takes the server's word at once; otherwise one snapshot
     // is not enough: a call that reached the server late (a new connection, a busy machine)
     // was overtaken by calls sent after it, which the server counted and `unseen` counts
@@ -1043,14 +1080,82 @@ fn sync_bucket(
     }
     let confirmed =
         b.deficits.len() == DEFICIT_CONFIRMATIONS && b.deficits.iter().all(|d| *d > 1.0);
-    if !confirmed {
+    if confirmed {
+        let by = b.deficits.iter().copied().fold(f64::INFINITY, f64::min);
+        tracing::debug!(limit = %name, what, by, "lowered to the server's level");
+        b.level -= by;
+        for d in b.deficits.iter_mut() {
+            *d -= by;
+        }
+        b.surpluses.clear();
+        return true;
+    }
+    if may_raise && server_limit == Some(b.limit) {
+        return raise_to_server(name, what, b, implied_before_unseen, unseen, now);
+    }
+    false
+}
+
+/// The other half of `sync_bucket`: the server has had more left than our level plus the
+/// share of its burst we hold back (see [`BURST_SHARE`]), in each of the last few snapshots.
+/// Our price runs above its count (the learned margin, a ratio learned high), and without
+/// this the margin would cost its share of the limit for the whole run: take the surplus
+/// back, by the least the snapshots say and no faster than [`RAISE_SHARE`] of the refill,
+/// keeping the held-back share as the cushion for calls that reach the server out of step.
+/// Never above our own window. Callers ask this only when our limit is the server's (a limit
+/// set below the account's is the user's choice) and the server's count is final when it
+/// answers.
+fn raise_to_server(
+    name: &str,
+    what: &str,
+    b: &mut Bucket,
+    implied_before_unseen: f64,
+    unseen: f64,
+    now: Instant,
+) -> bool {
+    let hold_back = b.capacity * (1.0 / BURST_SHARE - 1.0);
+    // The server's window stops at its capacity: refill we add past it never happened.
+    let server_capacity = b.capacity + hold_back;
+    let implied = implied_before_unseen.min(server_capacity) - unseen;
+    let allowed = RAISE_SHARE
+        * b.per_second
+        * now
+            .saturating_duration_since(b.surplus_seen_at)
+            .as_secs_f64();
+    b.surplus_seen_at = now;
+    b.surpluses.push_back(implied - hold_back - b.level);
+    if b.surpluses.len() > DEFICIT_CONFIRMATIONS {
+        b.surpluses.pop_front();
+    }
+    let full = b.surpluses.len() == DEFICIT_CONFIRMATIONS;
+    let change = if full && b.surpluses.iter().all(|s| *s > 1.0) {
+        let by = b
+            .surpluses
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+            .min(allowed);
+        (b.level + by).min(b.capacity) - b.level
+    } else if full && b.raised > 0.0 && b.surpluses.iter().all(|s| *s < -1.0) {
+        // The cushion is being eaten (snapshots that raised us too far, a ratio that fell):
+        // give back what was raised, before it comes to a 429.
+        let by = b
+            .surpluses
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        by.max(-b.raised)
+    } else {
+        0.0
+    };
+    if change.abs() < f64::EPSILON {
         return false;
     }
-    let by = b.deficits.iter().copied().fold(f64::INFINITY, f64::min);
-    tracing::debug!(limit = %name, what, by, "lowered to the server's level");
-    b.level -= by;
-    for d in b.deficits.iter_mut() {
-        *d -= by;
+    b.level += change;
+    b.raised += change;
+    tracing::trace!(limit = %name, what, by = change, "moved towards the server's level");
+    for s in b.surpluses.iter_mut() {
+        *s -= change;
     }
     true
 }

@@ -428,6 +428,72 @@ async fn the_server_s_own_count_is_learned_from_its_headers() {
     assert_eq!(drive(&l, &mut server, 1.5, 100).await, 0);
 }
 
+/// Calls that go at once (a burst: room in the bucket) reach the server in any order, so
+/// their snapshots say nothing about where our count stands: learning starts from the calls
+/// that waited their turn, and is exact from there.
+#[tokio::test(start_paused = true)]
+async fn a_burst_arriving_out_of_order_does_not_skew_the_learned_count() {
+    let l = limiter(None, Some(60_000));
+    let mut server = FakeServer::new(60_000);
+    let mut burst: Vec<_> = (0..3).map(|_| l.reserve(demand(200, 100))).collect();
+    for ticket in burst.iter_mut() {
+        ticket.ready().await;
+    }
+    // The last overtook the others on the way: the server counted it first, so its snapshot
+    // (700 left) counts one call where our count has all three.
+    for i in [2, 0, 1] {
+        let (admitted, headers) = server.arrive(300.0);
+        assert!(admitted);
+        l.observe(&burst[i], &headers, true);
+    }
+    for ticket in &burst {
+        l.settle(
+            ticket,
+            Outcome::Answered {
+                input: 200,
+                output: 50,
+            },
+        );
+    }
+    assert_eq!(drive(&l, &mut server, 1.0, 20).await, 0);
+    let ratio = l.prompt_ratio();
+    assert!((ratio - 1.02).abs() < 0.005, "{ratio}");
+}
+
+/// The learned ratio carries a 2 % margin, so our price runs above the server's count and
+/// its bucket keeps a growing surplus. Its snapshots give that back: over a long run we send
+/// at the server's limit, not 2 % below it, and still meet no 429.
+#[tokio::test(start_paused = true)]
+async fn the_margin_s_surplus_is_taken_back_from_the_server_s_snapshots() {
+    let l = limiter(None, Some(60_000));
+    let mut server = FakeServer::new(60_000);
+    drive(&l, &mut server, 1.0, 40).await;
+    assert!(
+        l.prompt_ratio() > 1.01,
+        "the margin is on: {}",
+        l.prompt_ratio()
+    );
+    let start = Instant::now();
+    assert_eq!(drive(&l, &mut server, 1.0, 200).await, 0);
+    // The server counts 500 a call and refills 1,000 a second: 100 s for 200 calls at its
+    // limit; at our price (408 + 100) it would take 101.6 s.
+    let took = start.elapsed().as_secs_f64();
+    assert!(took < 100.5, "{took} s");
+}
+
+/// A limit set below the account's is the user's choice: the server's surplus is not ours.
+#[tokio::test(start_paused = true)]
+async fn a_limit_below_the_account_s_is_not_raised_to_the_server_s() {
+    let l = limiter(None, Some(30_000));
+    let mut server = FakeServer::new(60_000);
+    drive(&l, &mut server, 1.0, 20).await;
+    let start = Instant::now();
+    drive(&l, &mut server, 1.0, 100).await;
+    // 100 calls of about 508 at 500 a second: about 100 s, not the server's 50.
+    let took = start.elapsed().as_secs_f64();
+    assert!(took > 99.0, "{took} s");
+}
+
 #[tokio::test(start_paused = true)]
 async fn headers_teach_unknown_limits_and_lower_the_level() {
     let l = limiter(None, None);
