@@ -481,6 +481,19 @@ async fn the_margin_s_surplus_is_taken_back_from_the_server_s_snapshots() {
     assert!(took < 100.5, "{took} s");
 }
 
+/// What was taken back is given back when the cushion shrinks: here the server starts
+/// counting 10 % more (a new prompt its limiter prices differently) and the learned ratio
+/// needs a while to follow; the tokens raised before cover that while, without a 429 (3
+/// without the give-back).
+#[tokio::test(start_paused = true)]
+async fn what_was_taken_back_is_given_back_when_the_cushion_shrinks() {
+    let l = limiter(None, Some(60_000));
+    let mut server = FakeServer::new(60_000);
+    drive(&l, &mut server, 1.0, 240).await;
+    assert!(l.lock().tokens_per_minute.as_ref().unwrap().raised > 500.0);
+    assert_eq!(drive(&l, &mut server, 1.1, 200).await, 0);
+}
+
 /// A limit set below the account's is the user's choice: the server's surplus is not ours.
 #[tokio::test(start_paused = true)]
 async fn a_limit_below_the_account_s_is_not_raised_to_the_server_s() {
