@@ -28,9 +28,10 @@
 //! - **Growth is clocked by answers** (as TCP's window is clocked by ACKs) and happens only
 //!   while the limit is the bottleneck (callers wait for a slot). Slow start: +1 per answer,
 //!   i.e. doubling per round trip, until the first overload; then +1 per round trip. Right
-//!   below the level last refused it waits for calm (two round trips, and 100 answers or
-//!   5 s) before trying that level again (more answers each time the same level is refused,
-//!   so a capacity that stays put costs under 1 % refused calls). A try is over long before a
+//!   below the level last refused it waits for calm (two round trips, and 100 answers, or
+//!   5 s and 50 answers) before trying that level again (more answers each time the same
+//!   level is refused, so a capacity that stays put costs under 1 % refused calls, and at
+//!   most about 2 % where answers come slowly). A try is over long before a
 //!   round trip: a refusal comes back as fast as the one that set the level, so a few calls
 //!   sent at that level and not refused within a few times that long mean the capacity rose
 //!   (a whole round trip at that level says the same, when refusals are slow: timeouts), and
@@ -75,11 +76,14 @@ const DECREASE_RATIO: f64 = 0.9;
 /// it, and either this many answers since the cut (each try costs about one refused call, so
 /// this bounds their share; doubled each time the same level is refused again, up to the max)
 /// or this long (which bounds how long a capacity that rose goes unnoticed; a try that fails
-/// costs one refused call and no throughput, so it can come often).
+/// costs one refused call and no throughput, so it can come often) once at least
+/// `MIN_CALM_ANSWERS_AT_CEILING` answers came: where answers come slowly (a few slots, long
+/// answers) a try every few seconds would be one refused call in ten.
 const CALM_ROUNDS_AT_CEILING: u32 = 2;
 const CALM_ANSWERS_AT_CEILING: u64 = 100;
 const MAX_CALM_ANSWERS_AT_CEILING: u64 = 400;
 const MAX_CALM_TIME_AT_CEILING: Duration = Duration::from_secs(5);
+const MIN_CALM_ANSWERS_AT_CEILING: u64 = 50;
 /// A try of the level last refused passes once this many calls have gone out at that level
 /// and the last of them was not refused within `PROBE_REFUSAL_WAIT_FACTOR` times the time the
 /// refusal that set the level took to come back (at least `PROBE_MIN_REFUSAL_WAIT`). More than
@@ -544,7 +548,8 @@ impl Controller {
             .last_cut
             .is_none_or(|cut| now.saturating_duration_since(cut) >= MAX_CALM_TIME_AT_CEILING);
         self.calm_rounds >= CALM_ROUNDS_AT_CEILING
-            && (self.answers_since_cut >= self.calm_answers_needed || waited)
+            && (self.answers_since_cut >= self.calm_answers_needed
+                || (waited && self.answers_since_cut >= MIN_CALM_ANSWERS_AT_CEILING))
     }
 
     fn grow(&mut self, now: Instant) {
@@ -1094,8 +1099,8 @@ mod tests {
         assert_eq!(c.limit(), cut + 1);
     }
 
-    /// The level last refused is tried again after 5 s even when answers are few (so a
-    /// capacity that rose is found).
+    /// The level last refused is tried again after 5 s and 50 answers even when answers are
+    /// fewer than the 100 otherwise waited for (so a capacity that rose is found).
     #[tokio::test(start_paused = true)]
     async fn slow_answers_try_the_refused_level_again_within_seconds() {
         let c = Concurrency::adaptive(AdaptiveSettings {
@@ -1112,9 +1117,10 @@ mod tests {
             full_round(&c, rtt, |_| answered(10)).await;
             waited += rtt;
         }
-        // One round trip to climb to 10, two calm ones there, and the 5 s since the cut passed
-        // in the fifth (instead of 100 answers: 10 s).
-        assert_eq!(waited, Duration::from_secs(5));
+        // One round trip to climb to 10, calm ones there; the 5 s since the cut passed in the
+        // fifth, with fewer than 50 answers, and the sixth brought them (instead of 100
+        // answers: 10 s).
+        assert_eq!(waited, Duration::from_secs(6));
     }
 
     /// How `CallPolicy` reads a provider's refusals: a 429 that carries the account's

@@ -495,3 +495,19 @@ async fn a_small_fast_server() {
     .await;
     assert_goals(&r, DEFAULT_MIN_CONCURRENCY);
 }
+
+/// A small server with long answers (5 at once, 1.5–4.3 s calls, under 2 answers a second: a
+/// self-hosted model, say), whose capacity later doubles: a try of the level last refused
+/// every few seconds would be one refused call in ten, and the tries must still find the rise
+/// within 30 s.
+#[tokio::test(start_paused = true)]
+async fn a_small_server_with_long_answers() {
+    let r = run(Scenario {
+        phases: vec![phase(0.0, 1.0, 5), phase(300.0, 1.0, 10)],
+        stages: vec![(200, 64)],
+        seconds: 600.0,
+        ..Scenario::base("capacity 5 → 10, max_tokens 200")
+    })
+    .await;
+    assert_goals(&r, DEFAULT_MIN_CONCURRENCY);
+}
