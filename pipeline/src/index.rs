@@ -70,4 +70,13 @@ pub trait TextEmbedder: Send + Sync {
     /// Model name as stored with the vectors (a mismatch with the index is an error).
     fn model(&self) -> String;
     async fn embed_query(&self, text: &str) -> Result<Vec<f32>, StageError>;
+    /// One vector per text, in order. Embedders that take batches (a provider's request, a
+    /// model's forward pass) override this; the default asks one text at a time.
+    async fn embed_texts(&self, texts: &[String]) -> Vec<Result<Vec<f32>, StageError>> {
+        let mut vectors = Vec::with_capacity(texts.len());
+        for text in texts {
+            vectors.push(self.embed_query(text).await);
+        }
+        vectors
+    }
 }

@@ -277,3 +277,81 @@ fn loading_a_directory_that_is_not_a_model_says_which_file_is_wrong() {
     assert!(err.message.contains("model.safetensors"), "{err}");
     assert_eq!(err.class, pipeline::ErrorClass::Run);
 }
+
+/// `resolve` with `embedding:` on the real model merges names that mean the same and that no
+/// string measure links ("spacecraft" / "spaceship", cosine 0.81), and keeps apart names
+/// that are only related (oxygen / hydrogen 0.55, astronaut / spaceman 0.66).
+#[tokio::test]
+async fn resolve_merges_by_meaning_with_the_real_model() {
+    use pipeline::{Entity, Graph, InputEnd, Mention};
+    let model = require_model!();
+    let dir = tempfile::tempdir().unwrap();
+    let normalizer =
+        serde_json::from_value::<stages::normalize::NormalizeConfig>(serde_json::json!({}))
+            .unwrap()
+            .normalizer();
+    let names = [
+        "spacecraft",
+        "spaceship",
+        "oxygen",
+        "hydrogen",
+        "astronaut",
+        "spaceman",
+    ];
+    let extraction = Graph {
+        entities: names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Entity {
+                name: name.to_string(),
+                entity_type: "Concept".into(),
+                // "spacecraft" is said twice: the canonical name.
+                mentions: (0..if i == 0 { 2 } else { 1 })
+                    .map(|k| Mention {
+                        document_id: "doc".into(),
+                        chunk_id: "c".into(),
+                        source_path: None,
+                        char_span: Some([100 * i as u64 + 10 * k, 100 * i as u64 + 10 * k + 5]),
+                    })
+                    .collect(),
+                ..Entity::default()
+            })
+            .collect(),
+        ..Graph::default()
+    };
+    let record = Record::new(
+        "fragment".to_string(),
+        Provenance::default(),
+        Payload::Graph(normalizer.normalize(&extraction).unwrap().0),
+    );
+    let config: stages::resolve::ResolveConfig = serde_json::from_value(serde_json::json!({
+        "embedding": {"model_dir": model.dir(), "min_similarity": 0.8},
+    }))
+    .unwrap();
+    let ctx = BuildContext::standalone("resolve", dir.path());
+    let BuiltStage::Aggregate(mut resolve) = config.build(&ctx).await.unwrap() else {
+        panic!("resolve is an aggregator");
+    };
+    resolve.add(&record).await.unwrap();
+    let finished = resolve.finish(&InputEnd::Complete).await;
+    let mut kept: Vec<String> = finished
+        .emit
+        .iter()
+        .flat_map(|r| match &r.payload {
+            Payload::Graph(g) => g.entities.iter().map(|e| e.name.clone()).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        vec!["astronaut", "hydrogen", "oxygen", "spacecraft", "spaceman"]
+    );
+    assert!(
+        ctx.notes.lines().iter().any(|l| l.starts_with(
+            "merged `spaceship` into `spacecraft` (Concept): embedding similarity: cosine 0.8"
+        )),
+        "{:?}",
+        ctx.notes.lines()
+    );
+}

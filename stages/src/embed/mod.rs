@@ -116,7 +116,7 @@ impl EmbedConfig {
     }
 
     /// The embedder this config describes, ready to use.
-    async fn embedder(&self, ctx: &BuildContext) -> Result<Embedder, StageError> {
+    pub(crate) async fn embedder(&self, ctx: &BuildContext) -> Result<Embedder, StageError> {
         if self.provider == HASHING {
             let dims = self.dimensions.unwrap_or(hashing::DIMENSIONS);
             ctx.notes.note(format!(
@@ -171,8 +171,8 @@ impl EmbedConfig {
     fn without_model(&self, ctx: &BuildContext) -> Result<Embedder, StageError> {
         if self.fallback == Fallback::Error {
             return Err(StageError::run(format!(
-                "embed: no local model found and `fallback: error`: install it with: {} (or set \
-                 {}=DIR, or `model_dir:`)",
+                "no local embedding model found, and `fallback: error` rules out feature \
+                 hashing: install it with: {} (or set {}=DIR, or `model_dir:`)",
                 locate::INSTALL_HINT,
                 locate::ENV_VAR
             )));
@@ -294,7 +294,7 @@ impl StageConfig for EmbedConfig {
 
 /// What turns texts into vectors.
 #[derive(Clone)]
-enum Embedder {
+pub(crate) enum Embedder {
     Remote(Arc<Remote>),
     Local(Arc<LocalModel>),
     Hashing(Hashing),
@@ -359,6 +359,10 @@ impl TextEmbedder for Embedder {
         vectors
             .pop()
             .unwrap_or_else(|| Err(StageError::record("no vector for the question")))
+    }
+
+    async fn embed_texts(&self, texts: &[String]) -> Vec<Result<Vec<f32>, StageError>> {
+        self.embed(texts.to_vec()).await.0
     }
 }
 

@@ -10,6 +10,7 @@
 //! record is dead-lettered with the reason, so a partial entity set is never published as if
 //! it were the whole.
 
+use crate::embed::{EmbedConfig, Fallback};
 use crate::normalize::default_symmetric;
 use crate::normalize::fold::{fold_name, numbers, relation_label};
 use crate::normalize::merge::{GraphMerge, MergedEntity};
@@ -52,6 +53,62 @@ pub struct ResolveConfig {
     /// Merges listed one by one in the run summary; all are logged and counted.
     #[serde(default = "default_report_merges")]
     pub report_merges: usize,
+    /// Also merge names that mean the same ("command module" / "mothership"): by the cosine
+    /// of their embeddings. Off unless set.
+    #[serde(default)]
+    pub embedding: Option<ResolveEmbedding>,
+}
+
+/// `embedding:` of `resolve`: the embedder, set as in the `embed` stage, and the threshold.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveEmbedding {
+    /// Least cosine similarity of two names' embeddings to merge them (0..1). No default:
+    /// where "the same" begins depends on the model and the names.
+    pub min_similarity: f32,
+    /// `local` (default): all-MiniLM-L6-v2 in process, which must be installed (no fallback
+    /// to feature hashing: it would merge by shared words, not meaning); `hashing` to choose
+    /// that anyway; or a name from `resources.providers` (an embeddings API).
+    #[serde(default = "default_embedding_provider")]
+    pub provider: String,
+    /// As in `embed`: the vector size of a provider model whose size is not known.
+    #[serde(default)]
+    pub dimensions: Option<usize>,
+    /// As in `embed`: the local model's directory.
+    #[serde(default)]
+    pub model_dir: Option<String>,
+    /// Names per embedding request (per forward pass for `local`).
+    #[serde(default = "default_embedding_batch")]
+    pub batch_size: usize,
+}
+
+fn default_embedding_provider() -> String {
+    crate::embed::LOCAL.into()
+}
+fn default_embedding_batch() -> usize {
+    64
+}
+
+impl ResolveEmbedding {
+    /// The same embedder as an `embed` stage with these settings, never falling back.
+    fn embed_config(&self) -> EmbedConfig {
+        EmbedConfig {
+            provider: self.provider.clone(),
+            dimensions: self.dimensions,
+            batch_size: Some(self.batch_size),
+            max_batch_tokens: None,
+            max_wait_ms: 0,
+            max_input_tokens: None,
+            text_field: "name".into(),
+            model_dir: self.model_dir.clone(),
+            // (Only `local` has a fallback; `embed` rejects one set for anything else.)
+            fallback: if self.provider == crate::embed::LOCAL {
+                Fallback::Error
+            } else {
+                Fallback::default()
+            },
+        }
+    }
 }
 
 fn default_jaro_winkler() -> f64 {
@@ -84,6 +141,7 @@ impl Default for ResolveConfig {
             batch: default_batch(),
             symmetric: default_symmetric(),
             report_merges: default_report_merges(),
+            embedding: None,
         }
     }
 }
@@ -116,6 +174,20 @@ impl StageConfig for ResolveConfig {
         if self.batch == 0 {
             issues.push(ConfigIssue::new("batch", "must be at least 1"));
         }
+        if let Some(embedding) = &self.embedding {
+            if !(0.0..=1.0).contains(&embedding.min_similarity) {
+                issues.push(ConfigIssue::new(
+                    "embedding.min_similarity",
+                    "must be between 0 and 1",
+                ));
+            }
+            for issue in embedding.embed_config().validate() {
+                issues.push(ConfigIssue::new(
+                    format!("embedding.{}", issue.field),
+                    issue.message,
+                ));
+            }
+        }
         for (i, name) in self.symmetric.iter().enumerate() {
             if relation_label(name).is_none() {
                 issues.push(ConfigIssue::new(
@@ -127,12 +199,28 @@ impl StageConfig for ResolveConfig {
         issues
     }
 
+    fn providers(&self) -> Vec<(String, String)> {
+        self.embedding
+            .iter()
+            .flat_map(|e| e.embed_config().providers())
+            .map(|(field, name)| (format!("embedding.{field}"), name))
+            .collect()
+    }
+
     async fn build(&self, ctx: &BuildContext) -> Result<BuiltStage, StageError> {
-        Ok(BuiltStage::Aggregate(Box::new(Resolve::new(
-            self.clone(),
-            &ctx.stage_id,
-            ctx.notes.clone(),
-        ))))
+        let mut resolve = Resolve::new(self.clone(), &ctx.stage_id, ctx.notes.clone());
+        if let Some(embedding) = &self.embedding {
+            let embedder = embedding
+                .embed_config()
+                .embedder(ctx)
+                .await
+                .map_err(|e| StageError::run(format!("embedding: {e}")))?;
+            resolve = resolve.with_embedder(EmbeddingRule {
+                embedder: Arc::new(embedder),
+                min_similarity: embedding.min_similarity,
+            });
+        }
+        Ok(BuiltStage::Aggregate(Box::new(resolve)))
     }
 }
 
@@ -345,13 +433,24 @@ impl Resolve {
                 }
             }
             if let Some(embedding) = &self.embedding {
+                let batch = self
+                    .config
+                    .embedding
+                    .as_ref()
+                    .map_or(default_embedding_batch(), |e| e.batch_size)
+                    .max(1);
+                let names: Vec<String> = group.iter().map(|c| c.name.to_string()).collect();
                 let mut vectors = Vec::with_capacity(group.len());
-                for candidate in &group {
-                    match embedding.embedder.embed_query(&candidate.name).await {
-                        Ok(v) => vectors.push(Some(v)),
-                        Err(_) => {
-                            embedding_failures += 1;
-                            vectors.push(None);
+                for names in names.chunks(batch) {
+                    let embedded = embedding.embedder.embed_texts(names).await;
+                    // (An embedder that returns fewer vectors failed the rest.)
+                    for i in 0..names.len() {
+                        match embedded.get(i) {
+                            Some(Ok(v)) => vectors.push(Some(v.clone())),
+                            _ => {
+                                embedding_failures += 1;
+                                vectors.push(None);
+                            }
                         }
                     }
                 }

@@ -1,6 +1,7 @@
 use super::*;
 use crate::normalize::NormalizeConfig;
 use pipeline::{Entity, Mention, Relation};
+use serde_json::{Value, json};
 
 fn mention(chunk: &str, start: u64) -> Mention {
     Mention {
@@ -392,4 +393,105 @@ async fn an_attached_embedder_merges_by_meaning() {
         "{lines:#?}"
     );
     assert_eq!(notes.counts()["embedding_failures"], 1);
+}
+
+/// `resolve` as `pipe run` builds it from its YAML config.
+async fn built(config: Value, dir: &std::path::Path) -> Result<Box<dyn Aggregator>, StageError> {
+    let config: ResolveConfig = serde_json::from_value(config).unwrap();
+    assert!(config.validate().is_empty(), "{:?}", config.validate());
+    match config
+        .build(&BuildContext::standalone("resolve", dir))
+        .await?
+    {
+        BuiltStage::Aggregate(aggregator) => Ok(aggregator),
+        _ => panic!("resolve is an aggregator"),
+    }
+}
+
+/// `embedding:` in the config attaches the embedder it describes: feature hashing here (the
+/// same words in another order: cosine 0.89, their bigrams differ; string similarity alone
+/// keeps them apart).
+#[tokio::test]
+async fn the_config_s_embedding_attaches_its_embedder() {
+    let records = fragments(vec![Graph {
+        entities: vec![
+            entity("service module", "Concept", &[0, 50]),
+            entity("module service", "Concept", &[10]),
+            entity("lunar module", "Concept", &[20]),
+        ],
+        ..Graph::default()
+    }]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut names_after = Vec::new();
+    for config in [
+        json!({}),
+        json!({"embedding": {"provider": "hashing", "min_similarity": 0.85}}),
+    ] {
+        let mut resolve = built(config, dir.path()).await.unwrap();
+        for record in &records {
+            resolve.add(record).await.unwrap();
+        }
+        let graph = emitted_graph(&resolve.finish(&InputEnd::Complete).await);
+        let mut names: Vec<String> = graph.entities.into_iter().map(|e| e.name).collect();
+        names.sort();
+        names_after.push(names);
+    }
+    assert_eq!(
+        names_after,
+        vec![
+            vec!["lunar module", "module service", "service module"],
+            vec!["lunar module", "service module"],
+        ]
+    );
+}
+
+#[test]
+fn the_embedding_settings_are_checked_by_field() {
+    let config: ResolveConfig = serde_json::from_value(json!({"embedding": {
+        "provider": "hashing", "min_similarity": 1.5, "model_dir": "models", "batch_size": 0
+    }}))
+    .unwrap();
+    let mut fields: Vec<String> = config.validate().into_iter().map(|i| i.field).collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        vec![
+            "embedding.batch_size",
+            "embedding.min_similarity",
+            "embedding.model_dir"
+        ]
+    );
+    // No default threshold: where "the same" begins depends on the model.
+    let missing =
+        serde_json::from_value::<ResolveConfig>(json!({"embedding": {"provider": "hashing"}}));
+    assert!(
+        missing
+            .unwrap_err()
+            .to_string()
+            .contains("missing field `min_similarity`")
+    );
+    // A provider is named for `pipe validate` to check.
+    let remote: ResolveConfig =
+        serde_json::from_value(json!({"embedding": {"provider": "openai", "min_similarity": 0.9}}))
+            .unwrap();
+    assert!(remote.validate().is_empty(), "{:?}", remote.validate());
+    assert_eq!(
+        remote.providers(),
+        vec![("embedding.provider".to_string(), "openai".to_string())]
+    );
+}
+
+/// Without the local model, `resolve` stops at start instead of merging by shared words.
+#[tokio::test]
+async fn a_missing_local_model_is_an_error_not_feature_hashing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-model-here");
+    let error = built(
+        json!({"embedding": {"min_similarity": 0.9, "model_dir": missing}}),
+        dir.path(),
+    )
+    .await
+    .err()
+    .expect("no fallback");
+    assert!(error.to_string().starts_with("embedding: "), "{error}");
 }
