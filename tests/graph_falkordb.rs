@@ -475,6 +475,59 @@ async fn writing_the_same_extraction_twice_changes_nothing() {
     db.delete_graph().await.unwrap();
 }
 
+/// A relation written in an earlier batch than its entities leaves bare `Entity` nodes; the
+/// entities' batch then gives those nodes their type label, and the MERGE on both labels
+/// finds them: one node per entity, named and labelled (a second node would break the unique
+/// constraint on `Entity.id`).
+#[tokio::test]
+async fn entities_written_after_their_relation_land_on_its_nodes() {
+    let Some(url) = falkordb_url("entities_written_after_their_relation_land_on_its_nodes") else {
+        return;
+    };
+    let graph = graph_name("late_entities");
+    let db = fresh_graph(&url, &graph).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lovell = entity("Jim Lovell", "Person", 1);
+    let odyssey = entity("Odyssey", "SpaceCraft", 1);
+    let records = vec![
+        graph_record(
+            0,
+            Graph {
+                relations: vec![relation(&lovell, "COMMANDS", &odyssey, 0)],
+                ..Graph::default()
+            },
+        ),
+        graph_record(
+            1,
+            Graph {
+                entities: vec![lovell.clone(), odyssey.clone()],
+                ..Graph::default()
+            },
+        ),
+    ];
+    let path = write_records(dir.path(), "graph.jsonl", &records);
+    let yaml = pipeline_yaml(&path, "", &url, &graph, ", batch: 1");
+    for _ in 0..2 {
+        let report = run(&yaml, dir.path()).await;
+        assert_eq!(report.status, RunStatus::Completed);
+        assert_eq!(stage(&report, "graph").dead_lettered, 0);
+        assert_eq!(node_count(&db).await, 2);
+        assert_eq!(relationship_count(&db).await, 1);
+        for (label, name) in [("Person", "Jim Lovell"), ("SpaceCraft", "Odyssey")] {
+            let found = db
+                .ro_query(
+                    &format!("MATCH (n:Entity:{label}) RETURN n.name AS name"),
+                    &Map::new(),
+                )
+                .await
+                .unwrap();
+            let names: Vec<Value> = found.rows.into_iter().map(|mut r| r.remove(0)).collect();
+            assert_eq!(names, vec![json!(name)]);
+        }
+    }
+    db.delete_graph().await.unwrap();
+}
+
 fn hostile_entity(name: &str, entity_type: &str) -> Entity {
     Entity {
         id: stable_id(&[b"entity", entity_type.as_bytes(), name.as_bytes()]),

@@ -123,8 +123,7 @@ fn entity_statement_is_pinned() {
     assert_text_eq(
         &entity_cypher(&label, false),
         "UNWIND $rows AS row
-MERGE (n:`Entity` {id: row.id})
-SET n:`Person`
+MERGE (n:`Entity`:`Person` {id: row.id})
 WITH n, row, coalesce(n.aliases, []) AS old_aliases, coalesce(n.descriptions, []) AS old_descriptions, coalesce(n.chunk_ids, []) AS old_chunk_ids, coalesce(n.document_ids, []) AS old_document_ids, coalesce(n.source_paths, []) AS old_source_paths, coalesce(n.extractors, []) AS old_extractors
 SET n += row.properties,
     n.name = row.name,
@@ -136,6 +135,13 @@ SET n += row.properties,
     n.source_paths = old_source_paths + [x IN row.source_paths WHERE NOT x IN old_source_paths],
     n.extractors = old_extractors + [x IN row.extractors WHERE NOT x IN old_extractors],
     n.confidence = CASE WHEN row.confidence IS NULL THEN n.confidence WHEN n.confidence IS NULL OR row.confidence > n.confidence THEN row.confidence ELSE n.confidence END",
+    );
+    assert_text_eq(
+        &entity_label_cypher(&label),
+        "UNWIND $rows AS row
+MATCH (n:`Entity` {id: row.id})
+WHERE NOT n:`Person`
+SET n:`Person`",
     );
     let with_chunks = entity_cypher(&label, true);
     assert!(
@@ -237,27 +243,37 @@ fn a_batch_becomes_one_statement_per_label_and_type_with_exact_rows() {
     let statements = write.statements(&WriteOptions::default());
     let labels: Vec<&str> = statements
         .iter()
-        .map(|s| s.cypher.lines().nth(2).unwrap_or_default())
+        .map(|s| {
+            s.cypher
+                .lines()
+                .nth(if s.cypher.contains("\nMATCH") { 3 } else { 1 })
+                .unwrap_or_default()
+        })
         .collect();
     assert_eq!(
         labels,
         vec![
             "SET n:`Person`",
+            "MERGE (n:`Entity`:`Person` {id: row.id})",
             "SET n:`Place`",
+            "MERGE (n:`Entity`:`Place` {id: row.id})",
             "SET n:`SpaceCraft`",
-            "MERGE (t:`Entity` {id: row.target})",
-            "MERGE (t:`Entity` {id: row.target})",
+            "MERGE (n:`Entity`:`SpaceCraft` {id: row.id})",
+            "MERGE (s:`Entity` {id: row.source})",
+            "MERGE (s:`Entity` {id: row.source})",
         ]
     );
     for rel in ["[r:`COMMANDS` {id: row.id}]", "[r:`TALKS_TO` {id: row.id}]"] {
         assert!(
-            statements[3..].iter().any(|s| s.cypher.contains(rel)),
+            statements[6..].iter().any(|s| s.cypher.contains(rel)),
             "{rel} missing from {:#?}",
-            &statements[3..]
+            &statements[6..]
         );
     }
+    // The label step carries the ids alone.
+    assert_eq!(statements[0].params["rows"], json!([{"id": "e1"}]));
     assert_eq!(
-        statements[0].params,
+        statements[1].params,
         json!({"rows": [{
             "id": "e1",
             "name": "Jim Lovell",
@@ -280,12 +296,12 @@ fn a_batch_becomes_one_statement_per_label_and_type_with_exact_rows() {
         .clone()
     );
     assert_eq!(
-        statements[2].params["rows"][0]["type"],
+        statements[5].params["rows"][0]["type"],
         json!("SpaceCraft"),
         "the type property is the label"
     );
     assert_eq!(
-        statements[3].params,
+        statements[6].params,
         json!({"rows": [{
             "id": "r1",
             "source": "e1",
@@ -329,7 +345,8 @@ fn rows_per_statement_splits_large_labels() {
         .iter()
         .map(|s| s.params["rows"].as_array().unwrap().len())
         .collect();
-    assert_eq!(sizes, vec![2, 2, 1]);
+    // The label step and the write, each two rows at most.
+    assert_eq!(sizes, vec![2, 2, 2, 2, 1, 1]);
 }
 
 #[test]
