@@ -2,8 +2,9 @@
 //! fragment, and only when its input is complete merges them by id and then merges
 //! near-duplicates — folded names similar by Jaro-Winkler *and* normalised Levenshtein
 //! (`strsim`), same type unless configured, never across different numbers ("tank 1" /
-//! "tank 2") or different short words ("DELTA-P" / "DELTA-V", "LM side" / "LMP side") — and, when an embedder is attached ([`Resolve::with_embedder`]), by the cosine
-//! of the names' embeddings. Every merge is reported (names, scores, rule). The merged graph
+//! "tank 2") or different short words ("DELTA-P" / "DELTA-V", "LM side" / "LMP side") — and,
+//! when an embedder is configured (`embedding:`, or [`Resolve::with_embedder`]), by the
+//! cosine of the names' embeddings. Every merge is reported (names, scores, rule). The merged graph
 //! is emitted in fragments: entities first, then relations, `batch` per record; a merged
 //! entity keeps the id of its canonical entity and relations are re-pointed. On an input
 //! that did not end complete (interrupted, failed, budget) nothing is emitted: every held
