@@ -13,6 +13,10 @@ use stages::embed::locate;
 use std::path::PathBuf;
 use std::time::Instant;
 
+// The allocator of the `pipe` binary (`src/main.rs`): the bench measures what pipe runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Args {
     chunks: PathBuf,
     limit: usize,
