@@ -23,6 +23,10 @@ use stages::graph_store::cypher::{Dialect, GraphWrite, WriteOptions};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+// The allocator of the `pipe` binary (`src/main.rs`): the bench measures what pipe runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BATCH: usize = 500;
 const ENTITIES_PER_CHUNK: usize = 10;
 const RELATIONS_PER_CHUNK: usize = 10;
