@@ -168,7 +168,7 @@ impl EmbedConfig {
 
     /// No model files: feature hashing, said loudly (warning, and a note in the report) — or
     /// an error with `fallback: error`.
-    fn without_model(&self, ctx: &BuildContext) -> Result<Embedder, StageError> {
+    pub(crate) fn without_model(&self, ctx: &BuildContext) -> Result<Embedder, StageError> {
         if self.fallback == Fallback::Error {
             return Err(StageError::run(format!(
                 "no local embedding model found, and `fallback: error` rules out feature \

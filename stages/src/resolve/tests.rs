@@ -481,10 +481,24 @@ fn the_embedding_settings_are_checked_by_field() {
     );
 }
 
-/// Without the local model, `resolve` stops at start instead of merging by shared words.
+/// Without the local model, `resolve` stops at start instead of merging by shared words,
+/// where the `embed` stage (default `fallback: hashing`) goes on with feature hashing.
 #[tokio::test]
 async fn a_missing_local_model_is_an_error_not_feature_hashing() {
     let dir = tempfile::tempdir().unwrap();
+    let ctx = BuildContext::standalone("resolve", dir.path());
+    // Found nowhere (what `embedder` does next when the search comes back empty).
+    let config: ResolveConfig =
+        serde_json::from_value(json!({"embedding": {"min_similarity": 0.9}})).unwrap();
+    let resolve_s = config.embedding.unwrap().embed_config().without_model(&ctx);
+    let error = resolve_s.err().expect("no fallback for resolve");
+    assert!(
+        error.to_string().contains("rules out feature hashing"),
+        "{error}"
+    );
+    let embed_s: crate::embed::EmbedConfig = serde_json::from_value(json!({})).unwrap();
+    assert!(embed_s.without_model(&ctx).is_ok(), "embed falls back");
+    // A `model_dir` without the files is an error too, named after the setting.
     let missing = dir.path().join("no-model-here");
     let error = built(
         json!({"embedding": {"min_similarity": 0.9, "model_dir": missing}}),
@@ -492,6 +506,9 @@ async fn a_missing_local_model_is_an_error_not_feature_hashing() {
     )
     .await
     .err()
-    .expect("no fallback");
-    assert!(error.to_string().starts_with("embedding: "), "{error}");
+    .expect("no model there");
+    assert!(
+        error.to_string().starts_with("embedding: model_dir: "),
+        "{error}"
+    );
 }
