@@ -389,6 +389,74 @@ async fn two_stages_naming_one_limit_never_exceed_it_together() {
     assert!(sim.stats().await["rate_limited"].as_u64().unwrap() > 0);
 }
 
+/// A provider that enforces 600 rpm over a tenth of a second (its bucket holds one request),
+/// where the limit says only `rpm: 600` (`burst_seconds` defaults to 1 s: nine at once). The
+/// first answer's reset header tells the window, and the calls are spaced so that jitter on
+/// the way does not meet a 429. Before, every call was due the instant the provider had room
+/// again, and about half of them were refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_enforced_over_a_short_window_is_learned_from_the_reset_header() {
+    let sim = Sim::start(SimConfig {
+        rpm: Some(600),
+        burst_seconds: 0.1,
+        latency_ms_median: 20.0,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    prompts(dir.path(), 40);
+    pipeline(dir.path(), "{ rpm: 600 }", &openai(&sim, "sk-test", ""), "");
+    let out = run(dir.path(), "state").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stats = sim.stats().await;
+    assert_eq!(status_count(&stats, "200"), 40, "{stats:#}");
+    let refused = stats["rate_limited"].as_u64().unwrap();
+    assert!(refused <= 2, "{refused} refused: {stats:#}");
+}
+
+/// The same for tokens: 600k TPM enforced over a tenth of a second, a window of 1,000 tokens
+/// that holds one of these calls (~660 tokens) and a half. Most pairs of the server's
+/// snapshots then have its bucket fill between them; priced from those, calls went faster
+/// than the server refills, and about a third of them were refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_window_that_holds_one_call_meets_no_429_storm() {
+    let sim = Sim::start_json(serde_json::json!({
+        "tpm": 600000,
+        "burst_seconds": 0.1,
+        "latency_ms_median": 100.0,
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let words = "the crew reads the oxygen tank pressure to Houston and waits ";
+    let lines: Vec<String> = (0..60)
+        .map(|i| {
+            serde_json::json!({ "text": format!("Record {i}: {}", words.repeat(40)) }).to_string()
+        })
+        .collect();
+    std::fs::write(dir.path().join("prompts.jsonl"), lines.join("\n") + "\n").unwrap();
+    let yaml = format!(
+        r#"
+resources:
+  limits:
+    acct: {{ tpm: 600000 }}
+  providers:
+    llm: {provider}
+stages:
+  - {{ id: read, kind: files, config: {{ path: ".", glob: "prompts.jsonl", text_field: text }} }}
+  - {{ id: ask, kind: llm, inputs: [read], config: {{ provider: llm, prompt: "{{{{ text }}}}", max_tokens: 200 }} }}
+  - {{ id: out, kind: jsonl, inputs: [ask], config: {{ path: out.jsonl }} }}
+"#,
+        provider = openai(&sim, "sk-test", "")
+    );
+    std::fs::write(dir.path().join("pipeline.yaml"), yaml).unwrap();
+    let out = run(dir.path(), "state").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stats = sim.stats().await;
+    assert_eq!(status_count(&stats, "200"), 60, "{stats:#}");
+    let refused = stats["rate_limited"].as_u64().unwrap();
+    assert!(refused <= 2, "{refused} refused: {stats:#}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_budget_stops_admitting_calls_and_says_so() {
     let sim = Sim::start(SimConfig {

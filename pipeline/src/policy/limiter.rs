@@ -2,7 +2,8 @@
 //! that names the limit.
 //!
 //! Per minute, each dimension is a token bucket refilled continuously at `limit / 60 s`,
-//! holding at most `burst_seconds` of refill — the short-window shape providers enforce. A
+//! holding at most `burst_seconds` of refill — the short-window shape providers enforce (or
+//! less, when the provider's reset headers show a shorter window: see `Bucket::fit`). A
 //! caller *reserves* what it needs: the level may go below zero, and the caller sleeps until
 //! its share has been refilled. Reservations are therefore served in arrival order with exact
 //! spacing and no thundering herd of waiters re-checking a shared level. Callers take turns
@@ -37,8 +38,13 @@ use tokio::time::Instant;
 /// the provider some milliseconds after it is let through, and while the provider's bucket
 /// is still full those milliseconds of refill are wasted there but not here; spending the
 /// whole window at once would then meet a 429 at the end of the burst. Steady-state pacing
-/// (the refill rate) is unaffected: only the one-off burst is 10 % smaller.
+/// (the refill rate) is unaffected: only the one-off burst is 10 % smaller (unless the window
+/// holds about one request: see `Bucket::fit`).
 const BURST_SHARE: f64 = 0.9;
+
+/// A window the provider's reset headers show is taken for ours only below this share of the
+/// configured one; closer, it is the same window read through rounding.
+const WINDOW_TOLERANCE: f64 = 0.95;
 
 /// How far ahead of its turn to go a call is reserved (see [`RateLimiter::reserve_in_turn`]):
 /// enough to have the next calls ready when the limit frees up, short enough that their price
@@ -103,17 +109,26 @@ struct Bucket {
     /// Until the server first answers, calls are spaced at the refill rate (the burst is kept
     /// whole): when the last of them goes.
     paced_until: Instant,
+    /// The provider's window (what its bucket holds when full) as `burst_seconds` says.
+    configured_window: f64,
+    /// The same as its reset headers say (`remaining + reset x rate`, the most seen), when
+    /// they do: see `learn_window`.
+    server_window: Option<f64>,
+    /// Requests, each costing exactly 1 (not tokens, which vary by call): see `fit`.
+    whole_units: bool,
+    /// What one unit reserved costs: 1, unless the provider's window is too small to keep the
+    /// held-back share beside one request (see `fit`).
+    spacing: f64,
 }
 
 impl Bucket {
-    fn new(limit: u64, burst: Duration, now: Instant) -> Bucket {
+    fn new(limit: u64, burst_seconds: f64, whole_units: bool, now: Instant) -> Bucket {
         let per_second = limit as f64 / 60.0;
-        let capacity = (per_second * burst.as_secs_f64()).max(1.0);
-        Bucket {
+        let mut bucket = Bucket {
             limit,
             per_second,
-            capacity,
-            level: capacity,
+            capacity: 0.0,
+            level: 0.0,
             last: now,
             learned: false,
             deficits: VecDeque::new(),
@@ -121,14 +136,75 @@ impl Bucket {
             surplus_seen_at: now,
             raised: 0.0,
             paced_until: now,
+            configured_window: (per_second * burst_seconds.max(0.001)).max(1.0),
+            server_window: None,
+            whole_units,
+            spacing: 1.0,
+        };
+        bucket.fit(now);
+        bucket.level = bucket.capacity;
+        bucket
+    }
+
+    /// The provider's window: the configured one, or the smaller one its headers show
+    /// (clearly smaller: a reset header is rounded to the millisecond).
+    fn window(&self) -> f64 {
+        self.server_window
+            .filter(|w| *w < self.configured_window * WINDOW_TOLERANCE)
+            .unwrap_or(self.configured_window)
+    }
+
+    /// Learns the provider's window from one snapshot: `remaining` left, full again after
+    /// `reset` at `per_second`. The most seen is kept: a reset header rounded down only ever
+    /// says less. Returns whether that made us
+    /// send less back to back than `burst_seconds` said.
+    fn learn_window(
+        &mut self,
+        remaining: f64,
+        reset: Duration,
+        per_second: f64,
+        now: Instant,
+    ) -> bool {
+        let window = (remaining + reset.as_secs_f64() * per_second).max(1.0);
+        if self.server_window.is_some_and(|w| w >= window) {
+            return false;
         }
+        let before = (self.capacity, self.spacing);
+        self.server_window = Some(window);
+        self.fit(now);
+        self.capacity < before.0 || self.spacing > before.1
+    }
+
+    /// Our capacity: the provider's window less the share held back ([`BURST_SHARE`]), so
+    /// that a call reaching the provider a little early still finds room there. A window of
+    /// about one request (60 rpm enforced per second, or any rate enforced over a tenth of a
+    /// second) cannot hold that share beside a whole request: every call would be due the
+    /// instant the provider has room again, and any jitter on the way would meet a 429. Then
+    /// the bucket lets one request out at a time and spaces them wider than the rate by the
+    /// share.
+    fn fit(&mut self, now: Instant) {
+        self.refill(now);
+        let fitted = self.window() * BURST_SHARE;
+        (self.capacity, self.spacing) = if self.whole_units && fitted < 1.0 {
+            (1.0, 2.0 - fitted)
+        } else {
+            (fitted.max(1.0), 1.0)
+        };
+        // Calls paced before the first answer and still to go will take their share of the
+        // (smaller) window when they do: what is left now is less by that much.
+        let paced_ahead = self
+            .paced_until
+            .saturating_duration_since(now)
+            .as_secs_f64()
+            * self.per_second;
+        self.level = self.level.min(self.capacity - paced_ahead);
     }
 
     /// When a call costing `amount` may go, sent at the refill rate behind the others paced
     /// so (the first at once).
     fn pace(&mut self, amount: f64, now: Instant) -> Instant {
         let at = self.paced_until.max(now);
-        self.paced_until = at + Duration::from_secs_f64(amount / self.per_second);
+        self.paced_until = at + Duration::from_secs_f64(amount * self.spacing / self.per_second);
         at
     }
 
@@ -141,7 +217,7 @@ impl Bucket {
     /// Takes `amount` (possibly into debt) and says how long until the debt is repaid.
     fn reserve(&mut self, amount: f64, now: Instant) -> Duration {
         self.refill(now);
-        self.level -= amount;
+        self.level -= amount * self.spacing;
         self.debt_wait()
     }
 
@@ -155,7 +231,7 @@ impl Bucket {
 
     fn give_back(&mut self, amount: f64, now: Instant) {
         self.refill(now);
-        self.level = (self.level + amount).min(self.capacity);
+        self.level = (self.level + amount * self.spacing).min(self.capacity);
     }
 }
 
@@ -286,7 +362,7 @@ struct TokenModel {
 impl TokenModel {
     /// Server charge per unit of the caller's prompt estimate.
     fn ratio(&self, reserve_max_tokens: bool) -> f64 {
-        if self.header_samples >= SAMPLES_TO_TRUST && self.header_estimate > 0.0 {
+        if self.learned_from_headers() && self.header_estimate > 0.0 {
             return (self.header_charge / self.header_estimate * LEARNED_MARGIN).clamp(0.05, 20.0);
         }
         if self.billed_samples > 0 && self.billed_estimate > 0.0 {
@@ -390,11 +466,11 @@ fn until_utc_midnight() -> Duration {
 impl RateLimiter {
     pub fn new(name: &str, settings: LimitSettings) -> RateLimiter {
         let now = Instant::now();
-        let burst = Duration::from_secs_f64(settings.burst_seconds.max(0.001) * BURST_SHARE);
+        let burst = settings.burst_seconds;
         let first_reset = now + settings.first_day_reset.unwrap_or_else(until_utc_midnight);
         let state = State {
-            requests_per_minute: settings.rpm.map(|l| Bucket::new(l, burst, now)),
-            tokens_per_minute: settings.tpm.map(|l| Bucket::new(l, burst, now)),
+            requests_per_minute: settings.rpm.map(|l| Bucket::new(l, burst, true, now)),
+            tokens_per_minute: settings.tpm.map(|l| Bucket::new(l, burst, false, now)),
             requests_per_day: settings.rpd.map(|l| DayWindows::new(l, first_reset)),
             tokens_per_day: settings.tpd.map(|l| DayWindows::new(l, first_reset)),
             paused_until: None,
@@ -682,7 +758,7 @@ impl RateLimiter {
             return;
         }
         let now = Instant::now();
-        let burst = Duration::from_secs_f64(self.settings.burst_seconds.max(0.001) * BURST_SHARE);
+        let burst = self.settings.burst_seconds;
         let sent_at = ticket.sent_at.unwrap_or(now);
         let mut guard = self.lock();
         let s = &mut *guard;
@@ -713,6 +789,7 @@ impl RateLimiter {
             &mut s.requests_per_minute,
             server.limit_requests,
             server.remaining_requests,
+            server.reset_requests,
             unseen_requests,
             since,
             burst,
@@ -729,6 +806,7 @@ impl RateLimiter {
             &mut s.tokens_per_minute,
             server.limit_tokens,
             server.remaining_tokens,
+            server.reset_tokens,
             unseen_tokens,
             since,
             burst,
@@ -877,6 +955,23 @@ fn learn_from_snapshot(
     let capacity = m
         .capacity
         .unwrap_or_else(|| (per_second * burst_seconds).max(m.max_remaining));
+    // The server's bucket stops at its window. With this request the only one the server
+    // counted in between, refill lost at the window only ever came before it arrived, and
+    // `min` with the window is exact. With others before it, the bucket may have been full
+    // before those too, and lost refill that the sum puts after them: such a pair would teach
+    // a price below the real one. It is left out when the bucket may have filled (the refill
+    // alone would have filled it). A window of a second at the rate holds a dozen calls and
+    // seldom fills; one that holds a call or two fills between most pairs, and pricing from
+    // them sent calls faster than the server refills, into 429s.
+    let uncounted_between = m
+        .refused
+        .iter()
+        .filter(|(seq, _, _)| *seq > last.seq && *seq < sample.seq)
+        .count() as u64;
+    let counted_between = (sample.seq - last.seq - 1).saturating_sub(uncounted_between);
+    if counted_between > 0 && last.remaining + refill > capacity {
+        return;
+    }
     let before = (last.remaining + refill).min(capacity);
     // Sent in between but not counted by the server: refused, or cancelled before sending
     // (and this request itself, when it was refused).
@@ -1016,9 +1111,10 @@ fn sync_bucket(
     bucket: &mut Option<Bucket>,
     server_limit: Option<u64>,
     server_remaining: Option<u64>,
+    server_reset: Option<Duration>,
     unseen: f64,
     since: Duration,
-    burst: Duration,
+    burst_seconds: f64,
     may_raise: bool,
     now: Instant,
 ) -> bool {
@@ -1032,7 +1128,8 @@ fn sync_bucket(
                 tracing::info!(
                     "rate limit `{name}`: learned {limit} {what}/min from the provider's headers"
                 );
-                let mut learned = Bucket::new(limit, burst, now);
+                let mut learned =
+                    Bucket::new(limit, burst_seconds, dimension == Dimension::Requests, now);
                 learned.learned = true;
                 *bucket = Some(learned);
             }
@@ -1043,11 +1140,11 @@ fn sync_bucket(
                     b.limit
                 );
                 b.refill(now);
-                let fresh = Bucket::new(limit, burst, now);
+                let fresh = Bucket::new(limit, burst_seconds, b.whole_units, now);
                 b.limit = limit;
                 b.per_second = fresh.per_second;
-                b.capacity = fresh.capacity;
-                b.level = b.level.min(b.capacity);
+                b.configured_window = fresh.configured_window;
+                b.fit(now);
             }
             _ => {}
         }
@@ -1055,6 +1152,29 @@ fn sync_bucket(
     let (Some(b), Some(remaining)) = (bucket.as_mut(), server_remaining) else {
         return false;
     };
+    if let Some(reset) = server_reset {
+        // The provider's rate, if it says, may be above ours (a limit set below the account's).
+        let per_second = server_limit.map_or(b.per_second, |l| l as f64 / 60.0);
+        if b.learn_window(remaining as f64, reset, per_second, now) {
+            let window = b.window();
+            let spaced = if b.spacing > 1.0 {
+                format!(
+                    ", and calls go one at a time, {:.0} % below the rate, so that jitter on \
+                     the way does not meet a 429",
+                    100.0 * (1.0 - 1.0 / b.spacing)
+                )
+            } else {
+                String::new()
+            };
+            tracing::info!(
+                "rate limit `{name}`: the provider's reset headers show a window of {window:.1} \
+                 {what} ({:.2}s of its rate), shorter than `burst_seconds` ({burst_seconds}s): \
+                 bursts are kept to {:.1}{spaced}",
+                window / per_second,
+                b.capacity,
+            );
+        }
+    }
     // What the server had left when it answered, carried forward to now: refilled since, and
     // minus what we reserved after this call (which the server had not seen yet).
     b.refill(now);
@@ -1113,9 +1233,9 @@ fn raise_to_server(
     unseen: f64,
     now: Instant,
 ) -> bool {
-    let hold_back = b.capacity * (1.0 / BURST_SHARE - 1.0);
+    let server_capacity = b.window();
+    let hold_back = server_capacity - b.capacity;
     // The server's window stops at its capacity: refill we add past it never happened.
-    let server_capacity = b.capacity + hold_back;
     let implied = implied_before_unseen.min(server_capacity) - unseen;
     let allowed = RAISE_SHARE
         * b.per_second

@@ -672,3 +672,148 @@ async fn a_pause_forgets_the_deficits_seen_before_it() {
         l.levels().0
     );
 }
+
+/// A provider that enforces its request rate over a window of `window` requests (its bucket
+/// holds that many), shorter than `burst_seconds` says, and tells it only through its reset
+/// header: `remaining + reset × rate` is what its bucket holds when full.
+struct ShortWindowServer {
+    rate: f64,
+    window: f64,
+    level: f64,
+    last: Instant,
+}
+
+impl ShortWindowServer {
+    fn new(rpm: u64, window: f64) -> ShortWindowServer {
+        ShortWindowServer {
+            rate: rpm as f64 / 60.0,
+            window,
+            level: window,
+            last: Instant::now(),
+        }
+    }
+
+    fn arrive(&mut self) -> (bool, ServerLimits) {
+        let now = Instant::now();
+        self.level = (self.level + self.rate * (now - self.last).as_secs_f64()).min(self.window);
+        self.last = now;
+        let admitted = self.level >= 1.0;
+        if admitted {
+            self.level -= 1.0;
+        }
+        let headers = ServerLimits {
+            limit_requests: Some((self.rate * 60.0) as u64),
+            remaining_requests: Some(self.level.floor() as u64),
+            reset_requests: Some(Duration::from_secs_f64(
+                (self.window - self.level) / self.rate,
+            )),
+            ..Default::default()
+        };
+        (admitted, headers)
+    }
+}
+
+/// Sends `n` calls at once through a fresh limiter to `server`; each reaches it 0–5 ms after
+/// it goes (jitter on the way) and is answered 50 ms later; a refused call waits the pause
+/// and goes again. Returns (refusals, time until the last was admitted).
+async fn drive_concurrently(
+    l: std::sync::Arc<RateLimiter>,
+    server: std::sync::Arc<Mutex<ShortWindowServer>>,
+    n: u64,
+) -> (usize, Duration) {
+    let start = Instant::now();
+    let mut calls = Vec::new();
+    for i in 0..n {
+        let (l, server) = (l.clone(), server.clone());
+        calls.push(tokio::spawn(async move {
+            let mut refused = 0;
+            loop {
+                let mut ticket = l.reserve_in_turn(demand(0, 0)).await;
+                ticket.ready().await;
+                tokio::time::sleep(Duration::from_millis((i * 7 + refused) % 6)).await;
+                let (admitted, headers) = server.lock().unwrap().arrive();
+                let arrived = Instant::now();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                l.observe(&ticket, &headers, admitted);
+                if admitted {
+                    l.settle(
+                        &ticket,
+                        Outcome::Answered {
+                            input: 0,
+                            output: 0,
+                        },
+                    );
+                    return (refused as usize, arrived);
+                }
+                refused += 1;
+                l.settle(&ticket, Outcome::Refused);
+                l.pause(headers.reset_requests.unwrap(), Some(Dimension::Requests));
+            }
+        }));
+    }
+    let (mut refused, mut last) = (0, start);
+    for call in calls {
+        let (r, arrived) = call.await.unwrap();
+        refused += r;
+        last = last.max(arrived);
+    }
+    (refused, last - start)
+}
+
+/// 600 rpm enforced over a tenth of a second (a window of one request) while `burst_seconds`
+/// says 1 s (nine at once). Held to what the configuration says, calls would go the instant
+/// the provider has room again, and about half would meet a 429 from the jitter alone. The
+/// first answer's reset header tells the window: bursts shrink to it, and calls go one at a
+/// time, spaced wider than the rate by the share held back.
+#[tokio::test(start_paused = true)]
+async fn a_window_shorter_than_burst_seconds_is_learned_from_the_reset_header() {
+    let l = std::sync::Arc::new(fresh_limiter(Some(600), None));
+    let server = std::sync::Arc::new(Mutex::new(ShortWindowServer::new(600, 1.0)));
+    let (refused, took) = drive_concurrently(l.clone(), server, 100).await;
+    assert!(refused <= 1, "{refused} refused");
+    // 100 calls at 10/s held back 10 %: about 11 s (never the provider's 9.9 s, by design).
+    let took = took.as_secs_f64();
+    assert!((10.5..11.5).contains(&took), "{took} s");
+
+    // A window of two requests keeps the share beside a whole request: no spacing, and
+    // bursts of 1.8.
+    let l = std::sync::Arc::new(fresh_limiter(Some(600), None));
+    let server = std::sync::Arc::new(Mutex::new(ShortWindowServer::new(600, 2.0)));
+    let (refused, took) = drive_concurrently(l.clone(), server, 100).await;
+    assert!(refused <= 1, "{refused} refused");
+    let took = took.as_secs_f64();
+    assert!((9.8..10.3).contains(&took), "{took} s");
+}
+
+/// A provider whose window is wider than `burst_seconds` changes nothing (OpenAI's and
+/// Anthropic's reset headers describe their whole minute), and 60 rpm enforced per second
+/// (a window of one request, from the configuration alone) is spaced like the short window.
+#[tokio::test(start_paused = true)]
+async fn a_wider_window_changes_nothing_and_one_request_per_window_is_spaced() {
+    let l = limiter(Some(600), None);
+    let first = l.acquire(0).await;
+    l.observe(
+        &first,
+        &ServerLimits {
+            limit_requests: Some(600),
+            remaining_requests: Some(599),
+            reset_requests: Some(Duration::from_millis(100)),
+            ..Default::default()
+        },
+        true,
+    );
+    let start = Instant::now();
+    for _ in 0..8 {
+        l.acquire(0).await;
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO, "the burst of 9 stays");
+
+    let l = limiter(Some(60), None);
+    let start = Instant::now();
+    for _ in 0..4 {
+        l.acquire(0).await;
+    }
+    // 0.1 s for the first (its share), then one every 1.1 s.
+    let took = start.elapsed().as_secs_f64();
+    assert!((took - 3.4).abs() < 0.01, "{took} s");
+}
