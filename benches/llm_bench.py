@@ -128,6 +128,30 @@ SCENARIOS = {
         "calls": (600, 80),
         "what": "as `tpm`, but the server counts like OpenAI's limiter: max_tokens + characters/4",
     },
+    # A per-minute limit enforced over a tenth of a second, which `burst_seconds` (left at its
+    # default, 1 s) does not say: the provider's reset headers do. `floor`: the goal for the
+    # share of the limit used, where the design gives some up to stay clear of 429s.
+    "rpm_short_window": {
+        "kind": "rate",
+        "sim": {"rpm": 600, "burst_seconds": 0.1, "latency_ms_median": 300},
+        "limit": {"rpm": 600},
+        "stages": one_call(64),
+        "prompt_tokens": (50, 150),
+        "calls": (300, 100),
+        "floor": 0.88,
+        "what": "600 RPM enforced over 0.1 s (a window of one request; pipe spaces calls 10 % "
+                "wider than the rate there, hence the 88 % goal)",
+    },
+    "tpm_short_window": {
+        "kind": "rate",
+        "sim": {"tpm": 600000, "burst_seconds": 0.1, "latency_ms_median": 300},
+        "limit": {"tpm": 600000},
+        "stages": one_call(200),
+        "prompt_tokens": (600, 600),
+        "calls": (300, 60),
+        "floor": 0.9,
+        "what": "600k TPM enforced over 0.1 s (a window of 1,000 tokens, a call and a quarter)",
+    },
     "adaptive": {
         "kind": "capacity",
         "sim": {"hidden_concurrency": 40, "latency_ms_median": 300},
@@ -658,7 +682,7 @@ def goals(name, sc, runs):
                 [t["sim"]["refused_rate"] is not None and t["sim"]["refused_rate"] <= refuse_max for t in pipe],
                 fmt_pct))
     if sc["kind"] == "rate":
-        floor = 0.98 if "rpm" in sc["limit"] else 0.97
+        floor = sc.get("floor", 0.98 if "rpm" in sc["limit"] else 0.97)
         out.append((f"≥ {floor:.0%} of the limit (server's count)", [t["sim"]["utilisation"] for t in pipe],
                     [t["sim"]["utilisation"] is not None and t["sim"]["utilisation"] >= floor for t in pipe],
                     fmt_pct))
