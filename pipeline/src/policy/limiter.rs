@@ -154,6 +154,11 @@ impl Bucket {
             .unwrap_or(self.configured_window)
     }
 
+    /// The provider's headers show a window shorter than `burst_seconds` says.
+    fn short_window(&self) -> bool {
+        self.window() < self.configured_window
+    }
+
     /// Learns the provider's window from one snapshot: `remaining` left, full again after
     /// `reset` at `per_second`. The most seen is kept: a reset header rounded down only ever
     /// says less. Returns whether that made us
@@ -556,7 +561,16 @@ impl RateLimiter {
         let now = Instant::now();
         let mut guard = self.lock();
         let s = &mut *guard;
-        let ratio = s.model.ratio(self.settings.reserve_max_tokens);
+        let mut ratio = s.model.ratio(self.settings.reserve_max_tokens);
+        // The bill can come in a little under the server's own count; a window of a second
+        // absorbs that until the headers have taught the count, a short one does not.
+        if !s.model.learned_from_headers()
+            && s.tokens_per_minute
+                .as_ref()
+                .is_some_and(Bucket::short_window)
+        {
+            ratio *= LEARNED_MARGIN;
+        }
         let tokens = (demand.prompt as f64 * ratio).ceil() + demand.output as f64;
         let mut release = now;
         let answered = s.answered;
@@ -943,8 +957,10 @@ fn learn_from_snapshot(
         m.last = Some(sample);
         return;
     };
-    if sample.seq <= last.seq {
-        // Answered out of order: the newer snapshot is the better base for the next pair.
+    if sample.seq <= last.seq || sample.at <= last.at {
+        // Answered out of order, or sent out of order (a later reservation can go first: one
+        // priced after tokens came back, or one made after a pause moved the others back):
+        // the base that went last is the better one for the next pair.
         return;
     }
     m.last = Some(sample);
@@ -1051,7 +1067,11 @@ impl Ticket<'_> {
             for (number, start, end) in &s.pauses {
                 if *number > self.pauses_seen {
                     // Those waiting when the pause began move back by its length; those who
-                    // were due before it go right after it, in their order.
+                    // were due before it go right after it, in their order — back to back,
+                    // so they reach the server in any order, like a burst.
+                    if self.release < *start {
+                        self.in_turn = false;
+                    }
                     self.release = self.release.max(*start) + (*end - *start);
                     moved = true;
                 }
