@@ -161,8 +161,8 @@ impl Bucket {
 
     /// Learns the provider's window from one snapshot: `remaining` left, full again after
     /// `reset` at `per_second`. The most seen is kept: a reset header rounded down only ever
-    /// says less. Returns whether that made us
-    /// send less back to back than `burst_seconds` said.
+    /// says less. Returns whether that made us send less back to back than `burst_seconds`
+    /// said.
     fn learn_window(
         &mut self,
         remaining: f64,
