@@ -243,6 +243,35 @@ async fn a_wrong_key_stops_the_run_after_a_few_requests() {
     assert_secret_absent(&dir.path().join(".pipe"), "sk-wrong-key-123");
 }
 
+/// A wrong `base_url` (here without the `/v1` OpenAI-compatible servers serve under) is
+/// answered 404 on every call. It stops the run with an error that names the URL, instead of
+/// dead-lettering every record and ending "done" with nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_base_url_stops_the_run_and_says_which_url() {
+    let sim = Sim::start(SimConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    prompts(dir.path(), 200);
+    let root = sim.base().trim_end_matches("/v1").to_string();
+    let provider = format!(
+        r#"{{ kind: openai, model: gpt-4o-mini, base_url: "{root}", api_key: sk-test-key-404, limit: acct }}"#
+    );
+    pipeline(dir.path(), "{ rpm: 60000 }", &provider, "");
+    let out = run(dir.path(), ".pipe").await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("HTTP 404"), "{err}");
+    assert!(err.contains(&format!("{root}/chat/completions")), "{err}");
+    assert!(err.contains("base_url"), "{err}");
+    let report = last_report(&dir.path().join(".pipe"));
+    assert_eq!(report["status"], "failed");
+    let written = lines(&dir.path().join("out.jsonl")).len();
+    assert_eq!(
+        written as u64 + report["dead_letters"]["count"].as_u64().unwrap(),
+        200
+    );
+    assert_secret_absent(&dir.path().join(".pipe"), "sk-test-key-404");
+}
+
 /// Fails if `secret` appears in any file under `dir` (reports, dead letters, the cache, logs),
 /// and if there is no file to read at all: a check that reads nothing proves nothing.
 fn assert_secret_absent(dir: &Path, secret: &str) {

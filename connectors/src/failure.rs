@@ -69,7 +69,10 @@ impl Failure {
 /// The class of an HTTP error status. `retry_after` is what the response's headers said.
 pub fn classify_status(status: u16, retry_after: Option<Duration>) -> FailureClass {
     match status {
-        401 | 403 => FailureClass::Run,
+        // 404: the endpoint or the model does not exist (a wrong `base_url`, a model the
+        // provider does not serve). No record would get another answer: the run stops, rather
+        // than dead-letter every record and end "done" with nothing written.
+        401 | 403 | 404 => FailureClass::Run,
         408 | 409 | 425 | 429 => FailureClass::Retryable { retry_after },
         // 529: Anthropic's "overloaded".
         500..=599 => FailureClass::Retryable { retry_after },
@@ -129,7 +132,9 @@ mod tests {
         assert_eq!(classify_status(401, None), FailureClass::Run);
         assert_eq!(classify_status(403, None), FailureClass::Run);
         assert_eq!(classify_status(400, None), FailureClass::Record);
-        assert_eq!(classify_status(404, None), FailureClass::Record);
+        assert_eq!(classify_status(404, None), FailureClass::Run);
+        assert_eq!(classify_status(400, None), FailureClass::Record);
+        assert_eq!(classify_status(422, None), FailureClass::Record);
         assert_eq!(classify_status(422, None), FailureClass::Record);
     }
 

@@ -65,6 +65,7 @@ pub(crate) async fn send_json(
     };
     let response = request.send().await.map_err(transport)?;
     let status = response.status().as_u16();
+    let url = response.url().clone();
     let headers = response.headers().clone();
     let text = response.text().await.map_err(|e| {
         let mut failure = transport(e);
@@ -86,6 +87,20 @@ pub(crate) async fn send_json(
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(|| text.chars().take(200).collect());
+        let detail = if status == 404 {
+            // Most often the base URL (OpenAI-compatible servers serve under /v1) or the model.
+            let detail = if detail.trim().is_empty() {
+                "not found".to_string()
+            } else {
+                detail
+            };
+            format!(
+                "{detail} (at {url}: check the provider's `base_url` and `model`)",
+                url = url.as_str()
+            )
+        } else {
+            detail
+        };
         let code = body["error"]["code"]
             .as_str()
             .or_else(|| body["error"]["type"].as_str())

@@ -159,12 +159,38 @@ async fn bad_requests_fail_the_record_and_server_errors_are_retryable() {
     })
     .await;
     let c = client(&base, KEY);
+    // A model the provider does not serve fails every record alike: the run stops, and the
+    // message says where to look.
     let mut unknown = extraction_request("hello");
     unknown.model = "gpt-nonexistent".into();
     let failure = c.chat(&unknown).await.unwrap_err();
     assert_eq!(
         (failure.status, failure.class),
-        (Some(404), FailureClass::Record)
+        (Some(404), FailureClass::Run)
+    );
+    assert!(
+        failure.message.contains("gpt-nonexistent"),
+        "{}",
+        failure.message
+    );
+    assert!(failure.message.contains("`model`"), "{}", failure.message);
+
+    // A prompt over the model's context is this record's problem.
+    let base = simulator(SimConfig {
+        models: vec!["gpt-4o-mini".into()],
+        context_window: Some(5),
+        ..Default::default()
+    })
+    .await;
+    let failure = client(&base, KEY)
+        .chat(&extraction_request(
+            "a prompt longer than five tokens, by some way",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (failure.status, failure.class),
+        (Some(400), FailureClass::Record)
     );
 
     let base = simulator(SimConfig {
