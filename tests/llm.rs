@@ -463,6 +463,9 @@ async fn a_token_window_that_holds_one_call_meets_no_429_storm() {
         })
         .collect();
     std::fs::write(dir.path().join("prompts.jsonl"), lines.join("\n") + "\n").unwrap();
+    // Not `pipeline()`: plain answers with `max_tokens` 200 keep each call near 660 tokens, a
+    // call and a half per window (with its schema and 300, a call nearly fills the window, and
+    // the calls paced before the first answer, at the rate, meet jitter 429s now and then).
     let yaml = format!(
         r#"
 resources:

@@ -713,14 +713,13 @@ impl ShortWindowServer {
     }
 }
 
-/// Sends `n` calls at once through a fresh limiter to `server`; each reaches it 0–5 ms after
-/// it goes (jitter on the way) and is answered 50 ms later; a refused call waits the pause
-/// and goes again. Returns (refusals, time until the last was admitted).
-async fn drive_concurrently(
-    l: std::sync::Arc<RateLimiter>,
-    server: std::sync::Arc<Mutex<ShortWindowServer>>,
-    n: u64,
-) -> (usize, Duration) {
+/// Sends `n` calls at once through a fresh limiter told `rpm: 600` (and `burst_seconds: 1`)
+/// to a 600-rpm server whose window holds `window` requests; each reaches it 0–5 ms after it
+/// goes (jitter on the way) and is answered 50 ms later; a refused call waits the pause and
+/// goes again. Returns (refusals, seconds until the last was admitted).
+async fn drive_concurrently(window: f64, n: u64) -> (usize, f64) {
+    let l = std::sync::Arc::new(fresh_limiter(Some(600), None));
+    let server = std::sync::Arc::new(Mutex::new(ShortWindowServer::new(600, window)));
     let start = Instant::now();
     let mut calls = Vec::new();
     for i in 0..n {
@@ -757,7 +756,7 @@ async fn drive_concurrently(
         refused += r;
         last = last.max(arrived);
     }
-    (refused, last - start)
+    (refused, (last - start).as_secs_f64())
 }
 
 /// 600 rpm enforced over a tenth of a second (a window of one request) while `burst_seconds`
@@ -767,21 +766,15 @@ async fn drive_concurrently(
 /// time, spaced wider than the rate by the share held back.
 #[tokio::test(start_paused = true)]
 async fn a_window_shorter_than_burst_seconds_is_learned_from_the_reset_header() {
-    let l = std::sync::Arc::new(fresh_limiter(Some(600), None));
-    let server = std::sync::Arc::new(Mutex::new(ShortWindowServer::new(600, 1.0)));
-    let (refused, took) = drive_concurrently(l.clone(), server, 100).await;
+    let (refused, took) = drive_concurrently(1.0, 100).await;
     assert!(refused <= 1, "{refused} refused");
     // 100 calls at 10/s held back 10 %: about 11 s (never the provider's 9.9 s, by design).
-    let took = took.as_secs_f64();
     assert!((10.5..11.5).contains(&took), "{took} s");
 
     // A window of two requests keeps the share beside a whole request: no spacing, and
     // bursts of 1.8.
-    let l = std::sync::Arc::new(fresh_limiter(Some(600), None));
-    let server = std::sync::Arc::new(Mutex::new(ShortWindowServer::new(600, 2.0)));
-    let (refused, took) = drive_concurrently(l.clone(), server, 100).await;
+    let (refused, took) = drive_concurrently(2.0, 100).await;
     assert!(refused <= 1, "{refused} refused");
-    let took = took.as_secs_f64();
     assert!((9.8..10.3).contains(&took), "{took} s");
 }
 
