@@ -44,6 +44,9 @@ pub struct Failure {
     pub rate_limit: Box<RateLimitSnapshot>,
     /// Tokens this failed attempt is billed for.
     pub billed: Billed,
+    /// The server took the request and closed the connection without answering: how some
+    /// servers and their proxies shed load (a connection refused outright is not this).
+    pub shed: bool,
 }
 
 impl Failure {
@@ -54,6 +57,7 @@ impl Failure {
             message: message.into(),
             rate_limit: Box::default(),
             billed: Billed::Nothing,
+            shed: false,
         }
     }
 

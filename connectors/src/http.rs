@@ -63,7 +63,10 @@ pub(crate) async fn send_json(
             key.scrub(&format!("{what}: request failed: {e}")),
         )
     };
-    let response = request.send().await.map_err(transport)?;
+    let response = request.send().await.map_err(|e| Failure {
+        shed: !e.is_connect(),
+        ..transport(e)
+    })?;
     let status = response.status().as_u16();
     let url = response.url().clone();
     let headers = response.headers().clone();
@@ -117,6 +120,7 @@ pub(crate) async fn send_json(
             message: key.scrub(&format!("{what}: HTTP {status}{code}: {detail}")),
             rate_limit: Box::new(rate_limit),
             billed: Billed::Nothing,
+            shed: false,
         });
     }
     let value = serde_json::from_str(&text)

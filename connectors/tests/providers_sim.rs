@@ -220,9 +220,41 @@ async fn a_server_that_is_not_there_is_retryable() {
         .unwrap_err();
     assert_eq!(failure.status, None);
     assert!(
+        !failure.shed,
+        "nothing took the request: not a server shedding load"
+    );
+    assert!(
         matches!(failure.class, FailureClass::Retryable { .. }),
         "{failure:?}"
     );
+}
+
+#[tokio::test]
+async fn a_request_taken_and_dropped_without_an_answer_is_load_shed() {
+    // A server that reads the request and closes the connection, as some proxies and servers
+    // do when they are full.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 65536];
+            let _ = socket.read(&mut buf).await;
+            drop(socket);
+        }
+    });
+    let failure = client(&format!("http://127.0.0.1:{port}"), KEY)
+        .chat(&extraction_request("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(failure.status, None);
+    assert!(failure.shed, "{failure:?}");
+    assert!(
+        matches!(failure.class, FailureClass::Retryable { .. }),
+        "{failure:?}"
+    );
+    assert!(!failure.message.contains(KEY));
 }
 
 mod anthropic {

@@ -317,6 +317,7 @@ pub fn failed(f: Failure) -> Failed {
             Billed::Usage(u) => Billing::Known(usage(&u)),
             Billed::Unknown => Billing::Unknown,
         },
+        shed: f.shed,
     }
 }
 

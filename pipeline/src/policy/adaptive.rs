@@ -6,10 +6,11 @@
 //! where the provider says when it is full and latency mostly says how long the answer was:
 //!
 //! - **Overload is the strong signal**: a 429 that carries no account rate-limit state, a
-//!   503/529, a timeout. What it says depends on the level the refused call was sent under,
-//!   and it acts at once, but only when that call was sent after the last change it caused: a
-//!   refusal of a call sent before says nothing that change has not acted on (TCP's "one cut
-//!   per window", made exact because refusals come back fast).
+//!   503/529, a timeout, a request taken and dropped unanswered (load shed). What it says
+//!   depends on the level the refused call was sent under, and it acts at once, but only when
+//!   that call was sent after the last change it caused: a refusal of a call sent before says
+//!   nothing that change has not acted on (TCP's "one cut per window", made exact because
+//!   refusals come back fast).
 //!   - Below the level last refused: the capacity dropped. Cut to 90 % (the AIMD backoff
 //!     ratio of Vector's ARC and Netflix's `AIMDLimit`), so a capacity that drops is followed
 //!     within a few refusals.
@@ -109,10 +110,10 @@ const RAISES_REMEMBERED: usize = 512;
 pub enum Signal {
     /// Answered, with this many output tokens: a latency sample.
     Answered { output_tokens: u64 },
-    /// Finished in a way that says nothing about load: a 4xx, a 500, a connection error, a 429
+    /// Finished in a way that says nothing about load: a 4xx, a 500, a connection refused, a 429
     /// that carries the account's rate-limit state (the rate limiter's business, not ours).
     Neutral,
-    /// Overload: a 429 without account state, 503, 529, a timeout.
+    /// Overload: a 429 without account state, 503, 529, a timeout, a request dropped unanswered.
     BackPressure,
 }
 
@@ -1159,8 +1160,9 @@ mod tests {
             max_output_tokens: 10,
             ..Default::default()
         };
-        // One call: refused once with `status` (and `server` state), then answered.
-        let call = async |status: u16, server: ServerLimits| {
+        // One call: refused once with `status` (and `server` state), or dropped without an
+        // answer (`shed`), then answered.
+        let call = async |status: Option<u16>, shed: bool, server: ServerLimits| {
             let attempts = AtomicU32::new(0);
             let attempt = || {
                 let first = attempts.fetch_add(1, Relaxed) == 0;
@@ -1168,10 +1170,11 @@ mod tests {
                 async move {
                     if first {
                         return Err(Failed {
-                            error: StageError::retryable(format!("HTTP {status}"), Some(0.1)),
-                            status: Some(status),
+                            error: StageError::retryable(format!("{status:?}"), Some(0.1)),
+                            status,
                             server: Box::new(server),
                             billed: Default::default(),
+                            shed,
                         });
                     }
                     Ok(Answer {
@@ -1195,10 +1198,21 @@ mod tests {
             reset_requests: Some(Duration::from_millis(100)),
             ..Default::default()
         };
-        assert_eq!(call(429, account_spent).await, 10, "a rate limit");
-        assert_eq!(call(429, ServerLimits::default()).await, 9, "overload");
-        assert_eq!(call(503, ServerLimits::default()).await, 8, "overload");
-        assert_eq!(call(500, ServerLimits::default()).await, 8, "no news");
+        let none = ServerLimits::default;
+        assert_eq!(
+            call(Some(429), false, account_spent).await,
+            10,
+            "a rate limit"
+        );
+        assert_eq!(call(Some(429), false, none()).await, 9, "overload");
+        assert_eq!(call(Some(503), false, none()).await, 8, "overload");
+        assert_eq!(call(Some(500), false, none()).await, 8, "no news");
+        assert_eq!(call(None, false, none()).await, 8, "not connected: no news");
+        assert_eq!(
+            call(None, true, none()).await,
+            7,
+            "taken and dropped: overload"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,7 +15,8 @@
 //!   the rate limiter — so the debit is taken when the request really goes out, not while it
 //!   still waits for a slot. The slot is given back before any backoff sleep, so a sleeping
 //!   retry holds nothing another call could use.
-//! - The timeout bounds one attempt, connect included.
+//! - The timeout bounds one attempt, connect included; by default it grows with the answer
+//!   length the call asks for (`max_tokens`), as generation time does.
 //! - Everything a call holds (budget reservation, breaker probe, slot, rate-limit ticket,
 //!   single-flight leadership) is released when the call's future is dropped.
 //!
@@ -163,6 +164,9 @@ pub struct Failed {
     /// Boxed: rarely set, and keeps `Result<_, Failed>` small.
     pub server: Box<ServerLimits>,
     pub billed: Billing,
+    /// The provider took the request and closed the connection without an answer: load
+    /// shed, an overload signal like a 503.
+    pub shed: bool,
 }
 
 impl Failed {
@@ -172,6 +176,7 @@ impl Failed {
             status,
             server: Box::default(),
             billed: Billing::Nothing,
+            shed: false,
         }
     }
 }
@@ -206,6 +211,54 @@ pub struct RetrySettings {
     pub max_rate_limited_attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
+}
+
+/// How long one attempt may take before it is abandoned (and retried).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AttemptTimeout {
+    /// The provider's `timeout_s`: the same for every call.
+    Fixed(Duration),
+    /// The default: room to generate all the `max_tokens` a call asks for at a slow provider's
+    /// pace. A fixed 120 s cut off every 8,000-token extraction from a model writing 50 tokens
+    /// a second, retried it into the same wall, and billed each try.
+    ForAnswerLength,
+}
+
+impl AttemptTimeout {
+    /// Queueing, prompt processing and the connection, before the first output token.
+    const BEFORE_OUTPUT: Duration = Duration::from_secs(60);
+    /// 25 tokens a second: slower than the big models write under load.
+    const PER_OUTPUT_TOKEN: Duration = Duration::from_millis(40);
+    /// Never less than this by default (a short answer from a queued provider).
+    const AT_LEAST: Duration = Duration::from_secs(120);
+
+    pub fn from_seconds(timeout_s: Option<f64>) -> AttemptTimeout {
+        timeout_s.map_or(AttemptTimeout::ForAnswerLength, |s| {
+            AttemptTimeout::Fixed(Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX))
+        })
+    }
+
+    pub fn for_call(self, spec: &CallSpec) -> Duration {
+        match self {
+            AttemptTimeout::Fixed(timeout) => timeout,
+            AttemptTimeout::ForAnswerLength => {
+                let output = u32::try_from(spec.max_output_tokens).unwrap_or(u32::MAX);
+                (Self::BEFORE_OUTPUT + Self::PER_OUTPUT_TOKEN.saturating_mul(output))
+                    .max(Self::AT_LEAST)
+            }
+        }
+    }
+
+    fn explain(self, timeout: Duration, spec: &CallSpec) -> String {
+        match self {
+            AttemptTimeout::Fixed(_) => format!("no answer within the {timeout:?} timeout"),
+            AttemptTimeout::ForAnswerLength => format!(
+                "no answer within the {timeout:?} timeout (allowed for {} output tokens; \
+                 `timeout_s` on the provider sets it)",
+                spec.max_output_tokens
+            ),
+        }
+    }
 }
 
 impl Default for RetrySettings {
@@ -250,7 +303,7 @@ pub struct CallPolicy {
     budget: Arc<Budget>,
     stats: Arc<CallStats>,
     retry: RetrySettings,
-    timeout: Duration,
+    timeout: AttemptTimeout,
     price: Option<Price>,
     context_window: Option<u64>,
 }
@@ -542,6 +595,7 @@ impl CallPolicy {
         let s = &self.stats;
         let (mut errors, mut refusals) = (0u32, 0u32);
         let demand = self.demand(spec);
+        let timeout = self.timeout.for_call(spec);
         loop {
             let pass = {
                 let _paused = self
@@ -576,7 +630,7 @@ impl CallPolicy {
             let in_flight = InFlight::new(&s.in_flight);
             bill.sending = true;
             let started = Instant::now();
-            let outcome = tokio::time::timeout(self.timeout, attempt()).await;
+            let outcome = tokio::time::timeout(timeout, attempt()).await;
             let rtt = started.elapsed();
             bill.sending = false;
             drop(in_flight);
@@ -602,10 +656,7 @@ impl CallPolicy {
                 Err(_elapsed) => {
                     s.timeouts.fetch_add(1, Relaxed);
                     let failed = Failed::new(
-                        StageError::retryable(
-                            format!("no answer within the {:?} timeout", self.timeout),
-                            None,
-                        ),
+                        StageError::retryable(self.timeout.explain(timeout, spec), None),
                         None,
                     );
                     (failed, true)
@@ -613,7 +664,7 @@ impl CallPolicy {
             };
             s.failed_attempts.fetch_add(1, Relaxed);
             let rate_limited = failed.status == Some(429);
-            let overloaded = matches!(failed.status, Some(503 | 529)) || timed_out;
+            let overloaded = matches!(failed.status, Some(503 | 529)) || timed_out || failed.shed;
             // What the provider bills for it, and what its limiter counted.
             let outcome = match failed.billed {
                 Billing::Known(usage) => {

@@ -11,7 +11,7 @@ use super::cache::ResponseCache;
 use super::flight::Flights;
 use super::limiter::{LimitSettings, RateLimiter};
 use super::stats::CallStats;
-use super::{CallPolicy, RetrySettings, TokenUsage};
+use super::{AttemptTimeout, CallPolicy, RetrySettings, TokenUsage};
 use crate::error::StageError;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -143,7 +143,8 @@ pub struct ProviderSpec {
     pub api_key: Option<Secret>,
     /// A name from `resources.limits` (default: a limit of its own, adaptive).
     pub limit: Option<String>,
-    /// Seconds one attempt may take, connect included (default 120).
+    /// Seconds one attempt may take, connect included (default: 60 s + 40 ms per `max_tokens`
+    /// the call asks for, at least 120 s; 380 s for an 8,000-token answer).
     pub timeout_s: Option<f64>,
     /// Attempts per call on errors such as 5xx and timeouts (default 6).
     pub max_attempts: Option<u32>,
@@ -179,8 +180,8 @@ impl ProviderSpec {
         }
     }
 
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.timeout_s.unwrap_or(120.0))
+    pub fn timeout(&self) -> AttemptTimeout {
+        AttemptTimeout::from_seconds(self.timeout_s)
     }
 
     pub fn unreachable_after(&self) -> Duration {

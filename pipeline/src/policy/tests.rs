@@ -258,6 +258,62 @@ async fn the_timeout_bounds_each_attempt_and_the_call_is_retried() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_default_timeout_leaves_room_for_the_answer_the_call_asks_for() {
+    // A model writing 50 tokens a second: an 8,000-token answer takes 160 s.
+    let answer_in = |tokens: u64| Duration::from_millis(300 + 20 * tokens);
+    let long = CallSpec {
+        max_output_tokens: 8_000,
+        ..spec(None)
+    };
+    let s = setup(rpm(600), BudgetSpec::default(), |p| p.timeout_s = None);
+    let policy = s.resources.policy("p", Default::default()).unwrap();
+    let attempt = || async {
+        tokio::time::sleep(answer_in(8_000)).await;
+        ok("extraction")
+    };
+    let called = policy.call(&long, attempt, accept_all).await.unwrap();
+    assert_eq!(called.value, "extraction");
+    assert_eq!(policy.stats().report().timeouts, 0);
+
+    // A short call gets at least 120 s, and no more than a long one: a stuck short call is
+    // not waited for as long.
+    let hangs = || async {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        ok("never")
+    };
+    let start = Instant::now();
+    let e = policy
+        .call(&spec(None), hangs, accept_all)
+        .await
+        .unwrap_err();
+    let per_attempt = start.elapsed() / 4;
+    assert!(
+        per_attempt >= Duration::from_secs(120) && per_attempt < Duration::from_secs(130),
+        "{per_attempt:?}"
+    );
+    assert!(
+        e.message.contains("within the 120s timeout")
+            && e.message.contains("allowed for 50 output tokens")
+            && e.message.contains("`timeout_s`"),
+        "{}",
+        e.message
+    );
+
+    // `timeout_s` is taken as given, whatever the call asks for.
+    let s = setup(rpm(600), BudgetSpec::default(), |p| {
+        p.timeout_s = Some(120.0)
+    });
+    let policy = s.resources.policy("p", Default::default()).unwrap();
+    let e = policy.call(&long, attempt, accept_all).await.unwrap_err();
+    assert!(
+        e.message.contains("within the 120s timeout"),
+        "{}",
+        e.message
+    );
+    assert_eq!(policy.stats().report().timeouts, 4);
+}
+
+#[tokio::test(start_paused = true)]
 async fn record_and_run_errors_are_not_retried_and_exhaustion_is_a_record_error() {
     let s = setup(rpm(600), BudgetSpec::default(), |_| {});
     let policy = s.resources.policy("p", Default::default()).unwrap();
@@ -314,6 +370,7 @@ async fn a_429_with_account_state_pauses_every_caller() {
                 ..Default::default()
             }),
             billed: Billing::Nothing,
+            shed: false,
         }),
         ok("eventually"),
     ]);
@@ -395,6 +452,7 @@ fn refusal() -> Result<Answer<String>, Failed> {
             output: 12,
             ..Default::default()
         }),
+        shed: false,
     })
 }
 
