@@ -1,7 +1,7 @@
 //! `kg_extract` and `contextualize` end to end: the real `pipe` binary against the API
 //! simulator (real HTTP) on the Apollo 13 corpus. Batching keeps every chunk's entities and
 //! makes fewer calls; wrong and malformed answers go down the ladder and every chunk lands or
-//! is dead-lettered; cut-off answers are split, not repaired; a document's chunks read it
+//! is dead-lettered; cut-off answers are asked again with room, not repaired; a document's chunks read it
 //! from the provider's prompt cache.
 
 mod sim_support;
@@ -321,7 +321,7 @@ async fn with_a_fifth_of_the_answers_wrong_every_chunk_lands_or_is_dead_lettered
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answers_cut_off_at_max_tokens_are_split_and_raised_never_repaired() {
+async fn cut_off_answers_are_asked_again_with_room_and_later_calls_ask_enough() {
     let sim = Sim::start_json(json!({ "seed": 5 })).await;
     // Ample room: the reference.
     let reference_dir = tempfile::tempdir().unwrap();
@@ -336,27 +336,92 @@ async fn answers_cut_off_at_max_tokens_are_split_and_raised_never_repaired() {
     assert!(out.status.success(), "{}", stderr(&out));
     let reference = facts(&lines(&reference_dir.path().join("out.jsonl")));
 
-    // 40 answer tokens per chunk: a batch's answer is longer than that, so it is cut off.
+    // 40 answer tokens per chunk, a tenth of what the answers need: the first batch's answer
+    // is cut off until its limit has doubled enough; the batches after it ask for what the
+    // answers so far needed (one call at a time, so that they can learn it).
     let dir = tempfile::tempdir().unwrap();
     extract_pipeline(
         dir.path(),
         &sim,
         "day01.txt",
         300,
-        "      batch_size: 8\n      max_tokens_per_chunk: 40\n      max_answer_tokens: 4000",
+        "      batch_size: 8\n      max_tokens_per_chunk: 40",
     );
+    let yaml = std::fs::read_to_string(dir.path().join("pipeline.yaml")).unwrap();
+    let yaml = yaml.replace(
+        "kind: kg_extract\n",
+        "kind: kg_extract\n    concurrency: 1\n",
+    );
+    std::fs::write(dir.path().join("pipeline.yaml"), yaml).unwrap();
+    let before = chat_requests(&sim.stats().await);
     let out = run(dir.path(), "pipeline.yaml", ".pipe").await;
     assert!(out.status.success(), "{}", stderr(&out));
+    let requests = chat_requests(&sim.stats().await) - before;
     let report = last_report(&dir.path().join(".pipe"));
     assert_eq!(report["dead_letters"]["count"], 0, "{report}");
-    assert!(count(&report, "extract", "cut_off_answers") > 0);
-    assert!(count(&report, "extract", "batch_splits") > 0);
-    assert!(count(&report, "extract", "raised_max_tokens") > 0);
+    let (cut, raised, splits) = (
+        count(&report, "extract", "cut_off_answers"),
+        count(&report, "extract", "raised_max_tokens"),
+        count(&report, "extract", "batch_splits"),
+    );
+    let batches = stage(&report, "extract")["in"]
+        .as_u64()
+        .unwrap()
+        .div_ceil(8);
+    eprintln!("requests {requests} batches {batches} cut {cut} raised {raised} splits {splits}");
+    assert!(cut > 0 && raised == cut, "cut off {cut}, raised {raised}");
+    assert_eq!(splits, 0, "a raised limit fits the batch: no halves");
+    // Cut off: the first batch's doublings, and a few of the next while the average settles.
+    // Before, every batch was cut off and split (about 4 calls a batch).
+    assert!(cut < batches, "{cut} cut off answers for {batches} batches");
+    assert_eq!(
+        requests,
+        batches + cut,
+        "one call per batch, and one per cut-off"
+    );
     assert_eq!(
         count(&report, "extract", "repairs"),
         0,
         "a cut-off answer is not repaired under the same limit"
     );
+    let found = facts(&lines(&dir.path().join("out.jsonl")));
+    assert_eq!(found, reference);
+
+    // A re-run starts from the configured limit again, yet every answer is in the cache: the
+    // cache key leaves `max_tokens` out (only complete answers are cached).
+    let before = chat_requests(&sim.stats().await);
+    let out = run(dir.path(), "pipeline.yaml", ".pipe").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        chat_requests(&sim.stats().await),
+        before,
+        "a re-run calls nothing"
+    );
+    assert_eq!(facts(&lines(&dir.path().join("out.jsonl"))), reference);
+
+    // A ceiling below what eight chunks need: the first batch is raised to it, cut off again
+    // and split; once the need is known, batches are split before they are sent.
+    let dir = tempfile::tempdir().unwrap();
+    extract_pipeline(
+        dir.path(),
+        &sim,
+        "day01.txt",
+        300,
+        "      batch_size: 8\n      max_tokens_per_chunk: 40\n      max_answer_tokens: 2000",
+    );
+    let out = run(dir.path(), "pipeline.yaml", ".pipe").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = last_report(&dir.path().join(".pipe"));
+    assert_eq!(report["dead_letters"]["count"], 0, "{report}");
+    eprintln!(
+        "splits {} to fit {} cut {}",
+        count(&report, "extract", "batch_splits"),
+        count(&report, "extract", "batches_split_to_fit"),
+        count(&report, "extract", "cut_off_answers")
+    );
+    assert!(count(&report, "extract", "batch_splits") > 0);
+    assert!(count(&report, "extract", "batches_split_to_fit") > 0);
+    assert_eq!(count(&report, "extract", "repairs"), 0);
     let found = facts(&lines(&dir.path().join("out.jsonl")));
     assert_eq!(found, reference);
 }

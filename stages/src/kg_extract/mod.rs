@@ -7,12 +7,14 @@
 //! A batch whose answer cannot be used goes down a ladder: one repair turn showing the error,
 //! then the batch split in halves, then single chunks, then the dead letter — one result per
 //! chunk, so the good chunks of a batch land even when others fail. An answer cut off at
-//! `max_tokens` is not repaired under the same limit: the batch is split, and a single chunk
-//! gets a higher limit (up to `max_answer_tokens`). Calls go through the policy stack like
-//! every model call (cache, budget, retries, limits); the stage itself never retries.
+//! `max_tokens` is not repaired under the same limit: the batch is asked again with twice the
+//! limit (up to `max_answer_tokens`), then split. How much a call asks for is learned from
+//! the run's answers (`sizing.rs`). Calls go through the policy stack like every model call
+//! (cache, budget, retries, limits); the stage itself never retries.
 
 mod answer;
 pub mod schema;
+mod sizing;
 
 use crate::provider::{Chat, Prompt, Reply};
 use answer::{AnswerChunk, ChunkRef, Dropped};
@@ -26,6 +28,7 @@ use schema::{GraphSchema, Resolved};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
+use sizing::AnswerSizing;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,12 +65,13 @@ pub struct KgExtractConfig {
     /// Longest a started batch waits for more chunks before it is sent part-full (ms).
     #[serde(default = "default_wait_ms")]
     pub max_wait_ms: u64,
-    /// Answer tokens allowed per chunk of a call: a call of N chunks asks for N times this
-    /// (at most `max_answer_tokens`).
+    /// Answer tokens allowed per chunk of a call, at least: a call of N chunks asks for N
+    /// times this (at most `max_answer_tokens`), more once the run's answers show they need
+    /// more (their average per chunk plus 30 %).
     #[serde(default = "default_tokens_per_chunk")]
     pub max_tokens_per_chunk: u32,
-    /// Ceiling of a call's `max_tokens`; a single chunk whose answer was cut off is asked
-    /// again with twice the limit, up to this.
+    /// Ceiling of a call's `max_tokens`; a call whose answer was cut off is asked again with
+    /// twice the limit, up to this, and a batch whose chunks need more is split.
     #[serde(default = "default_answer_tokens")]
     pub max_answer_tokens: u32,
     #[serde(default)]
@@ -206,8 +210,7 @@ impl StageConfig for KgExtractConfig {
                 max_weight: Some(self.max_batch_tokens),
                 max_wait: Duration::from_millis(self.max_wait_ms),
             },
-            tokens_per_chunk: self.max_tokens_per_chunk,
-            max_answer_tokens: self.max_answer_tokens,
+            sizing: AnswerSizing::new(self.max_tokens_per_chunk, self.max_answer_tokens),
             temperature: self.temperature,
             merge: self.merge,
             version: self.prompt_version.clone(),
@@ -255,8 +258,7 @@ struct KgExtract {
     validator: jsonschema::Validator,
     system: String,
     batching: Batching,
-    tokens_per_chunk: u32,
-    max_answer_tokens: u32,
+    sizing: AnswerSizing,
     temperature: Option<f32>,
     merge: MergeMode,
     version: String,
@@ -265,8 +267,9 @@ struct KgExtract {
 
 /// What became of one call (with its repair turn, if it needed one).
 enum Outcome {
-    /// Usable items, by position in the call (`None`: the answer had no item for it).
-    Answered(Vec<Vec<AnswerChunk>>),
+    /// Usable items, by position in the call (`None`: the answer had no item for it), and
+    /// the answer's length in tokens.
+    Answered(Vec<Vec<AnswerChunk>>, u64),
     /// The call gave nothing usable for any of its chunks.
     Failed { reason: String, cut_off: bool },
     /// Nothing will work (a revoked key, a stopped provider): every chunk fails with it.
@@ -318,16 +321,17 @@ impl KgExtract {
     }
 
     fn spec(&self, prompt: &Prompt) -> CallSpec {
+        // Only complete, valid answers are cached, and such an answer is the answer under any
+        // `max_tokens` it fits in: the key leaves the limit out, so a re-run, which starts from
+        // the configured limit before it learns the run's, still finds every answer.
+        let mut material = self.chat.cache_material(prompt, &self.version);
+        material["max_tokens"] = Value::Null;
         CallSpec {
-            cache_key: Some(cache_key(&self.chat.cache_material(prompt, &self.version))),
+            cache_key: Some(cache_key(&material)),
             input_tokens: self.chat.count_prompt_tokens(prompt),
             prompt_chars: self.chat.prompt_chars(prompt),
             max_output_tokens: u64::from(prompt.max_tokens),
         }
-    }
-
-    fn max_tokens_for(&self, chunks: usize) -> u32 {
-        (self.tokens_per_chunk.saturating_mul(chunks as u32)).min(self.max_answer_tokens)
     }
 
     /// The answer's items, or why it cannot be used.
@@ -356,7 +360,12 @@ impl KgExtract {
 
     /// Items by position in the call. Unknown ids are ignored (with a warning); a single
     /// chunk's only item is its own whatever id the model wrote.
-    fn attribute(&self, chunks: &[(usize, &Record)], items: Vec<AnswerChunk>) -> Outcome {
+    fn attribute(
+        &self,
+        chunks: &[(usize, &Record)],
+        items: Vec<AnswerChunk>,
+        output_tokens: u64,
+    ) -> Outcome {
         let mut by_position: Vec<Vec<AnswerChunk>> = vec![Vec::new(); chunks.len()];
         let single = chunks.len() == 1 && items.len() == 1;
         for item in items {
@@ -376,7 +385,7 @@ impl KgExtract {
                 }
             }
         }
-        Outcome::Answered(by_position)
+        Outcome::Answered(by_position, output_tokens)
     }
 
     /// One call, and one repair turn if its answer cannot be used (unless it was cut off).
@@ -395,7 +404,7 @@ impl KgExtract {
         let problem = match first.rejected {
             None => {
                 return match self.check(&first.value) {
-                    Ok(items) => self.attribute(chunks, items),
+                    Ok(items) => self.attribute(chunks, items, first.usage.output),
                     Err(reason) => Outcome::Failed {
                         reason,
                         cut_off: false,
@@ -432,7 +441,7 @@ impl KgExtract {
             },
             Ok(fixed) => match fixed.rejected {
                 None => match self.check(&fixed.value) {
-                    Ok(items) => self.attribute(chunks, items),
+                    Ok(items) => self.attribute(chunks, items, fixed.usage.output),
                     Err(reason) => Outcome::Failed {
                         reason,
                         cut_off: false,
@@ -470,7 +479,12 @@ impl KgExtract {
         chunks: Vec<(usize, &'a Record)>,
     ) -> futures::future::BoxFuture<'a, Results> {
         Box::pin(async move {
-            let mut max_tokens = self.max_tokens_for(chunks.len());
+            if self.sizing.too_many(chunks.len()) {
+                // Their answers would not fit in one call's `max_answer_tokens`.
+                self.notes.count("batches_split_to_fit", 1);
+                return self.descend(chunks).await;
+            }
+            let mut max_tokens = self.sizing.max_tokens_for(chunks.len());
             loop {
                 match self.attempt(&chunks, max_tokens).await {
                     Outcome::Fatal(error) => {
@@ -479,7 +493,8 @@ impl KgExtract {
                             .map(|(i, _)| (*i, Err(error.clone())))
                             .collect();
                     }
-                    Outcome::Answered(mut items) => {
+                    Outcome::Answered(mut items, output_tokens) => {
+                        self.sizing.answered(output_tokens, chunks.len());
                         if self.merge == MergeMode::HighestConfidence {
                             let mut flat: Vec<AnswerChunk> = Vec::new();
                             let sizes: Vec<usize> = items.iter().map(Vec::len).collect();
@@ -516,14 +531,19 @@ impl KgExtract {
                         return results;
                     }
                     Outcome::Failed { reason, cut_off } => {
+                        if cut_off {
+                            self.sizing.cut_off(max_tokens, chunks.len());
+                            // The same chunks again with room to finish: cheaper than halves,
+                            // which would each repeat the prompt's head.
+                            if let Some(raised) = self.sizing.raised(max_tokens, chunks.len()) {
+                                max_tokens = raised;
+                                self.notes.count("raised_max_tokens", 1);
+                                continue;
+                            }
+                        }
                         if chunks.len() > 1 {
                             self.notes.count("batch_splits", 1);
                             return self.descend(chunks).await;
-                        }
-                        if cut_off && max_tokens < self.max_answer_tokens {
-                            max_tokens = max_tokens.saturating_mul(2).min(self.max_answer_tokens);
-                            self.notes.count("raised_max_tokens", 1);
-                            continue;
                         }
                         let error = StageError::record(format!("no extraction: {reason}"));
                         return vec![(chunks[0].0, Err(error))];
@@ -646,7 +666,7 @@ impl BatchProcessor for KgExtract {
             .filter(|(_, r)| chunk_text(r).is_ok())
             .collect();
         if !chunks.is_empty() {
-            let prompt = self.prompt(&chunks, self.max_tokens_for(chunks.len()));
+            let prompt = self.prompt(&chunks, self.sizing.max_tokens_for(chunks.len()));
             self.policy.plan(&self.spec(&prompt));
         }
         Ok(())
