@@ -427,6 +427,34 @@ async fn cut_off_answers_are_asked_again_with_room_and_later_calls_ask_enough() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_without_structured_output_stops_the_run_instead_of_failing_every_chunk() {
+    // OpenAI's 400 for `response_format: json_schema` on a model that does not take it: every
+    // call sends the same schema, so every chunk would be dead-lettered and the run would end
+    // "completed" with an empty graph.
+    let sim = Sim::start_json(json!({ "seed": 3, "structured_output": false })).await;
+    let dir = tempfile::tempdir().unwrap();
+    extract_pipeline(dir.path(), &sim, "day01.txt", 300, "      batch_size: 4");
+    let out = run(dir.path(), "pipeline.yaml", ".pipe").await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("HTTP 400") && err.contains("response_format") && err.contains("model"),
+        "{err}"
+    );
+    let report = last_report(&dir.path().join(".pipe"));
+    assert_eq!(report["status"], "failed");
+    let chunks = stage(&report, "chunk")["out"].as_u64().unwrap();
+    assert_eq!(
+        report["dead_letters"]["count"].as_u64().unwrap(),
+        chunks,
+        "nothing extracted, nothing lost: every chunk is in the dead letters"
+    );
+    // The first refusals stop it: the calls in flight then, not a ladder of halves per batch.
+    let requests = chat_requests(&sim.stats().await);
+    assert!(requests <= 20, "{requests} requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_counts_one_call_per_batch_and_sends_nothing() {
     let sim = Sim::start_json(json!({ "seed": 1 })).await;
     let dir = tempfile::tempdir().unwrap();

@@ -92,6 +92,10 @@ pub fn classify_status(status: u16, retry_after: Option<Duration>) -> FailureCla
 ///   token limit): retrying cannot help — the record is dead-lettered.
 /// - 400 "credit balance is too low" (Anthropic's way of saying the same as
 ///   `insufficient_quota`): the run stops.
+/// - 400 naming a request parameter that is the same in every call of a stage
+///   (`response_format`, `temperature`, …), or OpenAI's `unsupported_parameter` /
+///   `unsupported_value`: the model or server does not take what the stage sends (structured
+///   output, a temperature), so every record would fail alike — the run stops and says which.
 /// - 400 `context_length_exceeded` stays a record error (by status).
 pub fn classify_response(status: u16, retry_after: Option<Duration>, body: &Value) -> FailureClass {
     let error = &body["error"];
@@ -106,8 +110,37 @@ pub fn classify_response(status: u16, retry_after: Option<Duration>, body: &Valu
     if status == 400 && message.contains("credit balance is too low") {
         return FailureClass::Run;
     }
+    if refuses_what_every_call_sends(status, body) {
+        return FailureClass::Run;
+    }
     classify_status(status, retry_after)
 }
+
+/// A 400 about a parameter the stage sends alike in every call (see [`classify_response`]).
+pub fn refuses_what_every_call_sends(status: u16, body: &Value) -> bool {
+    let error = &body["error"];
+    let code = error["code"].as_str().unwrap_or_default();
+    let param = error["param"].as_str().unwrap_or_default();
+    status == 400
+        && (matches!(code, "unsupported_parameter" | "unsupported_value")
+            || SAME_IN_EVERY_CALL.contains(&param))
+}
+
+/// Request parameters a stage sends alike in every call: a 400 that names one is not about
+/// the record. (`messages` and `max_tokens` vary by record: a prompt too long, an answer
+/// limit too high for this call, are record errors.)
+const SAME_IN_EVERY_CALL: &[&str] = &[
+    "model",
+    "response_format",
+    "temperature",
+    "top_p",
+    "seed",
+    "stream",
+    "n",
+    "tools",
+    "tool_choice",
+    "reasoning_effort",
+];
 
 #[cfg(test)]
 mod tests {
@@ -185,6 +218,36 @@ mod tests {
         let credit = json!({ "type": "error", "error": { "type": "invalid_request_error",
             "message": "Your credit balance is too low to access the Anthropic API." } });
         assert_eq!(classify_response(400, None, &credit), FailureClass::Run);
+        // What the model or server does not take, sent in every call: the run stops.
+        let no_structured_output = json!({ "error": { "type": "invalid_request_error",
+            "param": "response_format", "code": null, "message": "Invalid parameter: \
+            'response_format' of type 'json_schema' is not supported with this model." } });
+        assert_eq!(
+            classify_response(400, None, &no_structured_output),
+            FailureClass::Run
+        );
+        let temperature = json!({ "error": { "type": "invalid_request_error",
+            "param": "temperature", "code": "unsupported_value", "message": "Unsupported \
+            value: 'temperature' does not support 0 with this model." } });
+        assert_eq!(
+            classify_response(400, None, &temperature),
+            FailureClass::Run
+        );
+        // What varies by record stays the record's.
+        let long_prompt = json!({ "error": { "type": "invalid_request_error",
+            "param": "messages", "code": null, "message": "This model's maximum context \
+            length is 8192 tokens." } });
+        assert_eq!(
+            classify_response(400, None, &long_prompt),
+            FailureClass::Record
+        );
+        let answer_limit = json!({ "error": { "type": "invalid_request_error",
+            "param": "max_tokens", "code": null, "message": "max_tokens is too large: \
+            16384. This model supports at most 4096 completion tokens." } });
+        assert_eq!(
+            classify_response(400, None, &answer_limit),
+            FailureClass::Record
+        );
         // A body that is not the usual shape: the status decides.
         assert_eq!(
             classify_response(503, None, &json!("upstream down")),

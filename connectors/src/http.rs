@@ -1,7 +1,9 @@
 //! The one HTTP request path shared by every vendor client: send JSON, read JSON, and turn
 //! anything else into a classified [`Failure`] with the key scrubbed from the message.
 
-use crate::failure::{Billed, Failure, FailureClass, classify_response};
+use crate::failure::{
+    Billed, Failure, FailureClass, classify_response, refuses_what_every_call_sends,
+};
 use crate::ratelimit::{RateLimitSnapshot, retry_after};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
@@ -114,6 +116,14 @@ pub(crate) async fn send_json(
         if rate_limit.is_empty() {
             rate_limit = RateLimitSnapshot::from_anthropic(header(&headers), SystemTime::now());
         }
+        let detail = if refuses_what_every_call_sends(status, &body) {
+            format!(
+                "{detail} (every call sends it, so no record would get through: check the \
+                 provider's `model` and the stage's settings)"
+            )
+        } else {
+            detail
+        };
         return Err(Failure {
             class: classify_response(status, wait, &body),
             status: Some(status),

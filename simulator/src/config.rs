@@ -91,6 +91,9 @@ pub struct SimConfig {
     pub openai_prompt_cache: bool,
     /// Encoding of OpenAI chat token counts (prompt, answer, limits).
     pub tokenizer: Tokenizer,
+    /// Whether chat takes `response_format: json_schema` (default true). False answers it
+    /// with OpenAI's 400 for a model without structured outputs (param `response_format`).
+    pub structured_output: bool,
 }
 
 /// Which encoding OpenAI chat requests are counted in.
@@ -256,6 +259,7 @@ impl Default for SimConfig {
             repeat_mistake: 0.0,
             openai_prompt_cache: true,
             tokenizer: Tokenizer::Cl100kBase,
+            structured_output: true,
         }
     }
 }

@@ -269,13 +269,18 @@ fn strict_schema_problem(schema: &Value) -> Option<String> {
     visit(schema, &mut Vec::new())
 }
 
-fn openai_mode(obj: &Map<String, Value>) -> Result<Mode, ApiError> {
+fn openai_mode(obj: &Map<String, Value>, structured_output: bool) -> Result<Mode, ApiError> {
     let Some(rf) = obj.get("response_format").filter(|v| !v.is_null()) else {
         return Ok(Mode::Text);
     };
     match rf.get("type").and_then(Value::as_str) {
         Some("text") => Ok(Mode::Text),
         Some("json_object") => Ok(Mode::Json { schema: None }),
+        Some("json_schema") if !structured_output => Err(ApiError::bad_request(
+            "Invalid parameter: 'response_format' of type 'json_schema' is not supported with \
+             this model.",
+        )
+        .with_param("response_format")),
         Some("json_schema") => {
             let Some(js) = rf.get("json_schema").filter(|v| v.is_object()) else {
                 return Err(ApiError::bad_request(
@@ -395,7 +400,7 @@ pub fn prepare_chat(obj: &Map<String, Value>, cfg: &SimConfig) -> Result<Prepare
             }
         }
     }
-    let mode = openai_mode(obj)?;
+    let mode = openai_mode(obj, cfg.structured_output)?;
     let cache_prefixes = if cfg.openai_prompt_cache {
         prefix_hashes(&model, &tokens)
     } else {
