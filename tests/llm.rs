@@ -272,6 +272,62 @@ async fn a_wrong_base_url_stops_the_run_and_says_which_url() {
     assert_secret_absent(&dir.path().join(".pipe"), "sk-test-key-404");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_that_lets_no_record_through_fails_the_run() {
+    // Every prompt is over the model's context (a 400 each: a record error, not the run's):
+    // every record is dead-lettered. That run did nothing; it must not end "completed".
+    let sim = Sim::start(SimConfig {
+        context_window: Some(5),
+        ..SimConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    prompts(dir.path(), 20);
+    pipeline(
+        dir.path(),
+        "{ rpm: 60000 }",
+        &openai(&sim, "sk-test", ""),
+        "",
+    );
+    let out = run(dir.path(), ".pipe").await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("every one of its 20 records failed") && err.contains("dead_letters"),
+        "{err}"
+    );
+    let report = last_report(&dir.path().join(".pipe"));
+    assert_eq!(report["status"], "failed");
+    assert_eq!(report["dead_letters"]["count"], 20);
+
+    // One record through is a run that did its job, with its failures counted. (Room for
+    // the 300 answer tokens and a short prompt; the long ones are 20 times longer.)
+    let sim = Sim::start(SimConfig {
+        context_window: Some(500),
+        ..SimConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines: Vec<String> = (0..20)
+        .map(|i| {
+            serde_json::json!({ "text": format!("CDR: reading {i}. ").repeat(40) }).to_string()
+        })
+        .collect();
+    lines.push(serde_json::json!({ "text": "CDR: ok." }).to_string());
+    std::fs::write(dir.path().join("prompts.jsonl"), lines.join("\n") + "\n").unwrap();
+    pipeline(
+        dir.path(),
+        "{ rpm: 60000 }",
+        &openai(&sim, "sk-test", ""),
+        "",
+    );
+    let out = run(dir.path(), ".pipe").await;
+    let report = last_report(&dir.path().join(".pipe"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(report["status"], "completed");
+    assert_eq!(report["dead_letters"]["count"], 20);
+}
+
 /// Fails if `secret` appears in any file under `dir` (reports, dead letters, the cache, logs),
 /// and if there is no file to read at all: a check that reads nothing proves nothing.
 fn assert_secret_absent(dir: &Path, secret: &str) {

@@ -735,9 +735,10 @@ impl PreparedRun {
             ));
         }
         stats.dead_letters.store(dead_letters.count(), Relaxed);
-        let error = control.fatal();
+        let mut error = control.fatal();
         let budget_reached = resources.budget().exhausted();
-        let status = if error.is_some() {
+        let stages = RunReport::stage_reports(&stats, dry_run);
+        let mut status = if error.is_some() {
             RunStatus::Failed
         } else if budget_reached.is_some() {
             RunStatus::BudgetReached
@@ -746,6 +747,22 @@ impl PreparedRun {
         } else {
             RunStatus::Completed
         };
+        // A stage that let nothing through did not do its job, whatever else finished: a run
+        // that ends "completed" with every record dead-lettered hides it (an empty graph).
+        if status == RunStatus::Completed
+            && let Some(stage) = stages
+                .iter()
+                .find(|s| s.received > 0 && s.failed == s.received)
+        {
+            status = RunStatus::Failed;
+            error = Some(format!(
+                "stage `{}`: every one of its {} records failed, nothing got through (the \
+                 reasons are in the dead letters: {})",
+                stage.id,
+                stage.received,
+                dead_letters.path().display()
+            ));
+        }
         let finished_at = chrono::Utc::now();
         let report = RunReport {
             run_id: stats.run_id.clone(),
@@ -757,7 +774,7 @@ impl PreparedRun {
             finished_at: finished_at.to_rfc3339(),
             duration_s: stats.started.elapsed().as_secs_f64(),
             limit,
-            stages: RunReport::stage_reports(&stats, dry_run),
+            stages,
             skipped,
             totals: report::Totals::of(&stats, &resources),
             dead_letters: report::DeadLetterReport {
