@@ -79,9 +79,16 @@ impl AnswerSizing {
         };
     }
 
-    /// An answer for `chunks` was cut off at `max_tokens`.
+    /// An answer for `chunks` was cut off at `max_tokens`. A batch's cut-off says its chunks
+    /// need more on average; one chunk's says little of the others (a model can run on until
+    /// the limit, repeating itself), so it teaches nothing. A cut-off alone never makes two
+    /// chunks too many for one call: only complete answers can say that.
     pub(super) fn cut_off(&self, max_tokens: u32, chunks: usize) {
-        let at_least = f64::from(max_tokens) / chunks.max(1) as f64 * Self::PAST_CUT_OFF;
+        if chunks < 2 {
+            return;
+        }
+        let at_least = (f64::from(max_tokens) / chunks as f64 * Self::PAST_CUT_OFF)
+            .min(f64::from(self.ceiling) / (2.0 * Self::HEADROOM));
         let mut need = self.need.lock().unwrap_or_else(|e| e.into_inner());
         *need = need.max(at_least);
     }
@@ -125,6 +132,19 @@ mod tests {
         assert_eq!(s.raised(8_000, 10), Some(16_000));
         assert_eq!(s.raised(16_000, 10), Some(16_384));
         assert_eq!(s.raised(16_384, 10), None);
+    }
+
+    #[test]
+    fn a_runaway_answer_does_not_split_every_later_batch() {
+        let s = AnswerSizing::new(800, 16_384);
+        s.answered(10_400, 10);
+        // One chunk's answer ran on to the ceiling: nothing learned from it.
+        s.cut_off(16_384, 1);
+        assert_eq!(s.per_chunk(), 1_352);
+        // A pair cut off at the ceiling twice: more room asked, but the pair still goes as one.
+        s.cut_off(16_384, 2);
+        assert!(s.per_chunk() > 1_352);
+        assert!(!s.too_many(2));
     }
 
     #[test]
