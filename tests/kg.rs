@@ -320,6 +320,16 @@ async fn with_a_fifth_of_the_answers_wrong_every_chunk_lands_or_is_dead_lettered
     );
 }
 
+/// `kg_extract` one call at a time, so that each batch can learn from the answers before it.
+fn one_batch_at_a_time(dir: &Path) {
+    let yaml = std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap();
+    let yaml = yaml.replace(
+        "kind: kg_extract\n",
+        "kind: kg_extract\n    concurrency: 1\n",
+    );
+    std::fs::write(dir.join("pipeline.yaml"), yaml).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_off_answers_are_asked_again_with_room_and_later_calls_ask_enough() {
     let sim = Sim::start_json(json!({ "seed": 5 })).await;
@@ -347,12 +357,7 @@ async fn cut_off_answers_are_asked_again_with_room_and_later_calls_ask_enough() 
         300,
         "      batch_size: 8\n      max_tokens_per_chunk: 40",
     );
-    let yaml = std::fs::read_to_string(dir.path().join("pipeline.yaml")).unwrap();
-    let yaml = yaml.replace(
-        "kind: kg_extract\n",
-        "kind: kg_extract\n    concurrency: 1\n",
-    );
-    std::fs::write(dir.path().join("pipeline.yaml"), yaml).unwrap();
+    one_batch_at_a_time(dir.path());
     let before = chat_requests(&sim.stats().await);
     let out = run(dir.path(), "pipeline.yaml", ".pipe").await;
     assert!(out.status.success(), "{}", stderr(&out));
@@ -399,7 +404,8 @@ async fn cut_off_answers_are_asked_again_with_room_and_later_calls_ask_enough() 
     assert_eq!(facts(&lines(&dir.path().join("out.jsonl"))), reference);
 
     // A ceiling below what eight chunks need: the first batch is raised to it, cut off again
-    // and split; once the need is known, batches are split before they are sent.
+    // and split; once answers have said what a chunk needs, batches are split before they
+    // are sent (one batch at a time: sent all at once, none would wait for an answer).
     let dir = tempfile::tempdir().unwrap();
     extract_pipeline(
         dir.path(),
@@ -408,6 +414,7 @@ async fn cut_off_answers_are_asked_again_with_room_and_later_calls_ask_enough() 
         300,
         "      batch_size: 8\n      max_tokens_per_chunk: 40\n      max_answer_tokens: 2000",
     );
+    one_batch_at_a_time(dir.path());
     let out = run(dir.path(), "pipeline.yaml", ".pipe").await;
     assert!(out.status.success(), "{}", stderr(&out));
     let report = last_report(&dir.path().join(".pipe"));
