@@ -29,6 +29,12 @@ pub struct SimConfig {
     /// `limit / 60 * burst_seconds` may be admitted back to back.
     /// Default 1.0 (OpenAI-like short windows). 60.0 gives a plain per-minute bucket.
     pub burst_seconds: f64,
+    /// The window the `x-ratelimit-*` headers describe, in seconds of refill, when it is not
+    /// the one enforced: OpenAI's and Anthropic's headers describe their whole minute (60)
+    /// and both say a limit may be enforced over a shorter window (`burst_seconds`). The
+    /// headers then report a bucket of this size, debited alike. `None` = they describe
+    /// `burst_seconds`.
+    pub headers_window_seconds: Option<f64>,
     /// Tokens assumed for the completion when a request has no `max_tokens`
     /// (OpenAI pre-accounting). Default 4096.
     pub default_max_tokens: u64,
@@ -233,6 +239,7 @@ impl Default for SimConfig {
             rpm: None,
             tpm: None,
             burst_seconds: 1.0,
+            headers_window_seconds: None,
             default_max_tokens: 4096,
             hidden_concurrency: None,
             latency_ms_median: 0.0,
@@ -282,6 +289,12 @@ impl SimConfig {
         }
         if !(self.burst_seconds > 0.0 && self.burst_seconds <= 60.0) {
             return Err("burst_seconds must be within (0, 60]".into());
+        }
+        if self
+            .headers_window_seconds
+            .is_some_and(|w| !(w > 0.0 && w <= 60.0))
+        {
+            return Err("headers_window_seconds must be within (0, 60]".into());
         }
         if !(self.latency_ms_median >= 0.0 && self.latency_ms_median.is_finite()) {
             return Err("latency_ms_median must be >= 0".into());

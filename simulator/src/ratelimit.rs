@@ -111,6 +111,9 @@ pub struct Limiter {
     requests: Option<Bucket>,
     tokens: Option<Bucket>,
     burst_seconds: f64,
+    /// What the headers describe, when it is not what is enforced
+    /// (`headers_window_seconds`): buckets of that window, debited alike.
+    shown: Option<Box<Limiter>>,
 }
 
 impl Limiter {
@@ -119,7 +122,16 @@ impl Limiter {
             requests: rpm.map(|l| Bucket::new(l, burst_seconds, now)),
             tokens: tpm.map(|l| Bucket::new(l, burst_seconds, now)),
             burst_seconds,
+            shown: None,
         }
+    }
+
+    pub fn from_config(config: &crate::config::SimConfig, now: Instant) -> Self {
+        let mut limiter = Limiter::new(config.rpm, config.tpm, config.burst_seconds, now);
+        limiter.shown = config
+            .headers_window_seconds
+            .map(|w| Box::new(Limiter::new(config.rpm, config.tpm, w, now)));
+        limiter
     }
 
     /// Applies new limits (a schedule phase). An unchanged limit keeps its
@@ -137,6 +149,9 @@ impl Limiter {
         };
         update(&mut self.requests, rpm);
         update(&mut self.tokens, tpm);
+        if let Some(shown) = self.shown.as_mut() {
+            shown.set_limits(rpm, tpm, now);
+        }
     }
 
     /// The configured limits, `(rpm, tpm)`.
@@ -147,16 +162,24 @@ impl Limiter {
         )
     }
 
+    /// What the headers say: the enforced buckets, or the ones they describe instead.
     pub fn peek(&mut self, now: Instant) -> Snapshot {
+        self.refill(now);
+        if let Some(shown) = self.shown.as_mut() {
+            return shown.peek(now);
+        }
+        Snapshot {
+            requests: self.requests.as_ref().map(Bucket::snap),
+            tokens: self.tokens.as_ref().map(Bucket::snap),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
         if let Some(b) = self.requests.as_mut() {
             b.refill(now);
         }
         if let Some(b) = self.tokens.as_mut() {
             b.refill(now);
-        }
-        Snapshot {
-            requests: self.requests.as_ref().map(Bucket::snap),
-            tokens: self.tokens.as_ref().map(Bucket::snap),
         }
     }
 
@@ -198,16 +221,20 @@ impl Limiter {
         if let Some(d) = denied {
             return Err((d, snap));
         }
+        self.debit(tokens);
+        if let Some(shown) = self.shown.as_mut() {
+            shown.debit(tokens);
+        }
+        Ok(self.peek(now))
+    }
+
+    fn debit(&mut self, tokens: u64) {
         if let Some(b) = self.requests.as_mut() {
             b.level -= 1.0;
         }
         if let Some(b) = self.tokens.as_mut() {
             b.level -= tokens as f64;
         }
-        Ok(Snapshot {
-            requests: self.requests.as_ref().map(Bucket::snap),
-            tokens: self.tokens.as_ref().map(Bucket::snap),
-        })
     }
 }
 
@@ -284,6 +311,31 @@ mod tests {
         assert_eq!(d.which, "requests");
         assert_eq!(d.retry_after, Duration::from_millis(500));
         assert!(l.try_acquire(0, now + Duration::from_millis(500)).is_ok());
+    }
+
+    #[test]
+    fn headers_can_describe_a_wider_window_than_the_one_enforced() {
+        let now = Instant::now();
+        let config = crate::config::SimConfig {
+            rpm: Some(600),
+            headers_window_seconds: Some(60.0),
+            ..Default::default()
+        };
+        // 600 rpm enforced per second (10 at once), described as a minute (600).
+        let mut l = Limiter::from_config(&config, now);
+        assert_eq!(l.peek(now).requests.map(|r| r.remaining), Some(600));
+        for _ in 0..10 {
+            assert!(l.try_acquire(0, now).is_ok());
+        }
+        let (d, snap) = l
+            .try_acquire(0, now)
+            .expect_err("the second's 10 are spent");
+        assert_eq!(d.retry_after, Duration::from_millis(100));
+        let shown = snap.requests.unwrap();
+        assert_eq!(
+            (shown.remaining, shown.reset),
+            (590, Duration::from_secs(1))
+        );
     }
 
     #[test]

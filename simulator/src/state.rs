@@ -119,7 +119,7 @@ impl AppState {
         let seed = draw_seed(config.seed);
         Arc::new(Self {
             inner: Mutex::new(Inner {
-                limiter: Limiter::new(config.rpm, config.tpm, config.burst_seconds, now),
+                limiter: Limiter::from_config(&config, now),
                 rng: make_rng(config.seed),
                 config: Arc::new(config),
                 stats: Stats::default(),
@@ -193,7 +193,7 @@ impl AppState {
     pub fn set_config(&self, config: SimConfig) {
         let mut g = self.lock();
         let now = Instant::now();
-        g.limiter = Limiter::new(config.rpm, config.tpm, config.burst_seconds, now);
+        g.limiter = Limiter::from_config(&config, now);
         g.rng = make_rng(config.seed);
         g.draw_seed = draw_seed(config.seed);
         g.config = Arc::new(config);
@@ -205,7 +205,7 @@ impl AppState {
         let mut g = self.lock();
         let now = Instant::now();
         let cfg = Arc::clone(&g.config);
-        g.limiter = Limiter::new(cfg.rpm, cfg.tpm, cfg.burst_seconds, now);
+        g.limiter = Limiter::from_config(&cfg, now);
         g.stats = Stats {
             max_concurrency: current,
             ..Stats::default()

@@ -46,6 +46,16 @@ const BURST_SHARE: f64 = 0.9;
 /// configured one; closer, it is the same window read through rounding.
 const WINDOW_TOLERANCE: f64 = 0.95;
 
+/// A window the provider's reset headers show is tried (see [`Wider`]) only above this many
+/// times the configured one: OpenAI's and Anthropic's describe their whole minute.
+const WIDER_THAN: f64 = 2.0;
+/// The first trial of a wider window lets this share of our own burst go on top of it.
+const FIRST_PROBE: f64 = 0.5;
+
+/// A spent window's reset is read as a continuous bucket's when it is within this share of
+/// the window learned (see [`RateLimiter::refill_time`]).
+const CONSISTENT_WINDOW: f64 = 0.05;
+
 /// How far ahead of its turn to go a call is reserved (see [`RateLimiter::reserve_in_turn`]):
 /// enough to have the next calls ready when the limit frees up, short enough that their price
 /// is today's.
@@ -119,6 +129,33 @@ struct Bucket {
     /// What one unit reserved costs: 1, unless the provider's window is too small to keep the
     /// held-back share beside one request (see `fit`).
     spacing: f64,
+    /// Trying a window the provider's headers show wider than ours.
+    wider: Wider,
+}
+
+/// A provider's reset headers may describe a whole minute (OpenAI's and Anthropic's do: their
+/// bucket refills continuously up to the minute's limit) while it enforces a shorter window
+/// (both say it may). Trusted at once, the headers would send a minute's worth in a burst,
+/// into a storm of 429s where the window is short; ignored, a short job takes its full time at
+/// the rate where the provider would have taken much of it at once (a careful Python client
+/// with `AsyncLimiter(rpm, 60)` does). So the wider window is tried the way TCP's slow start
+/// tries a link: half our own burst goes beyond our window first, and each call the provider
+/// takes beyond it lets two more go, up to what its headers say it has left less a cushion of
+/// our own window, so the trial doubles each round trip. The first 429 while trying ends the
+/// trial for the rest of the run: the provider enforces a shorter window than it describes,
+/// and the refused calls are those of one step.
+#[derive(Debug, Default)]
+struct Wider {
+    started: bool,
+    /// Ended by a 429: bursts stay within the configured window.
+    refused: bool,
+    /// Let go beyond our window and not reserved yet.
+    credit: f64,
+    /// Let go beyond our window (reserved or not) and not answered yet.
+    outstanding: f64,
+    /// Taken by the provider beyond our window: what our bucket may hold beyond its own
+    /// capacity from now on (refilled, after a pause in the work).
+    proven: f64,
 }
 
 impl Bucket {
@@ -140,6 +177,7 @@ impl Bucket {
             server_window: None,
             whole_units,
             spacing: 1.0,
+            wider: Wider::default(),
         };
         bucket.fit(now);
         bucket.level = bucket.capacity;
@@ -157,6 +195,13 @@ impl Bucket {
     /// The provider's headers show a window shorter than `burst_seconds` says.
     fn short_window(&self) -> bool {
         self.window() < self.configured_window
+    }
+
+    /// The window the provider's headers show, when it is clearly wider than ours and no
+    /// 429 has ended trying it (see [`Wider`]).
+    fn wider_window(&self) -> Option<f64> {
+        self.server_window
+            .filter(|w| *w > self.configured_window * WIDER_THAN && !self.wider.refused)
     }
 
     /// Learns the provider's window from one snapshot: `remaining` left, full again after
@@ -195,6 +240,11 @@ impl Bucket {
         } else {
             (fitted.max(1.0), 1.0)
         };
+        if let Some(wider) = self.wider_window() {
+            let tried = self.wider.proven + self.wider.outstanding;
+            let most = (wider - self.configured_window).max(self.capacity);
+            self.capacity = (self.capacity + tried).min(most);
+        }
         // Calls paced before the first answer and still to go will take their share of the
         // (smaller) window when they do: what is left now is less by that much.
         let paced_ahead = self
@@ -203,6 +253,55 @@ impl Bucket {
             .as_secs_f64()
             * self.per_second;
         self.level = self.level.min(self.capacity - paced_ahead);
+    }
+
+    /// Takes up to `amount` of what was let go beyond our window (see [`Wider`]): how much of
+    /// this call goes beyond it.
+    fn take_credit(&mut self, amount: f64) -> f64 {
+        let beyond = self.wider.credit.min(amount).max(0.0);
+        self.wider.credit -= beyond;
+        beyond
+    }
+
+    /// One step of trying the provider's wider window, from one of its snapshots: `taken` is
+    /// what the provider just counted of a call beyond our window, and two more of it may go
+    /// (the first step: half our burst), as far as `room` (what the provider has left for
+    /// calls it has not seen, less our cushion) allows. Returns whether the trial began now.
+    fn widen(&mut self, room: f64, taken: f64, now: Instant) -> bool {
+        if self.wider_window().is_none() {
+            return false;
+        }
+        let begins = !self.wider.started;
+        self.wider.started = true;
+        let step = if begins {
+            self.capacity * FIRST_PROBE
+        } else {
+            2.0 * taken
+        };
+        self.refill(now);
+        let by = step.min(room - self.level);
+        if by > 0.0 {
+            self.wider.credit += by;
+            self.wider.outstanding += by;
+            self.fit(now);
+            self.level = (self.level + by).min(self.capacity);
+        }
+        begins
+    }
+
+    /// A 429 while trying the wider window: the provider enforces a shorter one than its
+    /// headers describe. Back to ours for the rest of the run. Returns whether a trial ended.
+    fn end_trial(&mut self, now: Instant) -> bool {
+        if !self.wider.started || self.wider.refused {
+            return false;
+        }
+        self.wider = Wider {
+            started: true,
+            refused: true,
+            ..Wider::default()
+        };
+        self.fit(now);
+        true
     }
 
     /// When a call costing `amount` may go, sent at the refill rate behind the others paced
@@ -449,6 +548,9 @@ pub struct Ticket<'a> {
     /// It waited for its turn at the rate (or for a pause) after the first answer, rather
     /// than go at once or be paced before it (see `learn_from_snapshot`).
     in_turn: bool,
+    /// What of it (requests, tokens) went beyond our window, trying the provider's wider one
+    /// (see [`Wider`]).
+    beyond: [f64; 2],
 }
 
 /// A named limiter. Cloning its `Arc` shares it; it is never copied.
@@ -574,12 +676,17 @@ impl RateLimiter {
         let tokens = (demand.prompt as f64 * ratio).ceil() + demand.output as f64;
         let mut release = now;
         let answered = s.answered;
-        for (bucket, amount) in [
+        let mut beyond = [0.0; 2];
+        for ((bucket, amount), beyond) in [
             (&mut s.requests_per_minute, 1.0),
             (&mut s.tokens_per_minute, tokens),
-        ] {
+        ]
+        .into_iter()
+        .zip(beyond.iter_mut())
+        {
             if let Some(bucket) = bucket {
                 release = release.max(now + bucket.reserve(amount, now));
+                *beyond = bucket.take_credit(amount);
                 if !answered {
                     release = release.max(bucket.pace(amount, now));
                 }
@@ -639,6 +746,7 @@ impl RateLimiter {
             token_window,
             sent_at: None,
             in_turn: answered && release > now,
+            beyond,
         }
     }
 
@@ -711,6 +819,16 @@ impl RateLimiter {
         if !s.answered && matches!(outcome, Outcome::Refused | Outcome::Answered { .. }) {
             s.answered = true;
             tracing::debug!(limit = %self.name, "rate limit `{}`: first answer, the burst is free", self.name);
+        }
+        if let Outcome::Answered { .. } = outcome {
+            for (bucket, beyond) in [&mut s.requests_per_minute, &mut s.tokens_per_minute]
+                .into_iter()
+                .zip(ticket.beyond)
+            {
+                if let Some(b) = bucket.as_mut().filter(|_| beyond > 0.0) {
+                    b.wider.proven += beyond;
+                }
+            }
         }
         let counted = match outcome {
             Outcome::Refused => {
@@ -797,6 +915,8 @@ impl RateLimiter {
         let unseen_tokens = s.reserved_tokens_total - ticket.tokens_total_at;
         let since = now.saturating_duration_since(sent_at);
         let name = self.name.clone();
+        // What the server just counted beyond our window, trying its wider one.
+        let taken = |i: usize| if counted { ticket.beyond[i] } else { 0.0 };
         let synced_requests = sync_bucket(
             &name,
             Dimension::Requests,
@@ -809,6 +929,7 @@ impl RateLimiter {
             burst,
             // A request is one request: our price for it is never above the server's.
             false,
+            Some(taken(0)),
             now,
         );
         // Only tokens are priced above the server's count (the learned margin), and only a
@@ -825,6 +946,9 @@ impl RateLimiter {
             since,
             burst,
             self.settings.reserve_max_tokens,
+            // Only a server that counts `max_tokens` on arrival has counted the calls it
+            // answered; one that counts the output has room promised to calls in flight.
+            self.settings.reserve_max_tokens.then(|| taken(1)),
             now,
         );
         if synced_tokens || synced_requests {
@@ -859,6 +983,15 @@ impl RateLimiter {
             None => vec![&mut s.requests_per_minute, &mut s.tokens_per_minute],
         };
         for bucket in buckets.into_iter().flatten() {
+            if bucket.end_trial(now) {
+                tracing::info!(
+                    "rate limit `{}`: a 429 while the provider's headers showed room in a \
+                     window of {:.0}: it enforces a shorter one; bursts stay within \
+                     `burst_seconds`",
+                    self.name,
+                    bucket.server_window.unwrap_or_default()
+                );
+            }
             bucket.refill(now);
             // Empty now, and the pause's worth in debt: new reservations queue after it.
             bucket.level = bucket.level.min(0.0) - bucket.per_second * extra.as_secs_f64();
@@ -869,6 +1002,38 @@ impl RateLimiter {
         // The server's view (empty) is now our level: older reservations are reflected.
         s.synced_through = s.seq;
         tracing::debug!(limit = %self.name, "rate limit `{}` paused for {:.2}s after a 429", self.name, wait.as_secs_f64());
+    }
+
+    /// How long a 429 that says which dimension is spent (nothing left) but not
+    /// `retry-after` pauses. The reset header says when the window is full again: a whole
+    /// minute where the window is one and refills continuously (OpenAI's, Anthropic's), while
+    /// what this call needs comes back in a fraction of a second at the rate. So where the
+    /// reset is what a continuous bucket of the window learned would say, the pause lasts
+    /// until the call's need has refilled. Anything else (a window that resets all at once at
+    /// its end, a window never learned) waits for the reset.
+    pub fn refill_time(
+        &self,
+        which: Option<Dimension>,
+        reset: Duration,
+        ticket: &Ticket<'_>,
+    ) -> Duration {
+        let s = self.lock();
+        let (bucket, need) = match which {
+            Some(Dimension::Requests) => (&s.requests_per_minute, 1.0),
+            Some(Dimension::Tokens) => (&s.tokens_per_minute, ticket.tokens as f64),
+            None => return reset,
+        };
+        let Some(b) = bucket.as_ref() else {
+            return reset;
+        };
+        let refills_continuously = b.server_window.is_some_and(|window| {
+            (reset.as_secs_f64() * b.per_second - window).abs() <= window * CONSISTENT_WINDOW
+        });
+        if refills_continuously {
+            reset.min(Duration::from_secs_f64(need / b.per_second))
+        } else {
+            reset
+        }
     }
 
     /// Current (requests, tokens) levels, for tests and metrics.
@@ -1093,13 +1258,31 @@ impl Ticket<'_> {
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        if self.sent_at.is_some() {
+        let sent = self.sent_at.is_some();
+        if sent && self.beyond == [0.0; 2] {
             return;
         }
-        // Cancelled before it was sent: nothing reached the server, everything comes back.
         let now = Instant::now();
         let mut guard = self.limiter.lock();
         let s = &mut *guard;
+        for (bucket, beyond) in [&mut s.requests_per_minute, &mut s.tokens_per_minute]
+            .into_iter()
+            .zip(self.beyond)
+        {
+            if let Some(b) = bucket.as_mut().filter(|_| beyond > 0.0) {
+                if sent {
+                    // Answered (and counted in `proven` then) or not: no longer on its way.
+                    b.wider.outstanding = (b.wider.outstanding - beyond).max(0.0);
+                    b.fit(now);
+                } else {
+                    b.wider.credit += beyond;
+                }
+            }
+        }
+        if sent {
+            return;
+        }
+        // Cancelled before it was sent: nothing reached the server, everything comes back.
         if let Some(b) = s.requests_per_minute.as_mut() {
             b.give_back(1.0, now);
         }
@@ -1136,6 +1319,7 @@ fn sync_bucket(
     since: Duration,
     burst_seconds: f64,
     may_raise: bool,
+    widen_by_taken: Option<f64>,
     now: Instant,
 ) -> bool {
     let what = match dimension {
@@ -1230,40 +1414,52 @@ fn sync_bucket(
         b.surpluses.clear();
         return true;
     }
-    if may_raise && server_limit == Some(b.limit) {
-        return raise_to_server(name, what, b, implied_before_unseen, unseen, now);
+    // Trying a wider window the server's headers show (see [`Wider`]): unless a lower limit
+    // was set than the account's (the user's choice). Our cushion is our own window.
+    let own_limit = server_limit.is_none_or(|l| l == b.limit);
+    let may_raise = may_raise && server_limit == Some(b.limit);
+    if let (Some(taken), Some(wider), true) = (widen_by_taken, b.wider_window(), own_limit) {
+        let room = implied_before_unseen.min(wider) - unseen - b.configured_window;
+        if b.widen(room, taken, now) {
+            tracing::info!(
+                "rate limit `{name}`: the provider's reset headers show a window of \
+                 {wider:.0} {what} ({:.0}s of its rate), wider than `burst_seconds` \
+                 ({burst_seconds}s): trying it, doubling each round trip; the first 429 ends \
+                 the trial",
+                wider / b.per_second
+            );
+        }
+        // Past the trial's steps, the margin's surplus comes back as below, our cushion
+        // being our own window.
+        return may_raise && raise_to_server(name, what, b, room - b.level, now);
+    }
+    if may_raise {
+        // The server's window stops at its capacity: refill we add past it never happened.
+        let server_capacity = b.window();
+        let hold_back = server_capacity - b.capacity;
+        let implied = implied_before_unseen.min(server_capacity) - unseen;
+        return raise_to_server(name, what, b, implied - hold_back - b.level, now);
     }
     false
 }
 
 /// The other half of `sync_bucket`: the server has had more left than our level plus the
-/// share of its burst we hold back (see [`BURST_SHARE`]), in each of the last few snapshots.
-/// Our price runs above its count (the learned margin, a ratio learned high), and without
-/// this the margin would cost its share of the limit for the whole run: take the surplus
-/// back, by the least the snapshots say and no faster than [`RAISE_SHARE`] of the refill,
-/// keeping the held-back share as the cushion for calls that reach the server out of step.
-/// Never above our own window. Callers ask this only when our limit is the server's (a limit
-/// set below the account's is the user's choice) and the server's count is final when it
-/// answers.
-fn raise_to_server(
-    name: &str,
-    what: &str,
-    b: &mut Bucket,
-    implied_before_unseen: f64,
-    unseen: f64,
-    now: Instant,
-) -> bool {
-    let server_capacity = b.window();
-    let hold_back = server_capacity - b.capacity;
-    // The server's window stops at its capacity: refill we add past it never happened.
-    let implied = implied_before_unseen.min(server_capacity) - unseen;
+/// cushion we keep (the share of its burst we hold back, see [`BURST_SHARE`], or our own
+/// window while trying a wider one) — `surplus` — in each of the last few snapshots. Our
+/// price runs above its count (the learned margin, a ratio learned high), and without this
+/// the margin would cost its share of the limit for the whole run: take the surplus back, by
+/// the least the snapshots say and no faster than [`RAISE_SHARE`] of the refill, keeping the
+/// cushion for calls that reach the server out of step. Never above our capacity. Callers ask
+/// this only when our limit is the server's (a limit set below the account's is the user's
+/// choice) and the server's count is final when it answers.
+fn raise_to_server(name: &str, what: &str, b: &mut Bucket, surplus: f64, now: Instant) -> bool {
     let allowed = RAISE_SHARE
         * b.per_second
         * now
             .saturating_duration_since(b.surplus_seen_at)
             .as_secs_f64();
     b.surplus_seen_at = now;
-    b.surpluses.push_back(implied - hold_back - b.level);
+    b.surpluses.push_back(surplus);
     if b.surpluses.len() > DEFICIT_CONFIRMATIONS {
         b.surpluses.pop_front();
     }

@@ -739,7 +739,8 @@ impl CallPolicy {
             let (tries, allowed, wait) = if rate_limited {
                 refusals += 1;
                 let (which, reset) = failed.server.exhausted();
-                let wait = retry_after.or(reset);
+                let wait = retry_after
+                    .or_else(|| reset.map(|r| self.limiter.refill_time(which, r, &ticket)));
                 if !failed.server.is_empty() {
                     // The account's limit spoke: everyone waits, not just this call; this
                     // call then queues in the limiter like the rest.

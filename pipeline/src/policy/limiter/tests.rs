@@ -674,38 +674,51 @@ async fn a_pause_forgets_the_deficits_seen_before_it() {
 }
 
 /// A provider that enforces its request rate over a window of `window` requests (its bucket
-/// holds that many), shorter than `burst_seconds` says, and tells it only through its reset
-/// header: `remaining + reset × rate` is what its bucket holds when full.
-struct ShortWindowServer {
+/// holds that many), and tells it only through its reset header: `remaining + reset × rate`
+/// is what its bucket holds when full. Unless it `shows` another window in its headers: then
+/// they describe a bucket of that size (debited alike), as a provider that describes its
+/// whole minute and enforces a second does.
+struct WindowServer {
     rate: f64,
     window: f64,
     level: f64,
+    shows: f64,
+    shown: f64,
     last: Instant,
 }
 
-impl ShortWindowServer {
-    fn new(rpm: u64, window: f64) -> ShortWindowServer {
-        ShortWindowServer {
+impl WindowServer {
+    fn new(rpm: u64, window: f64) -> WindowServer {
+        WindowServer::showing(rpm, window, window)
+    }
+
+    fn showing(rpm: u64, window: f64, shows: f64) -> WindowServer {
+        WindowServer {
             rate: rpm as f64 / 60.0,
             window,
             level: window,
+            shows,
+            shown: shows,
             last: Instant::now(),
         }
     }
 
     fn arrive(&mut self) -> (bool, ServerLimits) {
         let now = Instant::now();
-        self.level = (self.level + self.rate * (now - self.last).as_secs_f64()).min(self.window);
+        let refill = self.rate * (now - self.last).as_secs_f64();
+        self.level = (self.level + refill).min(self.window);
+        self.shown = (self.shown + refill).min(self.shows);
         self.last = now;
         let admitted = self.level >= 1.0;
         if admitted {
             self.level -= 1.0;
+            self.shown = (self.shown - 1.0).max(0.0);
         }
         let headers = ServerLimits {
             limit_requests: Some((self.rate * 60.0) as u64),
-            remaining_requests: Some(self.level.floor() as u64),
+            remaining_requests: Some(self.shown.floor() as u64),
             reset_requests: Some(Duration::from_secs_f64(
-                (self.window - self.level) / self.rate,
+                (self.shows - self.shown) / self.rate,
             )),
             ..Default::default()
         };
@@ -718,8 +731,13 @@ impl ShortWindowServer {
 /// goes (jitter on the way) and is answered 50 ms later; a refused call waits the pause and
 /// goes again. Returns (refusals, seconds until the last was admitted).
 async fn drive_concurrently(window: f64, n: u64) -> (usize, f64) {
-    let l = std::sync::Arc::new(fresh_limiter(Some(600), None));
-    let server = std::sync::Arc::new(Mutex::new(ShortWindowServer::new(600, window)));
+    drive_to(WindowServer::new(600, window), 600, n).await
+}
+
+/// The same with any server, and the limiter told `rpm`.
+async fn drive_to(server: WindowServer, rpm: u64, n: u64) -> (usize, f64) {
+    let l = std::sync::Arc::new(fresh_limiter(Some(rpm), None));
+    let server = std::sync::Arc::new(Mutex::new(server));
     let start = Instant::now();
     let mut calls = Vec::new();
     for i in 0..n {
@@ -746,7 +764,11 @@ async fn drive_concurrently(window: f64, n: u64) -> (usize, f64) {
                 }
                 refused += 1;
                 l.settle(&ticket, Outcome::Refused);
-                l.pause(headers.reset_requests.unwrap(), Some(Dimension::Requests));
+                // As the policy does (no `retry-after` here).
+                let (which, reset) = headers.exhausted();
+                let wait =
+                    reset.map_or(Duration::from_secs(1), |r| l.refill_time(which, r, &ticket));
+                l.pause(wait, which);
             }
         }));
     }
@@ -778,29 +800,45 @@ async fn a_window_shorter_than_burst_seconds_is_learned_from_the_reset_header() 
     assert!((9.8..10.3).contains(&took), "{took} s");
 }
 
-/// A provider whose window is wider than `burst_seconds` changes nothing (OpenAI's and
-/// Anthropic's reset headers describe their whole minute), and 60 rpm enforced per second
-/// (a window of one request, from the configuration alone) is spaced like the short window.
+/// OpenAI's and Anthropic's reset headers describe their whole minute, and both say a limit
+/// may be enforced over a shorter window. A minute that is one: 300 calls at 600 rpm, which
+/// the provider takes in a few seconds (its bucket holds 600). Held to `burst_seconds`, they
+/// took 30 s; the trial (half our burst beyond our window, then two more for each call the
+/// provider takes) doubles each round trip and sends them all in about a second of round
+/// trips, leaving a cushion of our own window, with no 429.
 #[tokio::test(start_paused = true)]
-async fn a_wider_window_changes_nothing_and_one_request_per_window_is_spaced() {
-    let l = limiter(Some(600), None);
-    let first = l.acquire(0).await;
-    l.observe(
-        &first,
-        &ServerLimits {
-            limit_requests: Some(600),
-            remaining_requests: Some(599),
-            reset_requests: Some(Duration::from_millis(100)),
-            ..Default::default()
-        },
-        true,
-    );
-    let start = Instant::now();
-    for _ in 0..8 {
-        l.acquire(0).await;
-    }
-    assert_eq!(start.elapsed(), Duration::ZERO, "the burst of 9 stays");
+async fn a_wider_window_the_headers_show_is_tried_and_kept_while_the_provider_takes_it() {
+    let (refused, took) = drive_to(WindowServer::new(600, 600.0), 600, 300).await;
+    assert_eq!(refused, 0);
+    assert!(took < 3.0, "{took} s");
 
+    // 1,500 calls: ~590 at once, the rest at the rate (91 s, not 150). The burst's end may
+    // meet a 429 (calls overtaken on the way are in neither count); it pauses for one call's
+    // refill (0.1 s), not until the minute is full again, as the reset header says (60 s).
+    let (refused, took) = drive_to(WindowServer::new(600, 600.0), 600, 1_500).await;
+    assert!(refused <= 2, "{refused} refused");
+    assert!(took < 95.0, "{took} s");
+
+    // A lower limit than the account's is the user's choice: kept to its own burst.
+    let (refused, took) = drive_to(WindowServer::new(1_200, 1_200.0), 600, 100).await;
+    assert_eq!(refused, 0);
+    assert!(took > 9.0, "{took} s");
+}
+
+/// A provider that shows a minute and enforces a second (a window of 10 at 600 rpm): the
+/// first step of the trial meets 429s, which end it for good. Only that step is refused
+/// (half our burst: 4 or 5 calls), and the rest go at the rate as before.
+#[tokio::test(start_paused = true)]
+async fn a_429_while_trying_a_wider_window_ends_the_trial() {
+    let (refused, took) = drive_to(WindowServer::showing(600, 10.0, 600.0), 600, 300).await;
+    assert!((1..=6).contains(&refused), "{refused} refused");
+    assert!((29.0..32.0).contains(&took), "{took} s");
+}
+
+/// 60 rpm enforced per second (a window of one request, from the configuration alone) is
+/// spaced like the short window.
+#[tokio::test(start_paused = true)]
+async fn one_request_per_window_is_spaced() {
     let l = limiter(Some(60), None);
     let start = Instant::now();
     for _ in 0..4 {
@@ -809,4 +847,31 @@ async fn a_wider_window_changes_nothing_and_one_request_per_window_is_spaced() {
     // 0.1 s for the first (its share), then one every 1.1 s.
     let took = start.elapsed().as_secs_f64();
     assert!((took - 3.4).abs() < 0.01, "{took} s");
+}
+
+/// A 429 with nothing left and no `retry-after`: a bucket that refills continuously (its
+/// reset is the window learned, at the rate) has room for the next call a tenth of a second
+/// later at 600 rpm, not when the whole minute is back; a window that comes back all at once
+/// at its end (any other reset) is waited for.
+#[tokio::test(start_paused = true)]
+async fn a_spent_window_pauses_for_one_call_s_refill_where_it_refills_continuously() {
+    let l = limiter(Some(600), None);
+    let first = l.acquire(0).await;
+    let minute = |remaining: u64, reset: f64| ServerLimits {
+        limit_requests: Some(600),
+        remaining_requests: Some(remaining),
+        reset_requests: Some(Duration::from_secs_f64(reset)),
+        ..Default::default()
+    };
+    l.observe(&first, &minute(599, 0.1), true);
+    let refused = l.acquire(0).await;
+    let (which, reset) = minute(0, 60.0).exhausted();
+    assert_eq!(which, Some(Dimension::Requests));
+    let wait = l.refill_time(which, reset.unwrap(), &refused);
+    assert_eq!(wait, Duration::from_millis(100));
+    let (which, reset) = minute(0, 20.0).exhausted();
+    assert_eq!(
+        l.refill_time(which, reset.unwrap(), &refused),
+        Duration::from_secs(20)
+    );
 }
