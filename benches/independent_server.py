@@ -22,6 +22,7 @@ DEFAULTS = {
     "rpm": None,            # requests per minute
     "tpm": None,            # tokens per minute (max_tokens + chars/4)
     "window_s": 60.0,       # bucket holds limit * window_s / 60
+    "headers_window_s": None,  # headers describe a bucket of this window instead (enforced: window_s)
     "default_max_tokens": 4096,
     "retry_after": False,   # send retry-after on 429
     "capacity": None,       # in-flight capacity (None = unlimited)
@@ -79,6 +80,10 @@ def go_dur(s):
 
 rpm = Bucket(cfg["rpm"], cfg["window_s"]) if cfg["rpm"] else None
 tpm = Bucket(cfg["tpm"], cfg["window_s"]) if cfg["tpm"] else None
+# What the headers describe, when it is not what is enforced: debited alike.
+shown_w = cfg["headers_window_s"]
+shown_rpm = Bucket(cfg["rpm"], shown_w) if shown_w and cfg["rpm"] else rpm
+shown_tpm = Bucket(cfg["tpm"], shown_w) if shown_w and cfg["tpm"] else tpm
 
 
 def phase_value(key, default):
@@ -94,7 +99,7 @@ def rl_headers():
     h = {}
     if not cfg["headers"]:
         return h
-    for name, b, lim in (("requests", rpm, cfg["rpm"]), ("tokens", tpm, cfg["tpm"])):
+    for name, b, lim in (("requests", shown_rpm, cfg["rpm"]), ("tokens", shown_tpm, cfg["tpm"])):
         if b is None:
             continue
         b.refill()
@@ -179,6 +184,10 @@ async def handle_chat(path, body, hdrs):
         rpm.level -= 1
     if tpm:
         tpm.level -= cost
+    for shown, enforced, amount in ((shown_rpm, rpm, 1), (shown_tpm, tpm, cost)):
+        if shown is not enforced:
+            shown.refill()
+            shown.level -= amount
     stats["tokens_counted"] += cost
     u = rng.random()
     if u < cfg["p_reset"]:

@@ -820,13 +820,17 @@ impl RateLimiter {
             s.answered = true;
             tracing::debug!(limit = %self.name, "rate limit `{}`: first answer, the burst is free", self.name);
         }
-        if let Outcome::Answered { .. } = outcome {
-            for (bucket, beyond) in [&mut s.requests_per_minute, &mut s.tokens_per_minute]
-                .into_iter()
-                .zip(ticket.beyond)
-            {
-                if let Some(b) = bucket.as_mut().filter(|_| beyond > 0.0) {
-                    b.wider.proven += beyond;
+        for (bucket, beyond) in [&mut s.requests_per_minute, &mut s.tokens_per_minute]
+            .into_iter()
+            .zip(ticket.beyond)
+        {
+            if let Some(b) = bucket.as_mut().filter(|_| beyond > 0.0) {
+                match outcome {
+                    Outcome::Answered { .. } => b.wider.proven += beyond,
+                    // Sent beyond our window and refused (also by a 429 without the account's
+                    // headers, which pauses nothing): the trial is over.
+                    Outcome::Refused => end_trial(&self.name, b, now),
+                    Outcome::Failed => {}
                 }
             }
         }
@@ -983,15 +987,7 @@ impl RateLimiter {
             None => vec![&mut s.requests_per_minute, &mut s.tokens_per_minute],
         };
         for bucket in buckets.into_iter().flatten() {
-            if bucket.end_trial(now) {
-                tracing::info!(
-                    "rate limit `{}`: a 429 while the provider's headers showed room in a \
-                     window of {:.0}: it enforces a shorter one; bursts stay within \
-                     `burst_seconds`",
-                    self.name,
-                    bucket.server_window.unwrap_or_default()
-                );
-            }
+            end_trial(&self.name, bucket, now);
             bucket.refill(now);
             // Empty now, and the pause's worth in debt: new reservations queue after it.
             bucket.level = bucket.level.min(0.0) - bucket.per_second * extra.as_secs_f64();
@@ -1083,6 +1079,17 @@ impl RateLimiter {
         self.lock()
             .paused_until
             .filter(|until| *until > Instant::now())
+    }
+}
+
+/// Ends trying a wider window on `b` after a 429 (see [`Wider`]), saying so once.
+fn end_trial(name: &str, b: &mut Bucket, now: Instant) {
+    if b.end_trial(now) {
+        tracing::info!(
+            "rate limit `{name}`: a 429 while the provider's headers showed room in a window \
+             of {:.0}: it enforces a shorter one; bursts stay within `burst_seconds`",
+            b.server_window.unwrap_or_default()
+        );
     }
 }
 

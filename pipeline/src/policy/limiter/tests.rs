@@ -875,3 +875,44 @@ async fn a_spent_window_pauses_for_one_call_s_refill_where_it_refills_continuous
         Duration::from_secs(20)
     );
 }
+
+/// A call sent beyond our window and refused ends the trial even when the 429 carries no
+/// account headers (and so pauses nothing): our own window again, and nothing beyond it.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_of_a_call_beyond_our_window_ends_the_trial_without_headers() {
+    let l = limiter(Some(600), None);
+    let first = l.acquire(0).await;
+    let minute = ServerLimits {
+        limit_requests: Some(600),
+        remaining_requests: Some(599),
+        reset_requests: Some(Duration::from_millis(100)),
+        ..Default::default()
+    };
+    l.observe(&first, &minute, true);
+    let capacity = |l: &RateLimiter| l.lock().requests_per_minute.as_ref().unwrap().capacity;
+    assert!(
+        capacity(&l) > 9.0,
+        "the trial lets more go: {}",
+        capacity(&l)
+    );
+    // Our burst (8 left of 9) goes first; the trial's credit (half of it) after.
+    let mut beyond = None;
+    for _ in 0..12 {
+        let ticket = l.acquire(0).await;
+        if ticket.beyond[0] > 0.0 {
+            beyond = Some(ticket);
+            break;
+        }
+    }
+    let ticket = beyond.expect("a call goes beyond our window");
+    l.observe(&ticket, &ServerLimits::default(), false);
+    l.settle(&ticket, Outcome::Refused);
+    assert!((capacity(&l) - 9.0).abs() < 1e-9, "{}", capacity(&l));
+    assert_eq!(
+        l.lock().requests_per_minute.as_ref().unwrap().wider.credit,
+        0.0
+    );
+    // And it is not tried again.
+    l.observe(&first, &minute, true);
+    assert!((capacity(&l) - 9.0).abs() < 1e-9, "{}", capacity(&l));
+}
