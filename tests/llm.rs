@@ -615,6 +615,52 @@ stages:
     assert!(refused <= 2, "{refused} refused: {stats:#}");
 }
 
+/// Tokens from a provider that describes its whole minute and enforces a second: 60k TPM,
+/// a window of 1,000 tokens that holds one of these calls (~660 tokens) and a half, while the
+/// headers show tens of thousands left. The wider window's trial meets a 429 at its first
+/// step and ends; nothing it let go beyond our window may stay in our level (a refused call's
+/// tokens come back, but not the part beyond it), and the headers' room raises nothing after
+/// that 429. A first version kept that part: a 429 every 1.1 s, 19 of 59 requests refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wider_window_trial_that_meets_a_429_leaves_nothing_behind() {
+    let sim = Sim::start_json(serde_json::json!({
+        "tpm": 60000,
+        "burst_seconds": 1.0,
+        "headers_window_seconds": 60.0,
+        "latency_ms_median": 100.0,
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let words = "the crew reads the oxygen tank pressure to Houston and waits ";
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            serde_json::json!({ "text": format!("Record {i}: {}", words.repeat(40)) }).to_string()
+        })
+        .collect();
+    std::fs::write(dir.path().join("prompts.jsonl"), lines.join("\n") + "\n").unwrap();
+    let yaml = format!(
+        r#"
+resources:
+  limits:
+    acct: {{ tpm: 60000 }}
+  providers:
+    llm: {provider}
+stages:
+  - {{ id: read, kind: files, config: {{ path: ".", glob: "prompts.jsonl", text_field: text }} }}
+  - {{ id: ask, kind: llm, inputs: [read], config: {{ provider: llm, prompt: "{{{{ text }}}}", max_tokens: 200 }} }}
+  - {{ id: out, kind: jsonl, inputs: [ask], config: {{ path: out.jsonl }} }}
+"#,
+        provider = openai(&sim, "sk-test", "")
+    );
+    std::fs::write(dir.path().join("pipeline.yaml"), yaml).unwrap();
+    let out = run(dir.path(), "state").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stats = sim.stats().await;
+    assert_eq!(status_count(&stats, "200"), 40, "{stats:#}");
+    let refused = stats["rate_limited"].as_u64().unwrap();
+    assert!(refused <= 4, "{refused} refused: {stats:#}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_budget_stops_admitting_calls_and_says_so() {
     let sim = Sim::start(SimConfig {

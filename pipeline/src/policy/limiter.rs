@@ -131,6 +131,9 @@ struct Bucket {
     spacing: f64,
     /// Trying a window the provider's headers show wider than ours.
     wider: Wider,
+    /// The provider refused a call while its headers showed room for it: their room is not
+    /// taken back (`raise_to_server`) nor tried (`Wider`).
+    headers_overstate: bool,
 }
 
 /// A provider's reset headers may describe a whole minute (OpenAI's and Anthropic's do: their
@@ -178,6 +181,7 @@ impl Bucket {
             whole_units,
             spacing: 1.0,
             wider: Wider::default(),
+            headers_overstate: false,
         };
         bucket.fit(now);
         bucket.level = bucket.capacity;
@@ -281,10 +285,14 @@ impl Bucket {
         self.refill(now);
         let by = step.min(room - self.level);
         if by > 0.0 {
-            self.wider.credit += by;
             self.wider.outstanding += by;
             self.fit(now);
+            let before = self.level;
             self.level = (self.level + by).min(self.capacity);
+            // Only what the level gained is credit (it may stop at the capacity).
+            let added = self.level - before;
+            self.wider.outstanding -= by - added;
+            self.wider.credit += added;
         }
         begins
     }
@@ -295,6 +303,11 @@ impl Bucket {
         if !self.wider.started || self.wider.refused {
             return false;
         }
+        // The credit not taken yet was never the provider's room (as far as the level still
+        // holds it: reservations, pauses and snapshots move the level, and the credit is only
+        // an account of what the trial added).
+        self.refill(now);
+        self.level -= self.wider.credit.min(self.level.max(0.0));
         self.wider = Wider {
             started: true,
             refused: true,
@@ -866,7 +879,12 @@ impl RateLimiter {
                 }
             }
         };
-        let delta = charged - counted;
+        let mut delta = charged - counted;
+        if outcome == Outcome::Refused {
+            // What it took beyond our window was never ours: the provider's headers said it
+            // had room, and it had not.
+            delta -= ticket.beyond[1];
+        }
         if delta == 0.0 {
             return;
         }
@@ -898,6 +916,32 @@ impl RateLimiter {
         let sent_at = ticket.sent_at.unwrap_or(now);
         let mut guard = self.lock();
         let s = &mut *guard;
+        // Refused while every figure it sent showed room for this call: its headers describe
+        // more than it enforces (a minute described, a second enforced), and their room is
+        // no reason to send more, from now on.
+        let room = |remaining: Option<u64>, need: f64| remaining.is_none_or(|r| r as f64 >= need);
+        if !counted
+            && room(server.remaining_requests, 1.0)
+            && room(server.remaining_tokens, ticket.tokens as f64)
+        {
+            for (bucket, reported) in [
+                (&mut s.requests_per_minute, server.remaining_requests),
+                (&mut s.tokens_per_minute, server.remaining_tokens),
+            ] {
+                if let Some(b) = bucket.as_mut().filter(|_| reported.is_some()) {
+                    end_trial(&self.name, b, now);
+                    if !b.headers_overstate {
+                        b.headers_overstate = true;
+                        tracing::info!(
+                            "rate limit `{}`: a 429 while the provider's headers showed room for \
+                             the call: they describe more than it enforces, so their room no \
+                             longer raises ours",
+                            self.name
+                        );
+                    }
+                }
+            }
+        }
         if self.settings.reserve_max_tokens
             && let (Some(limit), Some(remaining)) = (
                 server
@@ -988,6 +1032,8 @@ impl RateLimiter {
         };
         for bucket in buckets.into_iter().flatten() {
             end_trial(&self.name, bucket, now);
+            // The level starts over: credit that was part of it is gone with it.
+            bucket.wider.credit = 0.0;
             bucket.refill(now);
             // Empty now, and the pause's worth in debt: new reservations queue after it.
             bucket.level = bucket.level.min(0.0) - bucket.per_second * extra.as_secs_f64();
@@ -1415,6 +1461,7 @@ fn sync_bucket(
         let by = b.deficits.iter().copied().fold(f64::INFINITY, f64::min);
         tracing::debug!(limit = %name, what, by, "lowered to the server's level");
         b.level -= by;
+        b.wider.credit = (b.wider.credit - by).max(0.0);
         for d in b.deficits.iter_mut() {
             *d -= by;
         }
@@ -1424,7 +1471,7 @@ fn sync_bucket(
     // Trying a wider window the server's headers show (see [`Wider`]): unless a lower limit
     // was set than the account's (the user's choice). Our cushion is our own window.
     let own_limit = server_limit.is_none_or(|l| l == b.limit);
-    let may_raise = may_raise && server_limit == Some(b.limit);
+    let may_raise = may_raise && server_limit == Some(b.limit) && !b.headers_overstate;
     if let (Some(taken), Some(wider), true) = (widen_by_taken, b.wider_window(), own_limit) {
         let room = implied_before_unseen.min(wider) - unseen - b.configured_window;
         if b.widen(room, taken, now) {
