@@ -3,7 +3,8 @@
 //!
 //! Per minute, each dimension is a token bucket refilled continuously at `limit / 60 s`,
 //! holding at most `burst_seconds` of refill — the short-window shape providers enforce (or
-//! less, when the provider's reset headers show a shorter window: see `Bucket::fit`). A
+//! less, when the provider's reset headers show a shorter window: see `Bucket::fit`; or more,
+//! step by step, when they show a wider one the provider keeps to: see `Wider`). A
 //! caller *reserves* what it needs: the level may go below zero, and the caller sleeps until
 //! its share has been refilled. Reservations are therefore served in arrival order with exact
 //! spacing and no thundering herd of waiters re-checking a shared level. Callers take turns
