@@ -566,7 +566,7 @@ async fn a_wider_window_the_provider_does_not_keep_costs_one_step_of_429s() {
     assert!((1..=8).contains(&refused), "{refused} refused: {stats:#}");
     let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
     assert!(log.contains("trying it"), "{log}");
-    assert!(log.contains("it enforces a shorter one"), "{log}");
+    assert!(log.contains("a 429 while trying the window"), "{log}");
 }
 
 /// The same for tokens: 600k TPM enforced over a tenth of a second, a window of 1,000 tokens

@@ -221,13 +221,15 @@ stages:
 async fn a_record_with_more_outputs_than_a_buffer_holds_is_sent_a_batch_at_a_time() {
     // 500 outputs per record into consumers whose channels hold 4 records: the outputs are
     // sent in batches that fit, in order, to both consumers (a send asking for more room than
-    // the channel has would wait forever).
+    // the channel has would wait forever). `a` writes one record at a time, so the order it
+    // records is the order received (a sink writes up to 4 batches at once by default, and
+    // they may finish in any order: one CI run saw 0.415–0.418 reversed).
     let run = run_yaml(
         r#"
 stages:
   - { id: src, kind: numbers, config: { count: 20, probe: ex-src } }
   - { id: explode, kind: probe, inputs: [src], concurrency: 3, ordered: true, config: { behaviour: explode, n: 500, probe: ex-p } }
-  - { id: a, kind: collect, inputs: [explode], buffer: 8, config: { probe: ex-a } }
+  - { id: a, kind: collect, inputs: [explode], buffer: 8, concurrency: 1, config: { probe: ex-a } }
   - { id: b, kind: collect, inputs: [explode], buffer: 3, config: { probe: ex-b, batch: 7 } }
 "#,
     );

@@ -203,10 +203,14 @@ impl Bucket {
     }
 
     /// The window the provider's headers show, when it is clearly wider than ours and no
-    /// 429 has ended trying it (see [`Wider`]).
+    /// 429 has ended trying it or shown that the headers describe more than is enforced (see
+    /// [`Wider`]).
     fn wider_window(&self) -> Option<f64> {
-        self.server_window
-            .filter(|w| *w > self.configured_window * WIDER_THAN && !self.wider.refused)
+        self.server_window.filter(|w| {
+            *w > self.configured_window * WIDER_THAN
+                && !self.wider.refused
+                && !self.headers_overstate
+        })
     }
 
     /// Learns the provider's window from one snapshot: `remaining` left, full again after
@@ -299,7 +303,8 @@ impl Bucket {
     }
 
     /// A 429 while trying the wider window: the provider enforces a shorter one than its
-    /// headers describe. Back to ours for the rest of the run. Returns whether a trial ended.
+    /// headers describe (or a call overtaken on the way ate our cushion: either way, not worth
+    /// a second try). Back to ours for the rest of the run. Returns whether a trial ended.
     fn end_trial(&mut self, now: Instant) -> bool {
         if !self.wider.started || self.wider.refused {
             return false;
@@ -1133,8 +1138,8 @@ impl RateLimiter {
 fn end_trial(name: &str, b: &mut Bucket, now: Instant) {
     if b.end_trial(now) {
         tracing::info!(
-            "rate limit `{name}`: a 429 while the provider's headers showed room in a window \
-             of {:.0}: it enforces a shorter one; bursts stay within `burst_seconds`",
+            "rate limit `{name}`: a 429 while trying the window of {:.0} the provider's \
+             headers show: bursts stay within `burst_seconds` from now on",
             b.server_window.unwrap_or_default()
         );
     }

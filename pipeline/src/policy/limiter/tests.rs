@@ -505,6 +505,20 @@ async fn headers_that_showed_room_for_a_refused_call_raise_nothing_after_it() {
     // At our price (408 + 100 a call), as in the test above before its surplus came back.
     let took = start.elapsed().as_secs_f64();
     assert!(took > 101.0, "{took} s");
+    // Nor is a wider window they show tried.
+    let ticket = l.acquire(500).await;
+    let minute = ServerLimits {
+        reset_tokens: Some(Duration::from_secs(59)),
+        remaining_tokens: Some(1_000),
+        ..room
+    };
+    l.observe(&ticket, &minute, true);
+    let bucket = |l: &RateLimiter| {
+        let s = l.lock();
+        let b = s.tokens_per_minute.as_ref().unwrap();
+        (b.capacity, b.wider.started)
+    };
+    assert_eq!(bucket(&l), (900.0, false));
 }
 
 /// What was taken back is given back when the cushion shrinks: here the server starts
