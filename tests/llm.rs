@@ -569,6 +569,35 @@ async fn a_wider_window_the_provider_does_not_keep_costs_one_step_of_429s() {
     assert!(log.contains("a 429 while trying the window"), "{log}");
 }
 
+/// `count` prompts of ~460 tokens through `llm` with `max_tokens` 200 (each call near 660
+/// tokens) under a limit told `tpm`. Not `pipeline()`: with its schema and 300, a call nearly
+/// fills a 1,000-token window, and the calls paced before the first answer, at the rate, meet
+/// jitter 429s now and then.
+fn token_bound_calls(dir: &Path, sim: &Sim, count: usize, tpm: u64) {
+    let words = "the crew reads the oxygen tank pressure to Houston and waits ";
+    let lines: Vec<String> = (0..count)
+        .map(|i| {
+            serde_json::json!({ "text": format!("Record {i}: {}", words.repeat(40)) }).to_string()
+        })
+        .collect();
+    std::fs::write(dir.join("prompts.jsonl"), lines.join("\n") + "\n").unwrap();
+    let yaml = format!(
+        r#"
+resources:
+  limits:
+    acct: {{ tpm: {tpm} }}
+  providers:
+    llm: {provider}
+stages:
+  - {{ id: read, kind: files, config: {{ path: ".", glob: "prompts.jsonl", text_field: text }} }}
+  - {{ id: ask, kind: llm, inputs: [read], config: {{ provider: llm, prompt: "{{{{ text }}}}", max_tokens: 200 }} }}
+  - {{ id: out, kind: jsonl, inputs: [ask], config: {{ path: out.jsonl }} }}
+"#,
+        provider = openai(sim, "sk-test", "")
+    );
+    std::fs::write(dir.join("pipeline.yaml"), yaml).unwrap();
+}
+
 /// The same for tokens: 600k TPM enforced over a tenth of a second, a window of 1,000 tokens
 /// that holds one of these calls (~660 tokens) and a half. Most pairs of the server's
 /// snapshots then have its bucket fill between them; priced from those, calls went faster
@@ -582,31 +611,7 @@ async fn a_token_window_that_holds_one_call_meets_no_429_storm() {
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let words = "the crew reads the oxygen tank pressure to Houston and waits ";
-    let lines: Vec<String> = (0..60)
-        .map(|i| {
-            serde_json::json!({ "text": format!("Record {i}: {}", words.repeat(40)) }).to_string()
-        })
-        .collect();
-    std::fs::write(dir.path().join("prompts.jsonl"), lines.join("\n") + "\n").unwrap();
-    // Not `pipeline()`: plain answers with `max_tokens` 200 keep each call near 660 tokens, a
-    // call and a half per window (with its schema and 300, a call nearly fills the window, and
-    // the calls paced before the first answer, at the rate, meet jitter 429s now and then).
-    let yaml = format!(
-        r#"
-resources:
-  limits:
-    acct: {{ tpm: 600000 }}
-  providers:
-    llm: {provider}
-stages:
-  - {{ id: read, kind: files, config: {{ path: ".", glob: "prompts.jsonl", text_field: text }} }}
-  - {{ id: ask, kind: llm, inputs: [read], config: {{ provider: llm, prompt: "{{{{ text }}}}", max_tokens: 200 }} }}
-  - {{ id: out, kind: jsonl, inputs: [ask], config: {{ path: out.jsonl }} }}
-"#,
-        provider = openai(&sim, "sk-test", "")
-    );
-    std::fs::write(dir.path().join("pipeline.yaml"), yaml).unwrap();
+    token_bound_calls(dir.path(), &sim, 60, 600_000);
     let out = run(dir.path(), "state").await;
     assert!(out.status.success(), "{}", stderr(&out));
     let stats = sim.stats().await;
@@ -631,28 +636,7 @@ async fn a_wider_window_trial_that_meets_a_429_leaves_nothing_behind() {
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let words = "the crew reads the oxygen tank pressure to Houston and waits ";
-    let lines: Vec<String> = (0..40)
-        .map(|i| {
-            serde_json::json!({ "text": format!("Record {i}: {}", words.repeat(40)) }).to_string()
-        })
-        .collect();
-    std::fs::write(dir.path().join("prompts.jsonl"), lines.join("\n") + "\n").unwrap();
-    let yaml = format!(
-        r#"
-resources:
-  limits:
-    acct: {{ tpm: 60000 }}
-  providers:
-    llm: {provider}
-stages:
-  - {{ id: read, kind: files, config: {{ path: ".", glob: "prompts.jsonl", text_field: text }} }}
-  - {{ id: ask, kind: llm, inputs: [read], config: {{ provider: llm, prompt: "{{{{ text }}}}", max_tokens: 200 }} }}
-  - {{ id: out, kind: jsonl, inputs: [ask], config: {{ path: out.jsonl }} }}
-"#,
-        provider = openai(&sim, "sk-test", "")
-    );
-    std::fs::write(dir.path().join("pipeline.yaml"), yaml).unwrap();
+    token_bound_calls(dir.path(), &sim, 40, 60_000);
     let out = run(dir.path(), "state").await;
     assert!(out.status.success(), "{}", stderr(&out));
     let stats = sim.stats().await;
