@@ -570,10 +570,11 @@ async fn a_wider_window_the_provider_does_not_keep_costs_one_step_of_429s() {
 }
 
 /// `count` prompts of ~460 tokens through `llm` with `max_tokens` 200 (each call near 660
-/// tokens) under a limit told `tpm`. Not `pipeline()`: with its schema and 300, a call nearly
+/// tokens) under a limit told `tpm` (or not told anything: `None`). Not `pipeline()`: with its schema and 300, a call nearly
 /// fills a 1,000-token window, and the calls paced before the first answer, at the rate, meet
 /// jitter 429s now and then.
-fn token_bound_calls(dir: &Path, sim: &Sim, count: usize, tpm: u64) {
+fn token_bound_calls(dir: &Path, sim: &Sim, count: usize, tpm: Option<u64>) {
+    let limit = tpm.map_or("{}".to_string(), |tpm| format!("{{ tpm: {tpm} }}"));
     let words = "the crew reads the oxygen tank pressure to Houston and waits ";
     let lines: Vec<String> = (0..count)
         .map(|i| {
@@ -585,7 +586,7 @@ fn token_bound_calls(dir: &Path, sim: &Sim, count: usize, tpm: u64) {
         r#"
 resources:
   limits:
-    acct: {{ tpm: {tpm} }}
+    acct: {limit}
   providers:
     llm: {provider}
 stages:
@@ -611,7 +612,7 @@ async fn a_token_window_that_holds_one_call_meets_no_429_storm() {
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    token_bound_calls(dir.path(), &sim, 60, 600_000);
+    token_bound_calls(dir.path(), &sim, 60, Some(600_000));
     let out = run(dir.path(), "state").await;
     assert!(out.status.success(), "{}", stderr(&out));
     let stats = sim.stats().await;
@@ -636,13 +637,40 @@ async fn a_wider_window_trial_that_meets_a_429_leaves_nothing_behind() {
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    token_bound_calls(dir.path(), &sim, 40, 60_000);
+    token_bound_calls(dir.path(), &sim, 40, Some(60_000));
     let out = run(dir.path(), "state").await;
     assert!(out.status.success(), "{}", stderr(&out));
     let stats = sim.stats().await;
     assert_eq!(status_count(&stats, "200"), 40, "{stats:#}");
     let refused = stats["rate_limited"].as_u64().unwrap();
     assert!(refused <= 4, "{refused} refused: {stats:#}");
+}
+
+/// A provider whose 429 says which limit refused the call in its message alone, as many
+/// OpenAI-compatible servers and gateways do: no `x-ratelimit-*` headers, no `retry-after`
+/// ("Rate limit reached ... on tokens per min (TPM): Limit 60000, Used 59400, Requested 660.
+/// Please try again in 60ms."), and no limit declared. The message teaches the limit, what
+/// is left of it and the wait, and everyone waits; read as overload (a 429 without the
+/// account's state), each call backed off alone while the rest kept going: 218 requests
+/// refused for 40 calls. Now the first calls, sent before anything is known, meet 7.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_message_teaches_the_limit_where_no_header_does() {
+    let sim = Sim::start_json(serde_json::json!({
+        "tpm": 60000,
+        "burst_seconds": 1.0,
+        "latency_ms_median": 100.0,
+        "rate_limit_headers": false,
+        "retry_after_header": false,
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    token_bound_calls(dir.path(), &sim, 40, None);
+    let out = run(dir.path(), "state").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stats = sim.stats().await;
+    assert_eq!(status_count(&stats, "200"), 40, "{stats:#}");
+    let refused = stats["rate_limited"].as_u64().unwrap();
+    assert!(refused <= 10, "{refused} refused: {stats:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 use crate::failure::{
     Billed, Failure, FailureClass, classify_response, refuses_what_every_call_sends,
 };
-use crate::ratelimit::{RateLimitSnapshot, retry_after};
+use crate::ratelimit::{RateLimitMessage, RateLimitSnapshot, retry_after};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 use std::fmt;
@@ -81,11 +81,22 @@ pub(crate) async fn send_json(
         failure
     })?;
     if !(200..300).contains(&status) {
+        let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::Null);
+        // OpenAI's 429 says in words which limit refused the call and how long to wait,
+        // where it (or a compatible server) sends no `retry-after` or no headers at all.
+        let message = (status == 429)
+            .then(|| {
+                body["error"]["message"]
+                    .as_str()
+                    .map(RateLimitMessage::parse)
+            })
+            .flatten()
+            .unwrap_or_default();
         let wait = retry_after(
             |n| headers.get(n).and_then(|v| v.to_str().ok()),
             SystemTime::now(),
-        );
-        let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::Null);
+        )
+        .or(message.try_again_in);
         // Both vendors put the reason at error.message, and OpenAI a code at error.code
         // (Anthropic: the type) — shown, since it says what to do (`insufficient_quota`).
         let detail = body["error"]["message"]
@@ -116,6 +127,7 @@ pub(crate) async fn send_json(
         if rate_limit.is_empty() {
             rate_limit = RateLimitSnapshot::from_anthropic(header(&headers), SystemTime::now());
         }
+        rate_limit.add_message(&message);
         let detail = if refuses_what_every_call_sends(status, &body) {
             format!(
                 "{detail} (every call sends it, so no record would get through: check the \

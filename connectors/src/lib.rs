@@ -19,4 +19,4 @@ pub use falkordb::{FalkorClient, QueryResult, QueryStats};
 pub use http::ApiKey;
 pub use neo4j::{Neo4jClient, Neo4jSettings};
 pub use openai::{ChatMessage, ChatRequest, Completion, Embeddings, OpenAiClient, Usage};
-pub use ratelimit::{RateLimitSnapshot, parse_duration, retry_after};
+pub use ratelimit::{LimitKind, RateLimitMessage, RateLimitSnapshot, parse_duration, retry_after};

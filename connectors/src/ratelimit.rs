@@ -13,6 +13,15 @@ pub struct RateLimitSnapshot {
     pub limit_tokens: Option<u64>,
     pub remaining_tokens: Option<u64>,
     pub reset_tokens: Option<Duration>,
+    /// The per-minute limit a 429's message says refused the call (see [`RateLimitMessage`]).
+    pub refused_by: Option<LimitKind>,
+}
+
+/// Requests or tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitKind {
+    Requests,
+    Tokens,
 }
 
 impl RateLimitSnapshot {
@@ -28,6 +37,7 @@ impl RateLimitSnapshot {
             limit_tokens: num("x-ratelimit-limit-tokens"),
             remaining_tokens: num("x-ratelimit-remaining-tokens"),
             reset_tokens: dur("x-ratelimit-reset-tokens"),
+            refused_by: None,
         }
     }
 
@@ -47,12 +57,118 @@ impl RateLimitSnapshot {
             limit_tokens: num("anthropic-ratelimit-tokens-limit"),
             remaining_tokens: num("anthropic-ratelimit-tokens-remaining"),
             reset_tokens: until("anthropic-ratelimit-tokens-reset"),
+            refused_by: None,
         }
     }
 
     pub fn is_empty(&self) -> bool {
         *self == RateLimitSnapshot::default()
     }
+
+    /// Adds what a 429's message says: which per-minute limit refused the call and, where
+    /// the headers said nothing of that limit, the limit and what is left of it.
+    pub fn add_message(&mut self, message: &RateLimitMessage) {
+        let Some((kind, Period::Minute)) = message.limit else {
+            return;
+        };
+        self.refused_by = Some(kind);
+        let (limit, remaining) = match kind {
+            LimitKind::Requests => (&mut self.limit_requests, &mut self.remaining_requests),
+            LimitKind::Tokens => (&mut self.limit_tokens, &mut self.remaining_tokens),
+        };
+        if limit.is_none() && remaining.is_none() {
+            *limit = message.limit_value;
+            *remaining = message
+                .limit_value
+                .zip(message.used)
+                .map(|(limit, used)| limit.saturating_sub(used));
+        }
+    }
+}
+
+/// Per minute or per day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Period {
+    Minute,
+    Day,
+}
+
+/// What OpenAI's 429 message says, in words its headers may not carry (OpenAI-compatible
+/// servers often send the message without the headers, and OpenAI itself sends no
+/// `retry-after`): "Rate limit reached for gpt-4o in organization org-… on tokens per min
+/// (TPM): Limit 30000, Used 29000, Requested 1500. Please try again in 1.2s." Groq says "per
+/// minute", Azure "Please retry after 6 seconds".
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RateLimitMessage {
+    /// Which limit refused the call.
+    pub limit: Option<(LimitKind, Period)>,
+    /// Its size, what the provider counts used of it, and what it counted for this call.
+    pub limit_value: Option<u64>,
+    pub used: Option<u64>,
+    pub requested: Option<u64>,
+    /// How long the provider says to wait.
+    pub try_again_in: Option<Duration>,
+}
+
+impl RateLimitMessage {
+    pub fn parse(message: &str) -> RateLimitMessage {
+        let lower = message.to_ascii_lowercase();
+        let limit = [
+            (
+                "requests per min",
+                "(rpm)",
+                LimitKind::Requests,
+                Period::Minute,
+            ),
+            ("tokens per min", "(tpm)", LimitKind::Tokens, Period::Minute),
+            (
+                "requests per day",
+                "(rpd)",
+                LimitKind::Requests,
+                Period::Day,
+            ),
+            ("tokens per day", "(tpd)", LimitKind::Tokens, Period::Day),
+        ]
+        .into_iter()
+        .find(|(words, short, _, _)| lower.contains(words) || lower.contains(short))
+        .map(|(_, _, kind, period)| (kind, period));
+        let try_again_in = after(&lower, "try again in ")
+            .and_then(|rest| parse_duration(first_word(rest).trim_end_matches(['.', ','])))
+            .or_else(|| {
+                let rest = after(&lower, "retry after ")?;
+                let secs: f64 = first_word(rest).parse().ok()?;
+                let unit = rest.split_whitespace().nth(1)?;
+                (unit.starts_with("second") && secs.is_finite() && secs >= 0.0)
+                    .then(|| Duration::from_secs_f64(secs))
+            });
+        RateLimitMessage {
+            limit,
+            limit_value: number_after(&lower, "limit"),
+            used: number_after(&lower, "used"),
+            requested: number_after(&lower, "requested"),
+            try_again_in,
+        }
+    }
+}
+
+fn after<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
+    text.find(marker).map(|at| &text[at + marker.len()..])
+}
+
+fn first_word(text: &str) -> &str {
+    text.split_whitespace().next().unwrap_or_default()
+}
+
+/// The number right after `word` followed by a space or ": " ("Limit 30000", "Limit: 3").
+fn number_after(text: &str, word: &str) -> Option<u64> {
+    text.match_indices(word).find_map(|(at, _)| {
+        let rest = text[at + word.len()..]
+            .strip_prefix(':')
+            .unwrap_or(&text[at + word.len()..]);
+        let rest = rest.strip_prefix(' ')?;
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    })
 }
 
 /// How long the server asked us to wait: `retry-after-ms`, else `retry-after` as seconds or as
@@ -165,6 +281,95 @@ mod tests {
         assert_eq!(s.remaining_requests, Some(0));
         assert_eq!(s.reset_requests, Some(Duration::from_secs(7)));
         assert_eq!(s.limit_tokens, None);
+    }
+
+    #[test]
+    fn openai_rate_limit_messages() {
+        let tpm = RateLimitMessage::parse(
+            "Rate limit reached for gpt-4o in organization org-abc on tokens per min (TPM): \
+             Limit 30000, Used 29000, Requested 1500. Please try again in 1.2s. Visit \
+             https://platform.openai.com/account/rate-limits to learn more.",
+        );
+        assert_eq!(
+            tpm,
+            RateLimitMessage {
+                limit: Some((LimitKind::Tokens, Period::Minute)),
+                limit_value: Some(30_000),
+                used: Some(29_000),
+                requested: Some(1_500),
+                try_again_in: Some(Duration::from_millis(1200)),
+            }
+        );
+        let rpm = RateLimitMessage::parse(
+            "Rate limit reached for default-gpt-3.5-turbo in organization org-abc on requests \
+             per min. Limit: 3 / min. Please try again in 20s. Contact us through our help \
+             center at help.openai.com if you continue to have issues.",
+        );
+        assert_eq!(rpm.limit, Some((LimitKind::Requests, Period::Minute)));
+        assert_eq!(rpm.limit_value, Some(3));
+        assert_eq!(rpm.used, None);
+        assert_eq!(rpm.try_again_in, Some(Duration::from_secs(20)));
+        let day = RateLimitMessage::parse(
+            "Rate limit reached for gpt-4o-mini in organization org-abc on tokens per day \
+             (TPD): Limit 2000000, Used 1999000, Requested 1800. Please try again in 16m40s.",
+        );
+        assert_eq!(day.limit, Some((LimitKind::Tokens, Period::Day)));
+        assert_eq!(day.try_again_in, Some(Duration::from_secs(1000)));
+        let groq = RateLimitMessage::parse(
+            "Rate limit reached for model `llama3-70b-8192` in organization `org_x` service \
+             tier `on_demand` on tokens per minute (TPM): Limit 6000, Used 5421, Requested \
+             1122. Please try again in 5.43s.",
+        );
+        assert_eq!(groq.limit, Some((LimitKind::Tokens, Period::Minute)));
+        assert_eq!(groq.requested, Some(1122));
+        assert_eq!(groq.try_again_in, Some(Duration::from_millis(5430)));
+        let azure = RateLimitMessage::parse(
+            "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version \
+             2024-02-01 have exceeded token rate limit of your current OpenAI S0 pricing tier. \
+             Please retry after 6 seconds.",
+        );
+        assert_eq!(azure.try_again_in, Some(Duration::from_secs(6)));
+        assert_eq!(azure.limit, None);
+        assert_eq!(
+            RateLimitMessage::parse("The server is overloaded or not ready yet."),
+            RateLimitMessage::default()
+        );
+    }
+
+    #[test]
+    fn a_message_names_the_limit_and_fills_what_headers_did_not_say() {
+        let tpm = RateLimitMessage::parse(
+            "Rate limit reached for gpt-4o on tokens per min (TPM): Limit 30000, Used 29000, \
+             Requested 1500. Please try again in 1.2s.",
+        );
+        let mut bare = RateLimitSnapshot::default();
+        bare.add_message(&tpm);
+        assert_eq!(bare.refused_by, Some(LimitKind::Tokens));
+        assert_eq!(bare.limit_tokens, Some(30_000));
+        assert_eq!(bare.remaining_tokens, Some(1_000));
+        assert_eq!(bare.limit_requests, None);
+        // The headers' own figures stand.
+        let mut told = RateLimitSnapshot {
+            limit_tokens: Some(30_000),
+            remaining_tokens: Some(25_000),
+            ..Default::default()
+        };
+        told.add_message(&tpm);
+        assert_eq!(told.remaining_tokens, Some(25_000));
+        assert_eq!(told.refused_by, Some(LimitKind::Tokens));
+        // A day's limit is not a minute's.
+        let mut day = RateLimitSnapshot::default();
+        day.add_message(&RateLimitMessage::parse(
+            "Rate limit reached on tokens per day (TPD): Limit 90000, Used 90000, Requested 9.",
+        ));
+        assert!(day.is_empty());
+        let mut rpm = RateLimitSnapshot::default();
+        rpm.add_message(&RateLimitMessage::parse(
+            "Rate limit reached on requests per min (RPM): Limit 3, Used 3, Requested 1.",
+        ));
+        assert_eq!(rpm.refused_by, Some(LimitKind::Requests));
+        assert_eq!(rpm.limit_requests, Some(3));
+        assert_eq!(rpm.remaining_requests, Some(0));
     }
 
     #[test]

@@ -35,6 +35,13 @@ pub struct SimConfig {
     /// headers then report a bucket of this size, debited alike. `None` = they describe
     /// `burst_seconds`.
     pub headers_window_seconds: Option<f64>,
+    /// Whether responses carry the `x-ratelimit-*` (`anthropic-ratelimit-*`) headers. Default
+    /// true; many OpenAI-compatible servers and gateways send none, and their 429 says in
+    /// its message alone which limit refused the call.
+    pub rate_limit_headers: bool,
+    /// Whether a rate-limit 429 carries `retry-after` (and `retry-after-ms`). Default true;
+    /// OpenAI's often say how long to wait only in the message ("Please try again in 1.2s").
+    pub retry_after_header: bool,
     /// Tokens assumed for the completion when a request has no `max_tokens`
     /// (OpenAI pre-accounting). Default 4096.
     pub default_max_tokens: u64,
@@ -240,6 +247,8 @@ impl Default for SimConfig {
             tpm: None,
             burst_seconds: 1.0,
             headers_window_seconds: None,
+            rate_limit_headers: true,
+            retry_after_header: true,
             default_max_tokens: 4096,
             hidden_concurrency: None,
             latency_ms_median: 0.0,

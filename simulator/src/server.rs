@@ -183,6 +183,7 @@ async fn api(st: Arc<AppState>, ep: Endpoint, headers: HeaderMap, body: Bytes) -
     let (cfg, seq, draw_seed) =
         st.lock()
             .on_request(guard.level, body_hash, key.as_deref(), ep.name());
+    let rate_limit_headers = cfg.rate_limit_headers;
     let req = Req {
         st: Arc::clone(&st),
         cfg,
@@ -205,7 +206,9 @@ async fn api(st: Arc<AppState>, ep: Endpoint, headers: HeaderMap, body: Bytes) -
         Some(s) => s,
         None => st.lock().limiter.peek(Instant::now()),
     };
-    add_ratelimit_headers(resp.headers_mut(), vendor, &snap);
+    if rate_limit_headers {
+        add_ratelimit_headers(resp.headers_mut(), vendor, &snap);
+    }
     insert(
         resp.headers_mut(),
         if vendor == Vendor::OpenAi {
@@ -436,16 +439,31 @@ async fn process(
                     )
                 }
             } else {
-                ApiError::rate_limited(
+                // "Used" as the headers would say it: the limit less what they show left.
+                let shown = if d.which == "requests" {
+                    snap.requests
+                } else {
+                    snap.tokens
+                };
+                let used = d.limit - shown.map_or(0, |b| b.remaining.min(d.limit));
+                let e = ApiError::rate_limited(
                     d.which,
                     format!(
-                        "Rate limit reached for {model} in organization org-sim on {unit}: Limit {}, Requested {}. Please try again in {}.",
+                        "Rate limit reached for {model} in organization org-sim on {unit}: Limit {}, Used {used}, Requested {}. Please try again in {}.",
                         d.limit,
                         d.requested,
                         format_reset(d.retry_after)
                     ),
                     d.retry_after,
-                )
+                );
+                if cfg.retry_after_header {
+                    e
+                } else {
+                    ApiError {
+                        retry_after: None,
+                        ..e
+                    }
+                }
             };
             return Err((e, Some(snap)));
         }

@@ -308,6 +308,41 @@ async fn rpm_burst_then_recovers() {
     assert_eq!(stats["by_status"]["200"], 3);
 }
 
+/// Like many OpenAI-compatible servers and gateways (no `x-ratelimit-*`) and OpenAI itself
+/// (the wait said in the message only): the 429's message alone says the limit, what is used,
+/// what the call counts and how long to wait.
+#[tokio::test]
+async fn a_429_can_say_it_in_words_only() {
+    let sim = start(SimConfig {
+        rpm: Some(120),
+        rate_limit_headers: false,
+        retry_after_header: false,
+        ..SimConfig::default()
+    })
+    .await;
+    let body = simple_chat("hello");
+    let futs: Vec<_> = (0..4).map(|_| owned_chat(&sim, &body)).collect();
+    let responses = futures_join_all(futs).await;
+    assert_eq!(responses.iter().filter(|r| r.status() == 200).count(), 2);
+    for r in responses {
+        for name in [
+            "retry-after",
+            "retry-after-ms",
+            "x-ratelimit-limit-requests",
+        ] {
+            assert_eq!(header(&r, name), None, "{name}");
+        }
+        if r.status() == 429 {
+            let v: Value = r.json().await.expect("json");
+            let message = v["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("on requests per min (RPM): Limit 120, Used 120, Requested 1. Please try again in"),
+                "{message}"
+            );
+        }
+    }
+}
+
 fn owned_chat(
     sim: &common::Sim,
     body: &Value,

@@ -7,9 +7,11 @@ use crate::chunk::splitter::Tokenizer;
 use connectors::models::{self, Encoding};
 use connectors::{
     AnthropicClient, ApiKey, Billed, Block, ChatMessage, ChatRequest, Completion, Failure,
-    FailureClass, MessagesRequest, OpenAiClient, RateLimitSnapshot, Usage,
+    FailureClass, LimitKind, MessagesRequest, OpenAiClient, RateLimitSnapshot, Usage,
 };
-use pipeline::policy::{Answer, Billing, Failed, Price, ProviderSpec, ServerLimits, TokenUsage};
+use pipeline::policy::{
+    Answer, Billing, Dimension, Failed, Price, ProviderSpec, ServerLimits, TokenUsage,
+};
 use pipeline::{Registry, StageError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -267,7 +269,8 @@ pub fn strict_compatible(schema: &Value) -> bool {
     }
 }
 
-fn server_limits(s: &RateLimitSnapshot) -> ServerLimits {
+/// What the provider said of the account's limits, in the policy layer's terms.
+pub(crate) fn server_limits(s: &RateLimitSnapshot) -> ServerLimits {
     ServerLimits {
         limit_requests: s.limit_requests,
         remaining_requests: s.remaining_requests,
@@ -275,6 +278,10 @@ fn server_limits(s: &RateLimitSnapshot) -> ServerLimits {
         limit_tokens: s.limit_tokens,
         remaining_tokens: s.remaining_tokens,
         reset_tokens: s.reset_tokens,
+        refused_by: s.refused_by.map(|kind| match kind {
+            LimitKind::Requests => Dimension::Requests,
+            LimitKind::Tokens => Dimension::Tokens,
+        }),
     }
 }
 

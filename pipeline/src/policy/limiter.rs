@@ -455,7 +455,9 @@ pub enum Outcome {
 #[derive(Clone, Copy, Debug)]
 struct Snapshot {
     seq: u64,
+    /// When the call was sent, and when its answer (carrying the snapshot) came.
     at: Instant,
+    answered: Instant,
     remaining: f64,
     prompt_through: f64,
     fixed_through: f64,
@@ -480,6 +482,10 @@ struct TokenModel {
     capacity: Option<f64>,
     /// Recent requests the server refused (not counted): (seq, prompt, fixed).
     refused: VecDeque<(u64, f64, f64)>,
+    /// The server takes its snapshot when it answers, not when the call arrives: it has
+    /// reported its window full with a call of ours just counted (refilled past it while
+    /// the answer was generated). See `learn_from_snapshot`.
+    snapshot_when_answered: bool,
 }
 
 impl TokenModel {
@@ -959,7 +965,7 @@ impl RateLimiter {
             learn_from_snapshot(
                 s,
                 ticket,
-                sent_at,
+                (sent_at, now),
                 (limit, self.settings.burst_seconds),
                 (remaining as f64, server.reset_tokens),
                 counted,
@@ -1151,7 +1157,7 @@ fn end_trial(name: &str, b: &mut Bucket, now: Instant) {
 fn learn_from_snapshot(
     s: &mut State,
     ticket: &Ticket<'_>,
-    sent_at: Instant,
+    (sent_at, answered): (Instant, Instant),
     (limit, burst_seconds): (u64, f64),
     (remaining, reset): (f64, Option<Duration>),
     counted: bool,
@@ -1163,6 +1169,15 @@ fn learn_from_snapshot(
         let full = remaining + reset.as_secs_f64() * per_second;
         m.capacity = Some(m.capacity.map_or(full, |c| c.max(full)));
     }
+    // A window reported full (as its reset header sizes it) with this call just counted: the
+    // server took the snapshot when it answered, and its window refilled past the call while
+    // the answer was generated (a snapshot taken on arrival is below full by the call). Such a
+    // snapshot hides what the call was charged.
+    let reported_full = m.capacity.is_some_and(|c| remaining + 1.0 >= c);
+    if counted && reported_full && !m.snapshot_when_answered {
+        m.snapshot_when_answered = true;
+        tracing::debug!("the provider's rate-limit headers are taken when it answers");
+    }
     // Only a call that waited its turn at the rate reached the server in the order of the
     // reservations, so that its snapshot marks where our count stands. One that went at once
     // (room in the bucket: the burst) may have overtaken calls reserved before it, and so may
@@ -1173,6 +1188,7 @@ fn learn_from_snapshot(
     let sample = Snapshot {
         seq: ticket.seq,
         at: sent_at,
+        answered,
         remaining,
         prompt_through: ticket.prompt_through,
         fixed_through: ticket.fixed_through,
@@ -1188,7 +1204,9 @@ fn learn_from_snapshot(
         return;
     }
     m.last = Some(sample);
-    let refill = per_second * sample.at.saturating_duration_since(last.at).as_secs_f64();
+    if reported_full {
+        return;
+    }
     // The server's window stops refilling when full. Its size is what its reset header
     // implies, else the configured burst (what `burst_seconds` says about the provider), or
     // more if it reported more left.
@@ -1209,10 +1227,22 @@ fn learn_from_snapshot(
         .filter(|(seq, _, _)| *seq > last.seq && *seq < sample.seq)
         .count() as u64;
     let counted_between = (sample.seq - last.seq - 1).saturating_sub(uncounted_between);
-    if counted_between > 0 && last.remaining + refill > capacity {
+    // Where refill alone would have taken the window by the time this call arrived, and
+    // what it refilled after that until the snapshot: snapshots taken on arrival are a send
+    // apart, those taken when answering are an answer apart, and the refill while this call
+    // was answered comes after the window's cap (a window full on arrival refilled from the
+    // call's charge, not from full).
+    let (last_at, refilled_after) = if m.snapshot_when_answered {
+        let answering = answered.saturating_duration_since(sent_at).as_secs_f64();
+        (last.answered, per_second * answering)
+    } else {
+        (last.at, 0.0)
+    };
+    let on_arrival = last.remaining + per_second * seconds_between(last_at, sample.at);
+    if counted_between > 0 && on_arrival > capacity {
         return;
     }
-    let before = (last.remaining + refill).min(capacity);
+    let before = on_arrival.min(capacity) + refilled_after;
     // Sent in between but not counted by the server: refused, or cancelled before sending
     // (and this request itself, when it was refused).
     let (mut refused_prompt, mut refused_fixed) = m
@@ -1241,6 +1271,15 @@ fn learn_from_snapshot(
         charged,
         estimate,
     );
+}
+
+/// `to - from` in seconds, negative when `to` is earlier.
+fn seconds_between(from: Instant, to: Instant) -> f64 {
+    if to >= from {
+        (to - from).as_secs_f64()
+    } else {
+        -(from - to).as_secs_f64()
+    }
 }
 
 impl Ticket<'_> {

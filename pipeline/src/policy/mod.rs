@@ -91,6 +91,8 @@ pub struct ServerLimits {
     pub limit_tokens: Option<u64>,
     pub remaining_tokens: Option<u64>,
     pub reset_tokens: Option<Duration>,
+    /// The limit the provider said (in a 429's message) refused the call.
+    pub refused_by: Option<Dimension>,
 }
 
 impl ServerLimits {
@@ -100,7 +102,13 @@ impl ServerLimits {
 
     /// Which dimension is spent, and when it comes back.
     fn exhausted(&self) -> (Option<Dimension>, Option<Duration>) {
-        if self.remaining_tokens == Some(0) {
+        if let Some(which) = self.refused_by {
+            let reset = match which {
+                Dimension::Tokens => self.reset_tokens,
+                Dimension::Requests => self.reset_requests,
+            };
+            (Some(which), reset)
+        } else if self.remaining_tokens == Some(0) {
             (Some(Dimension::Tokens), self.reset_tokens)
         } else if self.remaining_requests == Some(0) {
             (Some(Dimension::Requests), self.reset_requests)

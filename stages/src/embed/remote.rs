@@ -4,12 +4,10 @@
 //! comes from the config or the model's known size.
 
 use crate::chunk::splitter::Tokenizer;
-use crate::provider::{OPENAI_URL, failed};
+use crate::provider::{OPENAI_URL, failed, server_limits};
 use connectors::{ApiKey, Embeddings, OpenAiClient};
 use pipeline::policy::items::Item;
-use pipeline::policy::{
-    Answer, CallPolicy, Price, ProviderSpec, ServerLimits, TokenUsage, cache_key,
-};
+use pipeline::policy::{Answer, CallPolicy, Price, ProviderSpec, TokenUsage, cache_key};
 use pipeline::{BuildContext, StageError};
 use serde_json::json;
 
@@ -217,21 +215,13 @@ impl Remote {
 }
 
 fn answer(e: Embeddings) -> Answer<Vec<Vec<f32>>> {
-    let r = &e.rate_limit;
     Answer {
         value: e.vectors,
         usage: TokenUsage {
             input: e.usage.input_tokens,
             ..Default::default()
         },
-        server: ServerLimits {
-            limit_requests: r.limit_requests,
-            remaining_requests: r.remaining_requests,
-            reset_requests: r.reset_requests,
-            limit_tokens: r.limit_tokens,
-            remaining_tokens: r.remaining_tokens,
-            reset_tokens: r.reset_tokens,
-        },
+        server: server_limits(&e.rate_limit),
     }
 }
 

@@ -956,3 +956,125 @@ async fn a_refusal_of_a_call_beyond_our_window_ends_the_trial_without_headers() 
     l.observe(&first, &minute, true);
     assert!((capacity(&l) - 9.0).abs() < 1e-9, "{}", capacity(&l));
 }
+
+/// A provider that counts tokens its own way (`factor` × our prompt estimate, plus
+/// `max_tokens`) in a bucket of `window` seconds of its rate, and whose headers describe a
+/// bucket of `shows` seconds (debited alike) as it stands when it answers (`headers`, asked
+/// once the answer's time has passed): the refill while answering is in the snapshot.
+struct AnsweringServer {
+    rate: f64,
+    window: f64,
+    level: f64,
+    shows: f64,
+    shown: f64,
+    last: Instant,
+}
+
+impl AnsweringServer {
+    fn new(tpm: u64, window: f64, shows: f64) -> AnsweringServer {
+        let rate = tpm as f64 / 60.0;
+        AnsweringServer {
+            rate,
+            window: rate * window,
+            level: rate * window,
+            shows: rate * shows,
+            shown: rate * shows,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let refill = self.rate * (now - self.last).as_secs_f64();
+        self.level = (self.level + refill).min(self.window);
+        self.shown = (self.shown + refill).min(self.shows);
+        self.last = now;
+    }
+
+    fn arrive(&mut self, charge: f64) -> bool {
+        self.refill();
+        let admitted = self.level >= charge;
+        if admitted {
+            self.level -= charge;
+            self.shown = (self.shown - charge).max(0.0);
+        }
+        admitted
+    }
+
+    fn headers(&mut self) -> ServerLimits {
+        self.refill();
+        ServerLimits {
+            limit_tokens: Some((self.rate * 60.0) as u64),
+            remaining_tokens: Some(self.shown.floor() as u64),
+            reset_tokens: Some(Duration::from_secs_f64(
+                (self.shows - self.shown) / self.rate,
+            )),
+            ..Default::default()
+        }
+    }
+}
+
+/// `n` calls (prompt 600 by our count, `max_tokens` 60), 8 at a time, through a limiter
+/// told `tpm` to `server`, which counts `factor` × the prompt and answers in 0.4–0.9 s; a
+/// refused call pauses everyone 1 s (no `retry-after`, no dimension named) and goes again.
+/// Returns (refusals, seconds until the last was answered, the price learned per prompt
+/// token).
+async fn drive_tokens(server: AnsweringServer, tpm: u64, factor: f64, n: u64) -> (usize, f64, f64) {
+    let l = std::sync::Arc::new(fresh_limiter(None, Some(tpm)));
+    let server = std::sync::Arc::new(Mutex::new(server));
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(8));
+    let start = Instant::now();
+    let mut calls = Vec::new();
+    for i in 0..n {
+        let (l, server, slots) = (l.clone(), server.clone(), slots.clone());
+        calls.push(tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await.unwrap();
+            let mut refused = 0;
+            loop {
+                let mut ticket = l.reserve_in_turn(demand(600, 60)).await;
+                ticket.ready().await;
+                let admitted = server.lock().unwrap().arrive(600.0 * factor + 60.0);
+                let answer = if admitted { 400 + (i * 137) % 500 } else { 5 };
+                tokio::time::sleep(Duration::from_millis(answer)).await;
+                let headers = server.lock().unwrap().headers();
+                l.observe(&ticket, &headers, admitted);
+                if admitted {
+                    let billed = Outcome::Answered {
+                        input: 600,
+                        output: 20,
+                    };
+                    l.settle(&ticket, billed);
+                    return refused;
+                }
+                refused += 1;
+                l.settle(&ticket, Outcome::Refused);
+                let (which, _) = headers.exhausted();
+                l.pause(Duration::from_secs(1), which);
+            }
+        }));
+    }
+    let mut refused = 0;
+    for call in calls {
+        refused += call.await.unwrap();
+    }
+    let took = start.elapsed().as_secs_f64();
+    (refused, took, l.prompt_ratio())
+}
+
+/// Headers taken when the provider answers, of a bucket that holds the whole minute (as
+/// OpenAI's describe theirs) while a second is enforced: we run below the minute's rate, so
+/// the bucket they describe is full again by the time most answers come, and a full window
+/// hides what the call was charged. Read as taken on arrival, those snapshots taught a price
+/// far below the server's count (0.25 of our estimate here, where it counts 0.8; against
+/// `benches/independent_server.py`, an eighth of its count, and a third of the calls
+/// refused); the price is learned from the snapshots that show the charge, with the refill
+/// while answering.
+#[tokio::test(start_paused = true)]
+async fn headers_taken_when_answering_teach_the_server_s_count() {
+    let (refused, took, ratio) =
+        drive_tokens(AnsweringServer::new(60_000, 1.0, 60.0), 60_000, 0.8, 300).await;
+    assert!((0.78..0.9).contains(&ratio), "learned {ratio}");
+    assert!(refused <= 8, "{refused} refused");
+    // 300 calls of 540 tokens at 1,000 a second: 162 s at the server's rate.
+    assert!(took < 180.0, "{took} s");
+}
