@@ -570,9 +570,9 @@ async fn a_wider_window_the_provider_does_not_keep_costs_one_step_of_429s() {
 }
 
 /// `count` prompts of ~460 tokens through `llm` with `max_tokens` 200 (each call near 660
-/// tokens) under a limit told `tpm` (or not told anything: `None`). Not `pipeline()`: with its schema and 300, a call nearly
-/// fills a 1,000-token window, and the calls paced before the first answer, at the rate, meet
-/// jitter 429s now and then.
+/// tokens) under a limit told `tpm` (or told nothing: `None`). Not `pipeline()`: with its
+/// schema and 300, a call nearly fills a 1,000-token window, and the calls paced before the
+/// first answer, at the rate, meet jitter 429s now and then.
 fn token_bound_calls(dir: &Path, sim: &Sim, count: usize, tpm: Option<u64>) {
     let limit = tpm.map_or("{}".to_string(), |tpm| format!("{{ tpm: {tpm} }}"));
     let words = "the crew reads the oxygen tank pressure to Houston and waits ";
