@@ -917,3 +917,29 @@ async fn a_budget_short_only_because_of_calls_in_flight_waits_instead_of_stoppin
     done.sort_by_key(|(_, at)| *at);
     assert!(done[2].1 > done[0].1);
 }
+
+/// A 429 whose message named the limit that refused it: that limit is the spent one, though
+/// the headers show some left (too little for this call), and its reset says when it is back.
+/// Without the name, only a figure of 0 says which.
+#[test]
+fn the_limit_a_429_names_is_the_spent_one() {
+    let reset = Some(Duration::from_millis(400));
+    let named = ServerLimits {
+        remaining_requests: Some(0),
+        remaining_tokens: Some(300),
+        reset_tokens: reset,
+        refused_by: Some(Dimension::Tokens),
+        ..Default::default()
+    };
+    assert_eq!(named.exhausted(), (Some(Dimension::Tokens), reset));
+    let unnamed = ServerLimits {
+        refused_by: None,
+        ..named
+    };
+    assert_eq!(unnamed.exhausted(), (Some(Dimension::Requests), None));
+    let room = ServerLimits {
+        remaining_tokens: Some(300),
+        ..Default::default()
+    };
+    assert_eq!(room.exhausted(), (None, None));
+}
