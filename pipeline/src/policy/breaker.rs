@@ -15,7 +15,11 @@
 //! sending.
 //!
 //! A provider whose every attempt has failed for `unreachable_after` (unreachable, timing out,
-//! overloaded) halts it too: the run ends with that error instead of probing forever.
+//! overloaded) halts it too: the run ends with that error instead of probing forever. That
+//! time runs from when the first failed attempt was sent (or the last answer, if later), not
+//! from when it failed: a provider that hangs fails each attempt only at its timeout (minutes
+//! for a long answer), and counted from the first failure the run would go on for a timeout,
+//! `unreachable_after` and a probe's timeout after that.
 //!
 //! A [`Pass`] dropped unused (its call was cancelled) frees the probe slot it held.
 
@@ -82,6 +86,8 @@ struct Inner {
     halted: Option<String>,
     /// Since when every attempt has failed (none answered since), and the last error.
     failing_since: Option<Instant>,
+    /// When the provider last answered (anything that shows it reachable).
+    last_answered: Option<Instant>,
     last_error: String,
 }
 
@@ -111,9 +117,17 @@ pub struct Pass<'a> {
     breaker: &'a Breaker,
     probe: bool,
     done: bool,
+    /// When the attempt went out: when the pass was given, until [`Pass::sent_now`].
+    sent: Instant,
 }
 
 impl Pass<'_> {
+    /// The attempt goes out now (after waiting for its slot and the rate), which is when a
+    /// failure it meets began.
+    pub fn sent_now(&mut self) {
+        self.sent = Instant::now();
+    }
+
     fn finish(mut self) -> bool {
         self.done = true;
         self.probe
@@ -145,6 +159,7 @@ impl Breaker {
                 first_sent: None,
                 halted: None,
                 failing_since: None,
+                last_answered: None,
                 last_error: String::new(),
             }),
             changed: Notify::new(),
@@ -171,6 +186,7 @@ impl Breaker {
             breaker: self,
             probe,
             done: false,
+            sent: Instant::now(),
         };
         loop {
             let notified = self.changed.notified();
@@ -238,9 +254,11 @@ impl Breaker {
     }
 
     fn unreachable(&self, s: &Inner) -> String {
+        let failing_for = s.failing_since.map_or(Duration::ZERO, |t| t.elapsed());
         format!(
-            "provider `{}` failed every attempt for {:.0}s (unreachable_after_s); last error: {}",
+            "provider `{}` failed every attempt for {:.0}s (unreachable_after_s: {:.0}); last error: {}",
             self.name,
+            failing_for.as_secs_f64(),
             self.settings.unreachable_after.as_secs_f64(),
             s.last_error
         )
@@ -274,6 +292,7 @@ impl Breaker {
         let mut s = self.lock();
         s.consecutive_failures = 0;
         s.failing_since = None;
+        s.last_answered = Some(Instant::now());
         let first = std::mem::take(&mut s.unproven);
         if probe || s.state != BreakerState::Closed {
             if s.state != BreakerState::Closed && !first {
@@ -292,13 +311,21 @@ impl Breaker {
     /// reported here. `Err` with the reason when the provider has now failed every attempt
     /// for `unreachable_after`: the breaker is halted.
     pub fn failed(&self, pass: Pass<'_>, error: &str) -> Result<(), String> {
+        let sent = pass.sent;
         let probe = pass.finish();
         let mut s = self.lock();
         let now = Instant::now();
         s.consecutive_failures += 1;
         s.last_error = error.to_string();
-        let since = *s.failing_since.get_or_insert(now);
-        if s.halted.is_none() && now >= since + self.settings.unreachable_after {
+        // Failing since this attempt went out, unless the provider answered after that.
+        let began = s.last_answered.map_or(sent, |answered| answered.max(sent));
+        let since = *s.failing_since.get_or_insert(began);
+        // One attempt alone may outlast `unreachable_after` (a long timeout): a second one
+        // must fail too before the run ends.
+        if s.halted.is_none()
+            && s.consecutive_failures >= 2
+            && now >= since + self.settings.unreachable_after
+        {
             let reason = self.unreachable(&s);
             tracing::error!("{reason}");
             s.halted = Some(reason.clone());
@@ -358,6 +385,7 @@ impl Breaker {
         let probe = pass.finish();
         let mut s = self.lock();
         s.failing_since = None;
+        s.last_answered = Some(Instant::now());
         if s.unproven && probe {
             s.unproven = false;
             s.state = BreakerState::Closed;
@@ -596,7 +624,7 @@ mod tests {
         };
         let reason = waiter.await.unwrap().unwrap_err();
         assert!(
-            reason.contains("failed every attempt for 60s")
+            reason.contains("failed every attempt for 60s (unreachable_after_s: 60)")
                 && reason.contains("connection refused"),
             "{reason}"
         );

@@ -612,7 +612,7 @@ impl CallPolicy {
                     .map(|(reason, until)| s.pauses.enter(reason, Some(until)));
                 self.breaker.pass().await
             };
-            let pass = pass.map_err(|reason| {
+            let mut pass = pass.map_err(|reason| {
                 StageError::run(format!(
                     "not sent: provider `{}` stopped: {reason}",
                     self.provider
@@ -637,6 +637,7 @@ impl CallPolicy {
             s.attempts.fetch_add(1, Relaxed);
             let in_flight = InFlight::new(&s.in_flight);
             bill.sending = true;
+            pass.sent_now();
             let started = Instant::now();
             let outcome = tokio::time::timeout(timeout, attempt()).await;
             let rtt = started.elapsed();

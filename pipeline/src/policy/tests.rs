@@ -265,7 +265,13 @@ async fn the_default_timeout_leaves_room_for_the_answer_the_call_asks_for() {
         max_output_tokens: 8_000,
         ..spec(None)
     };
-    let s = setup(rpm(600), BudgetSpec::default(), |p| p.timeout_s = None);
+    // Every attempt of one call times out here: long enough for the provider to count as
+    // unreachable, which is not what this test is about.
+    let unreachable_after_s = Some(3600.0);
+    let s = setup(rpm(600), BudgetSpec::default(), |p| {
+        p.timeout_s = None;
+        p.unreachable_after_s = unreachable_after_s;
+    });
     let policy = s.resources.policy("p", Default::default()).unwrap();
     let attempt = || async {
         tokio::time::sleep(answer_in(8_000)).await;
@@ -301,7 +307,8 @@ async fn the_default_timeout_leaves_room_for_the_answer_the_call_asks_for() {
 
     // `timeout_s` is taken as given, whatever the call asks for.
     let s = setup(rpm(600), BudgetSpec::default(), |p| {
-        p.timeout_s = Some(120.0)
+        p.timeout_s = Some(120.0);
+        p.unreachable_after_s = unreachable_after_s;
     });
     let policy = s.resources.policy("p", Default::default()).unwrap();
     let e = policy.call(&long, attempt, accept_all).await.unwrap_err();
@@ -834,13 +841,54 @@ async fn a_provider_failing_every_attempt_ends_the_run_after_unreachable_after()
         let (e, at) = t.await.unwrap();
         assert_eq!(e.class, ErrorClass::Run, "{}", e.message);
         assert!(
-            e.message.contains("failed every attempt for 120s"),
+            e.message.contains("(unreachable_after_s: 120)"),
             "{}",
             e.message
         );
         let after = at.duration_since(start);
         assert!(
             after >= Duration::from_secs(120) && after < Duration::from_secs(130),
+            "{after:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_hangs_ends_the_run_at_the_first_round_of_timeouts() {
+    // No `timeout_s`: 8,000 tokens asked get 380 s an attempt. A provider that takes every
+    // request and never answers fails each only then; counted from that first failure, the
+    // run went on for `unreachable_after` and a probe's timeout more (~765 s).
+    let s = setup(rpm(6000), BudgetSpec::default(), |p| {
+        p.timeout_s = None;
+        p.max_attempts = None;
+    });
+    let policy = Arc::new(s.resources.policy("p", Default::default()).unwrap());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let policy = policy.clone();
+        tasks.push(tokio::spawn(async move {
+            let long = CallSpec {
+                max_output_tokens: 8000,
+                ..spec(None)
+            };
+            let hang = || std::future::pending::<Result<Answer<String>, Failed>>();
+            let e = policy.call(&long, hang, accept_all).await.unwrap_err();
+            (e, Instant::now())
+        }));
+    }
+    for t in tasks {
+        let (e, at) = t.await.unwrap();
+        assert_eq!(e.class, ErrorClass::Run, "{}", e.message);
+        assert!(
+            e.message.contains("(unreachable_after_s: 300)")
+                && e.message.contains("no answer within the 380s timeout"),
+            "{}",
+            e.message
+        );
+        let after = at.duration_since(start);
+        assert!(
+            after >= Duration::from_secs(380) && after < Duration::from_secs(390),
             "{after:?}"
         );
     }
