@@ -652,7 +652,9 @@ async fn a_wider_window_trial_that_meets_a_429_leaves_nothing_behind() {
 /// Please try again in 60ms."), and no limit declared. The message teaches the limit, what
 /// is left of it and the wait, and everyone waits; read as overload (a 429 without the
 /// account's state), each call backed off alone while the rest kept going: 218 requests
-/// refused for 40 calls. Now the first calls, sent before anything is known, meet 7.
+/// refused for 40 calls. Now the first calls, sent before anything is known, meet 7. The
+/// server counts tokens its own way (`max_tokens` + characters / 4), and its message's
+/// "Requested" says how: prompts are priced by that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_message_teaches_the_limit_where_no_header_does() {
     let sim = Sim::start_json(serde_json::json!({
@@ -661,16 +663,26 @@ async fn a_429_message_teaches_the_limit_where_no_header_does() {
         "latency_ms_median": 100.0,
         "rate_limit_headers": false,
         "retry_after_header": false,
+        "token_counting": "openai_estimate",
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();
     token_bound_calls(dir.path(), &sim, 40, None);
-    let out = run(dir.path(), "state").await;
+    let args = ["run", "pipeline.yaml", "--state-dir", "state", "--quiet"];
+    let out = pipe(
+        dir.path(),
+        &[&args[..], &["--log-file", "run.log"]].concat(),
+    )
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let stats = sim.stats().await;
     assert_eq!(status_count(&stats, "200"), 40, "{stats:#}");
     let refused = stats["rate_limited"].as_u64().unwrap();
     assert!(refused <= 10, "{refused} refused: {stats:#}");
+    // Its "Requested" (max_tokens + characters / 4 here) prices the prompts: the headers
+    // that would teach the count are not sent.
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    assert!(log.contains("a 429 says the provider counts"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

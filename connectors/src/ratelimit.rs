@@ -15,6 +15,9 @@ pub struct RateLimitSnapshot {
     pub reset_tokens: Option<Duration>,
     /// The per-minute limit a 429's message says refused the call (see [`RateLimitMessage`]).
     pub refused_by: Option<LimitKind>,
+    /// What the provider counted the refused call as, in tokens, when its token limit
+    /// refused it (the message's "Requested").
+    pub requested_tokens: Option<u64>,
 }
 
 /// Requests or tokens.
@@ -38,6 +41,7 @@ impl RateLimitSnapshot {
             remaining_tokens: num("x-ratelimit-remaining-tokens"),
             reset_tokens: dur("x-ratelimit-reset-tokens"),
             refused_by: None,
+            requested_tokens: None,
         }
     }
 
@@ -58,6 +62,7 @@ impl RateLimitSnapshot {
             remaining_tokens: num("anthropic-ratelimit-tokens-remaining"),
             reset_tokens: until("anthropic-ratelimit-tokens-reset"),
             refused_by: None,
+            requested_tokens: None,
         }
     }
 
@@ -65,13 +70,17 @@ impl RateLimitSnapshot {
         *self == RateLimitSnapshot::default()
     }
 
-    /// Adds what a 429's message says: which per-minute limit refused the call and, where
-    /// the headers said nothing of that limit, the limit and what is left of it.
+    /// Adds what a 429's message says: which per-minute limit refused the call, what the
+    /// provider counted it as (a token limit's "Requested") and, where the headers said
+    /// nothing of that limit, the limit and what is left of it.
     pub fn add_message(&mut self, message: &RateLimitMessage) {
         let Some((kind, Period::Minute)) = message.limit else {
             return;
         };
         self.refused_by = Some(kind);
+        if kind == LimitKind::Tokens {
+            self.requested_tokens = message.requested;
+        }
         let (limit, remaining) = match kind {
             LimitKind::Requests => (&mut self.limit_requests, &mut self.remaining_requests),
             LimitKind::Tokens => (&mut self.limit_tokens, &mut self.remaining_tokens),
@@ -345,6 +354,7 @@ mod tests {
         let mut bare = RateLimitSnapshot::default();
         bare.add_message(&tpm);
         assert_eq!(bare.refused_by, Some(LimitKind::Tokens));
+        assert_eq!(bare.requested_tokens, Some(1_500));
         assert_eq!(bare.limit_tokens, Some(30_000));
         assert_eq!(bare.remaining_tokens, Some(1_000));
         assert_eq!(bare.limit_requests, None);
@@ -368,6 +378,8 @@ mod tests {
             "Rate limit reached on requests per min (RPM): Limit 3, Used 3, Requested 1.",
         ));
         assert_eq!(rpm.refused_by, Some(LimitKind::Requests));
+        // "Requested 1" is a request, not tokens.
+        assert_eq!(rpm.requested_tokens, None);
         assert_eq!(rpm.limit_requests, Some(3));
         assert_eq!(rpm.remaining_requests, Some(0));
     }

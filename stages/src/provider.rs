@@ -282,6 +282,7 @@ pub(crate) fn server_limits(s: &RateLimitSnapshot) -> ServerLimits {
             LimitKind::Requests => Dimension::Requests,
             LimitKind::Tokens => Dimension::Tokens,
         }),
+        requested_tokens: s.requested_tokens,
     }
 }
 

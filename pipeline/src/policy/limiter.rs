@@ -474,6 +474,13 @@ struct TokenModel {
     billed_input: f64,
     billed_estimate: f64,
     billed_samples: u32,
+    /// From 429s that say what the server counted the refused call as ("Requested" in
+    /// OpenAI's message): decayed sums of its prompt charge and our estimate.
+    said_charge: f64,
+    said_estimate: f64,
+    said_samples: u32,
+    /// An answer has carried the token window's state (`x-ratelimit-remaining-tokens`).
+    answers_show_window: bool,
     last: Option<Snapshot>,
     /// The most the server has reported left: a floor of its window's capacity.
     max_remaining: f64,
@@ -494,6 +501,9 @@ impl TokenModel {
         if self.learned_from_headers() && self.header_estimate > 0.0 {
             return (self.header_charge / self.header_estimate * LEARNED_MARGIN).clamp(0.05, 20.0);
         }
+        if self.said_rules() {
+            return (self.said_charge / self.said_estimate * LEARNED_MARGIN).clamp(0.05, 20.0);
+        }
         if self.billed_samples > 0 && self.billed_estimate > 0.0 {
             let ratio = (self.billed_input / self.billed_estimate).clamp(0.05, 20.0);
             // Under OpenAI's rule the server's count is not the bill (it estimates from
@@ -509,6 +519,25 @@ impl TokenModel {
 
     fn learned_from_headers(&self) -> bool {
         self.header_samples >= SAMPLES_TO_TRUST
+    }
+
+    /// The price is what the server said it counted refused calls as, where its headers
+    /// have not taught it and seldom can: taken when answering, those that hide the charge
+    /// are left out, and on a window that refills before the answer none shows it. Not
+    /// where no answer carries headers: there the tokenizer's price, above a count by
+    /// characters on this corpus, keeps 429s rarer on a short window (a server enforcing
+    /// a second: 22 refused for 207 calls priced by "Requested", 6 by the tokenizer).
+    fn said_rules(&self) -> bool {
+        self.answers_show_window
+            && self.snapshot_when_answered
+            && !self.learned_from_headers()
+            && self.said_samples > 0
+            && self.said_estimate > 0.0
+    }
+
+    /// The server's own count is known: a bill is not what it counts.
+    fn count_known(&self) -> bool {
+        self.learned_from_headers() || self.said_rules()
     }
 
     fn add(sum: &mut f64, estimate: &mut f64, samples: &mut u32, value: f64, of: f64) {
@@ -691,7 +720,7 @@ impl RateLimiter {
         let mut ratio = s.model.ratio(self.settings.reserve_max_tokens);
         // The bill can come in a little under the server's own count; a window of a second
         // absorbs that until the headers have taught the count, a short one does not.
-        if !s.model.learned_from_headers()
+        if !s.model.count_known()
             && s.tokens_per_minute
                 .as_ref()
                 .is_some_and(Bucket::short_window)
@@ -883,7 +912,7 @@ impl RateLimiter {
                 }
                 if !self.settings.reserve_max_tokens {
                     (input + output) as f64
-                } else if m.learned_from_headers() {
+                } else if m.count_known() {
                     // The server's own figures rule; the bill is not what it counts.
                     charged
                 } else {
@@ -953,6 +982,9 @@ impl RateLimiter {
                     }
                 }
             }
+        }
+        if self.settings.reserve_max_tokens {
+            learn_from_refusal(&self.name, &mut s.model, ticket, server, counted);
         }
         if self.settings.reserve_max_tokens
             && let (Some(limit), Some(remaining)) = (
@@ -1164,6 +1196,7 @@ fn learn_from_snapshot(
 ) {
     let m = &mut s.model;
     let per_second = limit as f64 / 60.0;
+    m.answers_show_window |= counted;
     m.max_remaining = m.max_remaining.max(remaining);
     if let Some(reset) = reset {
         let full = remaining + reset.as_secs_f64() * per_second;
@@ -1176,6 +1209,8 @@ fn learn_from_snapshot(
     let reported_full = m.capacity.is_some_and(|c| remaining + 1.0 >= c);
     if counted && reported_full && !m.snapshot_when_answered {
         m.snapshot_when_answered = true;
+        // What the pairs so far taught was read as taken on arrival.
+        (m.header_charge, m.header_estimate, m.header_samples) = (0.0, 0.0, 0);
         tracing::debug!("the provider's rate-limit headers are taken when it answers");
     }
     // Only a call that waited its turn at the rate reached the server in the order of the
@@ -1271,6 +1306,39 @@ fn learn_from_snapshot(
         charged,
         estimate,
     );
+}
+
+/// A 429 that says what the server counted the refused call as (its token limit refused it):
+/// that, less `max_tokens`, is the server's count of the prompt we estimated.
+fn learn_from_refusal(
+    name: &str,
+    m: &mut TokenModel,
+    ticket: &Ticket<'_>,
+    server: &ServerLimits,
+    counted: bool,
+) {
+    let Some(requested) = server.requested_tokens.filter(|_| !counted) else {
+        return;
+    };
+    let charge = requested as f64 - ticket.fixed;
+    if ticket.prompt < 1.0 || charge < 0.0 {
+        return;
+    }
+    TokenModel::add(
+        &mut m.said_charge,
+        &mut m.said_estimate,
+        &mut m.said_samples,
+        charge,
+        ticket.prompt,
+    );
+    if m.said_samples == 1 {
+        tracing::info!(
+            "rate limit `{name}`: a 429 says the provider counts {:.2} tokens per token of our \
+             prompt estimate (the price where its headers, taken when it answers, cannot show \
+             its count)",
+            charge / ticket.prompt
+        );
+    }
 }
 
 /// `to - from` in seconds, negative when `to` is earlier.

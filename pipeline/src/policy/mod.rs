@@ -93,6 +93,8 @@ pub struct ServerLimits {
     pub reset_tokens: Option<Duration>,
     /// The limit the provider said (in a 429's message) refused the call.
     pub refused_by: Option<Dimension>,
+    /// What the provider counted the refused call as, in tokens (a 429's message).
+    pub requested_tokens: Option<u64>,
 }
 
 impl ServerLimits {
