@@ -413,6 +413,36 @@ async fn timeouts_after_sending_are_counted_at_their_worst_case_and_said_to_be_e
     );
 }
 
+/// A provider that takes every request and never answers (each held for 10 minutes): the
+/// run ends with the breaker's reason once two attempts have failed and
+/// `unreachable_after_s` has passed since the first was sent, with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_never_answers_ends_the_run_saying_why() {
+    let sim = Sim::start_json(json!({ "fault_hang": 1.0, "hang_seconds": 600 })).await;
+    let dir = tempfile::tempdir().unwrap();
+    let total = 20;
+    prompts(dir.path(), total, total);
+    pipeline(
+        dir.path(),
+        &sim,
+        "{ rpm: 60000 }",
+        ", timeout_s: 2, unreachable_after_s: 3, backoff_s: 0.01, max_backoff_s: 0.05",
+        "",
+    );
+    let out = run(dir.path()).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("failed every attempt for")
+            && err.contains("(unreachable_after_s: 3)")
+            && err.contains("no answer within the 2s timeout"),
+        "{err}"
+    );
+    let report = last_report(&dir.path().join(".pipe"));
+    assert_eq!(report["status"], "failed");
+    assert_nothing_lost(dir.path(), &report, total);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_prompts_in_flight_are_paid_once() {
     let sim = Sim::start_json(json!({ "latency_ms_median": 300.0, "latency_sigma": 0.0 })).await;
