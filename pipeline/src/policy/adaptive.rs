@@ -14,6 +14,10 @@
 //!   - Below the level last refused: the capacity dropped. Cut to 90 % (the AIMD backoff
 //!     ratio of Vector's ARC and Netflix's `AIMDLimit`), so a capacity that drops is followed
 //!     within a few refusals.
+//!     Another refusal in the round trip of that cut, of a call sent with fewer in flight than
+//!     the cut left (two or more fewer: counts race by a slot), says it was not enough: 90 %
+//!     of that count. A limit the demand had not been filling, met by a capacity that dropped
+//!     meanwhile, is followed in a few refusals, not one per tenth of it.
 //!   - At the level last refused, tried again after calm right below it: the capacity has not
 //!     risen. Back to the level below, which held for rounds, with no cut (as BIC/CUBIC
 //!     plateau at their last maximum instead of backing off from it again): a capacity that
@@ -199,6 +203,8 @@ struct Round {
     size: usize,
     finished: usize,
     overloaded: bool,
+    /// Began with a cut (an overload changed the limit).
+    after_cut: bool,
     latency_ratio_sum: f64,
     latency_samples: u32,
 }
@@ -450,6 +456,7 @@ impl Controller {
     }
 
     fn overloaded(&mut self, now: Instant, sent: Instant, in_flight_when_sent: Option<usize>) {
+        let in_round_of_cut = self.round.after_cut;
         self.round.overloaded = true;
         // The level refused is the one the call was sent under: in slow start the limit may
         // have grown since (answers keep coming while the refusal is on its way), and cutting
@@ -462,8 +469,22 @@ impl Controller {
         // by the level alone.
         let sent_in_slow_start =
             self.slow_start || self.slow_start_ended.is_some_and(|end| sent < end);
-        let bound = in_flight_when_sent.filter(|n| sent_in_slow_start && *n >= self.settings.min);
+        let count = in_flight_when_sent.filter(|n| *n >= self.settings.min);
+        let bound = count.filter(|_| sent_in_slow_start);
         let sent_before_cut = self.last_cut.is_some_and(|cut| sent < cut);
+        // Out of slow start, a refusal in the round trip of a cut, of a call sent with two or
+        // more fewer in flight than that cut left: the cut was not enough, and the count says
+        // where the capacity is. A limit the demand had not been filling (a stage waiting on a
+        // slower one downstream) meets a capacity that dropped meanwhile when the demand comes
+        // back at once: a tenth off per refusal left room each refused call's slot was taken
+        // from again at once, ~50 refused in 20 ms. Not the first refusal (one refusal with
+        // few in flight may be the provider's own hiccup: a tenth off is all it costs), and
+        // not a slot or two below the limit (counts race by that much; a try of the level last
+        // refused must not cut).
+        let below_cut = count.filter(|&n| {
+            !sent_in_slow_start && (sent_before_cut || in_round_of_cut) && n + 2 <= self.limit
+        });
+        let bound_or_below_cut = bound.or(below_cut);
         // As slow start grows, that count is exact only when the call took the last slot of
         // the limit it went under. Below it, others were taking slots at the same moment (an
         // answer frees its slot and slow start adds one), and those calls reach the provider
@@ -476,12 +497,14 @@ impl Controller {
             // enough (refused with as many in flight as the cut left, or fewer). Each refusal
             // of a burst sent past a small capacity says so, where one cut per round trip
             // would cost a round of refusals per cut.
-            match bound {
+            match bound_or_below_cut {
                 Some(n) if n <= self.limit => n,
                 _ => return self.finished(),
             }
         } else {
-            bound.unwrap_or(usize::MAX).min(self.limit_when(sent))
+            bound_or_below_cut
+                .unwrap_or(usize::MAX)
+                .min(self.limit_when(sent))
         };
         let probe_refused = !sent_in_slow_start && self.ceiling.is_some_and(|c| refused >= c);
         self.calm_answers_needed = if self.ceiling == Some(refused) {
@@ -516,6 +539,7 @@ impl Controller {
         self.round = Round {
             size: self.limit,
             overloaded: true,
+            after_cut: true,
             ..Round::default()
         };
     }
@@ -833,6 +857,40 @@ mod tests {
         drop(slots);
         full_round(&c, rtt, |_| answered(10)).await;
         assert_eq!(c.limit(), 40, "41 is tried again only after calm");
+    }
+
+    /// Out of slow start one refusal takes a tenth off, however few were in flight (it may be
+    /// the provider's hiccup); a second in the round trip of that cut, sent with well under
+    /// the limit in flight, says the cut was not enough: 90 % of that count.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_after_a_cut_goes_by_the_count_in_flight() {
+        let c = Concurrency::adaptive(AdaptiveSettings {
+            initial: 41,
+            ..AdaptiveSettings::up_to(256)
+        });
+        let slots: Vec<_> = futures::future::join_all((0..41).map(|_| c.acquire())).await;
+        tokio::time::advance(Duration::from_millis(5)).await;
+        slots[40].record(Duration::from_millis(5), Signal::BackPressure);
+        assert_eq!(c.limit(), 40);
+        drop(slots);
+        full_round(&c, Duration::from_millis(100), |_| answered(10)).await;
+        assert_eq!(c.limit(), 40);
+        // The demand fell to 20 in flight, and one is refused: a tenth off the limit.
+        let mut slots: Vec<_> = futures::future::join_all((0..20).map(|_| c.acquire())).await;
+        tokio::time::advance(Duration::from_millis(5)).await;
+        slots
+            .pop()
+            .unwrap()
+            .record(Duration::from_millis(5), Signal::BackPressure);
+        assert_eq!(c.limit(), 36);
+        // The next call goes out with 20 in flight, and is refused too.
+        let next = c.acquire().await;
+        tokio::time::advance(Duration::from_millis(5)).await;
+        next.record(Duration::from_millis(5), Signal::BackPressure);
+        assert_eq!(c.limit(), 18);
+        // A call sent before that cut, with more in flight (19) than it left, says nothing new.
+        slots[18].record(Duration::from_millis(20), Signal::BackPressure);
+        assert_eq!(c.limit(), 18);
     }
 
     /// In slow start the limit keeps growing while a refusal is on its way: the cut starts

@@ -21,6 +21,9 @@ struct Phase {
     at_s: f64,
     latency_factor: f64,
     capacity: usize,
+    /// Callers that call in this phase (the rest idle): a pipeline whose stage waits on a
+    /// slower one downstream calls less than its concurrency, then all at once again.
+    demand: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -71,6 +74,7 @@ fn phase(at_s: f64, latency_factor: f64, capacity: usize) -> Phase {
         at_s,
         latency_factor,
         capacity,
+        demand: usize::MAX,
     }
 }
 
@@ -79,6 +83,8 @@ struct ProviderState {
     answered: u64,
     refused: u64,
     first_refusal_s: Option<f64>,
+    /// When each refusal was given (seconds since start).
+    refusals_s: Vec<f64>,
     rng: fastrand::Rng,
 }
 
@@ -115,7 +121,9 @@ impl Provider {
             let mut st = self.state.lock().unwrap();
             if st.in_flight >= phase.capacity {
                 st.refused += 1;
-                st.first_refusal_s.get_or_insert(self.elapsed_s());
+                let now = self.elapsed_s();
+                st.first_refusal_s.get_or_insert(now);
+                st.refusals_s.push(now);
                 None
             } else {
                 st.in_flight += 1;
@@ -143,9 +151,19 @@ impl Provider {
     }
 }
 
-async fn caller(c: Arc<Concurrency>, p: Arc<Provider>, max_tokens: u64, stop: Instant) {
+async fn caller(
+    c: Arc<Concurrency>,
+    p: Arc<Provider>,
+    index: usize,
+    max_tokens: u64,
+    stop: Instant,
+) {
     let mut refusals = 0u32;
     while Instant::now() < stop {
+        if index >= p.phase().demand {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
         let slot = c.acquire().await;
         let started = Instant::now();
         let reply = p.call(max_tokens).await;
@@ -198,6 +216,7 @@ struct Report {
     refused: u64,
     refused_share: f64,
     first_refusal_s: Option<f64>,
+    refusals_s: Vec<f64>,
     /// Lowest limit seen before the first refusal.
     lowest_limit_before_refusal: usize,
     phases: Vec<PhaseReport>,
@@ -216,15 +235,17 @@ async fn run(scenario: Scenario) -> Report {
             answered: 0,
             refused: 0,
             first_refusal_s: None,
+            refusals_s: Vec::new(),
             rng: fastrand::Rng::with_seed(7),
         }),
     });
     let mut tasks = Vec::new();
     for &(max_tokens, callers) in &scenario.stages {
-        for _ in 0..callers {
+        for index in 0..callers {
             tasks.push(tokio::spawn(caller(
                 c.clone(),
                 provider.clone(),
+                index,
                 max_tokens,
                 stop,
             )));
@@ -292,6 +313,7 @@ async fn run(scenario: Scenario) -> Report {
         refused: st.refused,
         refused_share: st.refused as f64 / (st.answered + st.refused).max(1) as f64,
         first_refusal_s,
+        refusals_s: st.refusals_s.clone(),
         lowest_limit_before_refusal,
         phases,
     };
@@ -510,4 +532,49 @@ async fn a_small_server_with_long_answers() {
     })
     .await;
     assert_goals(&r, DEFAULT_MIN_CONCURRENCY);
+}
+
+/// The limit found 40, then the demand fell to 20 (the stage waits on a slower one
+/// downstream), the capacity dropped to 20 meanwhile, and the demand comes back all at once:
+/// 44 calls go out into a full server within milliseconds. Cut by a tenth per refusal, each
+/// refusal freed a slot the next caller took at once, and the limit was refused some 50 times
+/// in 20 ms on the way down (seen against `benches/independent_server.py`); the count in
+/// flight when each call was sent says the cut was not enough, and how far to go.
+#[tokio::test(start_paused = true)]
+async fn demand_returning_at_once_to_a_capacity_that_dropped_meanwhile() {
+    let quiet = |mut p: Phase| {
+        p.demand = 20;
+        p
+    };
+    let r = run(Scenario {
+        phases: vec![
+            phase(0.0, 1.0, 40),
+            quiet(phase(60.0, 1.0, 40)),
+            quiet(phase(90.0, 1.0, 20)),
+            phase(100.0, 1.0, 20),
+        ],
+        seconds: 160.0,
+        ..Scenario::base("demand 64 → 20, capacity 40 → 20, demand back to 64")
+    })
+    .await;
+    let burst = r
+        .refusals_s
+        .iter()
+        .filter(|t| (100.0..101.0).contains(*t))
+        .count();
+    // At most the room the limit left above the 20 in flight: the callers that come back
+    // take it, and the refusals that follow cut it before their slots go out again.
+    // (37 before the count was read out of slow start.)
+    assert!(
+        burst <= 20,
+        "{burst} refused in the second the demand came back"
+    );
+    assert!(
+        r.refused_share <= 0.03,
+        "{:.2} % refused",
+        100.0 * r.refused_share
+    );
+    let last = &r.phases[3];
+    assert!(last.to_90_percent_s.is_some_and(|s| s <= 30.0), "{last:?}");
+    assert!(last.held >= 0.9, "{last:?}");
 }
