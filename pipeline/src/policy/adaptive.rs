@@ -845,18 +845,24 @@ mod tests {
     /// and the level refused is tried again only after calm.
     #[tokio::test(start_paused = true)]
     async fn a_slow_start_count_at_the_limit_waits_for_calm_before_trying_again() {
+        let c = refused_at_41_in_slow_start().await;
+        full_round(&c, Duration::from_millis(100), |_| answered(10)).await;
+        assert_eq!(c.limit(), 40, "41 is tried again only after calm");
+    }
+
+    /// Slow start from 41, the 41st call refused: the limit at 40, out of slow start, no slot
+    /// taken.
+    async fn refused_at_41_in_slow_start() -> Concurrency {
         let c = Concurrency::adaptive(AdaptiveSettings {
             initial: 41,
             ..AdaptiveSettings::up_to(256)
         });
-        let rtt = Duration::from_millis(100);
         let slots: Vec<_> = futures::future::join_all((0..41).map(|_| c.acquire())).await;
         tokio::time::advance(Duration::from_millis(5)).await;
         slots[40].record(Duration::from_millis(5), Signal::BackPressure);
         assert_eq!(c.limit(), 40);
         drop(slots);
-        full_round(&c, rtt, |_| answered(10)).await;
-        assert_eq!(c.limit(), 40, "41 is tried again only after calm");
+        c
     }
 
     /// Out of slow start one refusal takes a tenth off, however few were in flight (it may be
@@ -864,15 +870,7 @@ mod tests {
     /// the limit in flight, says the cut was not enough: 90 % of that count.
     #[tokio::test(start_paused = true)]
     async fn a_refusal_after_a_cut_goes_by_the_count_in_flight() {
-        let c = Concurrency::adaptive(AdaptiveSettings {
-            initial: 41,
-            ..AdaptiveSettings::up_to(256)
-        });
-        let slots: Vec<_> = futures::future::join_all((0..41).map(|_| c.acquire())).await;
-        tokio::time::advance(Duration::from_millis(5)).await;
-        slots[40].record(Duration::from_millis(5), Signal::BackPressure);
-        assert_eq!(c.limit(), 40);
-        drop(slots);
+        let c = refused_at_41_in_slow_start().await;
         full_round(&c, Duration::from_millis(100), |_| answered(10)).await;
         assert_eq!(c.limit(), 40);
         // The demand fell to 20 in flight, and one is refused: a tenth off the limit.
