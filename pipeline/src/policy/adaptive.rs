@@ -465,8 +465,8 @@ impl Controller {
         // and the count in flight when the refused call was sent says where the capacity is:
         // the provider had just taken one fewer. Not below the floor, which any provider
         // takes: a refusal with fewer in flight (the first requests, at the start) is the
-        // provider's own trouble, not our load; and out of slow start every refusal is judged
-        // by the level alone.
+        // provider's own trouble, not our load; and out of slow start a refusal is judged by
+        // the level alone, unless it comes in the round trip of a cut (`below_cut`).
         let sent_in_slow_start =
             self.slow_start || self.slow_start_ended.is_some_and(|end| sent < end);
         let count = in_flight_when_sent.filter(|n| *n >= self.settings.min);
