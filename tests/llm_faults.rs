@@ -281,16 +281,11 @@ async fn an_exhausted_quota_stops_the_run() {
         "",
         "",
     );
-    let out = run(dir.path()).await;
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let err = stderr(&out);
+    let (err, report) = run_that_fails(dir.path(), total).await;
     assert!(
         err.contains("insufficient_quota") && err.contains("exceeded your current quota"),
         "{err}"
     );
-    let report = last_report(&dir.path().join(".pipe"));
-    assert_eq!(report["status"], "failed");
-    assert_nothing_lost(dir.path(), &report, total);
     let stats = sim.stats().await;
     // Not retried: only the calls already in flight met the empty quota.
     let refused = n(&stats["by_error_code"]["insufficient_quota"]);
@@ -429,18 +424,24 @@ async fn a_provider_that_never_answers_ends_the_run_saying_why() {
         ", timeout_s: 2, unreachable_after_s: 3, backoff_s: 0.01, max_backoff_s: 0.05",
         "",
     );
-    let out = run(dir.path()).await;
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let err = stderr(&out);
+    let (err, _report) = run_that_fails(dir.path(), total).await;
     assert!(
         err.contains("failed every attempt for")
             && err.contains("(unreachable_after_s: 3)")
             && err.contains("no answer within the 2s timeout"),
         "{err}"
     );
-    let report = last_report(&dir.path().join(".pipe"));
+}
+
+/// Runs the pipeline in `dir`, which must fail (exit 1, report `failed`) with each of its
+/// `total` records written or dead-lettered; its stderr and report.
+async fn run_that_fails(dir: &Path, total: usize) -> (String, Value) {
+    let out = run(dir).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = last_report(&dir.join(".pipe"));
     assert_eq!(report["status"], "failed");
-    assert_nothing_lost(dir.path(), &report, total);
+    assert_nothing_lost(dir, &report, total);
+    (stderr(&out), report)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
